@@ -1,0 +1,133 @@
+"""Safe image decoding: every file either yields RGB pixels or a one-line reason.
+
+A catalog build must never stop on one bad file, so decoding turns every failure mode seen on
+real collections (empty, truncated, not an image, decompression bombs, odd modes, EXIF rotation)
+into a `DecodeError` with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 180_000_000
+"""Larger images are refused: beyond this they are almost surely decompression bombs."""
+
+
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+class DecodeError(Exception):
+    """An input that cannot be turned into pixels; the message is the catalog's `error`."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Pixels plus the facts the catalog records about the source file."""
+
+    pixels: np.ndarray  # H x W x 3, uint8, RGB, EXIF orientation applied
+    width: int  # of the source image as displayed (after EXIF orientation)
+    height: int
+    format: str
+    sha256: str
+    num_bytes: int
+
+
+def read_bytes(path: str | Path) -> bytes:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except IsADirectoryError:
+        raise DecodeError("is a directory, not an image") from None
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    return data
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Bring every PIL mode to 8-bit RGB; transparency is composited on white, like a browser."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = float(arr.max()) if arr.size else 0.0
+        scale = 255.0 / hi if hi > 255 else 1.0
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def decode_bytes(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    target_size: int | None = None,
+) -> DecodedImage:
+    """Decode encoded image bytes to RGB pixels.
+
+    With `target_size`, the result is resized to a `target_size` square (the descriptor's input),
+    and JPEG decoding uses DCT scaling to skip work it would throw away.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = (img.format or "unknown").lower()
+            w, h = img.size
+            if w * h > max_pixels:
+                raise DecodeError(
+                    f"image too large: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the "
+                    f"{max_pixels / 1e6:.0f} MP limit (possible decompression bomb)"
+                )
+            if target_size is not None and fmt == "jpeg":
+                img.draft("RGB" if img.mode in ("RGB", "L", "YCbCr") else None,
+                          (target_size, target_size))
+            img.load()
+            if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
+                w, h = h, w
+            img = ImageOps.exif_transpose(img) or img
+            img = _to_rgb(img)
+            if target_size is not None:
+                img = img.resize((target_size, target_size), Image.BILINEAR, reducing_gap=None)
+            pixels = np.asarray(img, dtype=np.uint8)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"image too large (possible decompression bomb): {exc}") from None
+    except OSError as exc:
+        msg = str(exc)
+        if "truncated" in msg:
+            raise DecodeError("truncated image data (file cut short)") from None
+        raise DecodeError(f"corrupt image data: {msg}") from None
+    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as exc:
+        raise DecodeError(f"corrupt image data: {type(exc).__name__}: {exc}") from None
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise DecodeError(f"unexpected decoded shape {pixels.shape}")
+    return DecodedImage(pixels, int(w), int(h), fmt, digest, len(data))
+
+
+def decode_file(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None
+) -> DecodedImage:
+    return decode_bytes(read_bytes(path), max_pixels=max_pixels, target_size=target_size)

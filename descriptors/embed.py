@@ -1,0 +1,145 @@
+"""Batched inference: decoded pixels in, L2-normalised float32 descriptors out.
+
+Decoding runs on a thread pool while the model works on the previous batch (PIL and torch both
+release the GIL), so a single process keeps both cores busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from copytrace.descriptors.decode import DEFAULT_MAX_PIXELS, DecodedImage, DecodeError, decode_file
+from copytrace.descriptors.model import LoadedDescriptor
+
+log = logging.getLogger(__name__)
+
+_PREFETCH_BATCHES = 2
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' takes a GPU when torch sees one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Embedder:
+    """Holds a descriptor on its device, set up for fast eval (channels_last, no autograd)."""
+
+    def __init__(self, descriptor: LoadedDescriptor, *, device: str = "auto",
+                 threads: int | None = None) -> None:
+        self.descriptor = descriptor
+        self.device = pick_device(device)
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = descriptor.model.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.image_size = descriptor.config.image_size
+        self.dims = descriptor.model.output_dims
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """N x S x S x 3 uint8 (already at `image_size`) -> N x D float32, unit norm."""
+        if pixels.ndim != 4 or pixels.shape[-1] != 3:
+            raise ValueError(f"expected N x H x W x 3 uint8 pixels, got {pixels.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                out = self.model(x)
+        else:
+            out = self.model(x)
+        return out.float().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class EmbeddedFile:
+    """One input's outcome: a vector and facts about the file, or the reason it failed."""
+
+    index: int  # position in the input sequence
+    image: DecodedImage | None
+    vector: np.ndarray | None
+    error: str | None
+
+
+def _decode(path: str | Path, size: int, max_pixels: int) -> DecodedImage | str:
+    try:
+        return decode_file(path, target_size=size, max_pixels=max_pixels)
+    except DecodeError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - a batch must survive any single bad input
+        return f"unexpected decode failure: {type(exc).__name__}: {exc}"
+
+
+def embed_files(
+    paths: Sequence[str | Path],
+    embedder: Embedder,
+    *,
+    batch_size: int = 32,
+    decode_workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[list[EmbeddedFile]]:
+    """Embed files in order, one list per batch; failed files come back with their error."""
+    workers = decode_workers or max(1, min(4, os.cpu_count() or 1))
+    size = embedder.image_size
+    starts = deque(range(0, len(paths), batch_size))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque[tuple[int, list[Future]]] = deque()
+
+        def submit_next() -> None:
+            if starts:
+                s = starts.popleft()
+                chunk = paths[s : s + batch_size]
+                pending.append((s, [pool.submit(_decode, p, size, max_pixels) for p in chunk]))
+
+        for _ in range(_PREFETCH_BATCHES):
+            submit_next()
+        while pending:
+            start, futures = pending.popleft()
+            submit_next()
+            yield _embed_batch(start, [f.result() for f in futures], embedder)
+
+
+def _embed_batch(start: int, decoded: list, embedder: Embedder) -> list[EmbeddedFile]:
+    good = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
+    vectors = (
+        embedder.embed_pixels(np.stack([decoded[i].pixels for i in good])) if good else None
+    )
+    out: list[EmbeddedFile] = []
+    row = {i: r for r, i in enumerate(good)}
+    for i, d in enumerate(decoded):
+        if isinstance(d, DecodedImage):
+            image = DecodedImage(np.empty((0, 0, 3), np.uint8), d.width, d.height, d.format,
+                                 d.sha256, d.num_bytes)
+            out.append(EmbeddedFile(start + i, image, vectors[row[i]], None))
+        else:
+            out.append(EmbeddedFile(start + i, None, None, d))
+    return out
+
+
+def embed_images(images: Iterable[np.ndarray], embedder: Embedder,
+                 batch_size: int = 32) -> np.ndarray:
+    """Embed in-memory RGB arrays of any size (resized to the model's square input)."""
+    from PIL import Image
+
+    size = embedder.image_size
+    batch: list[np.ndarray] = []
+    out: list[np.ndarray] = []
+    for arr in images:
+        img = Image.fromarray(np.asarray(arr, dtype=np.uint8)).convert("RGB")
+        batch.append(np.asarray(img.resize((size, size), Image.BILINEAR)))
+        if len(batch) == batch_size:
+            out.append(embedder.embed_pixels(np.stack(batch)))
+            batch = []
+    if batch:
+        out.append(embedder.embed_pixels(np.stack(batch)))
+    return np.concatenate(out) if out else np.zeros((0, embedder.dims), np.float32)

@@ -1,0 +1,51 @@
+"""The image catalog: one row per input, good or bad, so nothing submitted is ever unaccounted for."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("uri", pa.string()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("status", pa.string()),  # "ok" | "error"
+        ("error", pa.string()),
+    ]
+)
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    image_id: str
+    uri: str
+    sha256: str | None
+    bytes: int | None
+    width: int | None
+    height: int | None
+    format: str | None
+    status: str
+    error: str | None
+
+
+def catalog_table(rows: list[CatalogRow]) -> pa.Table:
+    return pa.Table.from_pylist([asdict(r) for r in rows], schema=CATALOG_SCHEMA)
+
+
+def read_catalog(folder: str | Path) -> pa.Table:
+    """All catalog parts of an index folder as one table (in build order)."""
+    files = sorted(Path(folder).glob("part-*.parquet"))
+    if not files:
+        return CATALOG_SCHEMA.empty_table()
+    return ds.dataset([str(f) for f in files], schema=CATALOG_SCHEMA, format="parquet").to_table()

@@ -1,0 +1,38 @@
+"""SQL over an index's catalog with DuckDB: status summaries, error listings, audits.
+
+Views: `catalog` (one row per input) and `embeddings` (image_id, embedding).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from copytrace.indexing.manifest import IndexLayout
+
+
+def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    layout = IndexLayout(Path(index_dir))
+    con = duckdb.connect()
+    for view, folder in (("catalog", layout.catalog_dir), ("embeddings", layout.embeddings_dir)):
+        if any(folder.glob("part-*.parquet")):
+            pattern = str(folder / "part-*.parquet").replace("'", "''")
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{pattern}')")
+    return con
+
+
+def sql(index_dir: str | Path, statement: str) -> pa.Table:
+    with connect(index_dir) as con:
+        return con.sql(statement).to_arrow_table()
+
+
+def status_summary(index_dir: str | Path) -> dict[str, int]:
+    t = sql(index_dir, "SELECT status, count(*) AS n FROM catalog GROUP BY status ORDER BY status")
+    return dict(zip(t.column("status").to_pylist(), t.column("n").to_pylist(), strict=True))
+
+
+def errors(index_dir: str | Path, limit: int = 1000) -> pa.Table:
+    return sql(index_dir, "SELECT image_id, uri, error FROM catalog WHERE status = 'error' "
+                          f"ORDER BY image_id LIMIT {int(limit)}")

@@ -1,0 +1,129 @@
+"""FAISS shards: build per shard from the embedding parts, search all and merge by score.
+
+Shards bound the memory of a build (vectors are streamed shard by shard) and let a catalog grow
+past one machine's RAM. A trained index (IVF) is trained once and cloned for every shard, so all
+shards share one coarse quantizer and scores stay comparable. Search moves shards to all GPUs
+when FAISS sees any.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from copytrace.indexing.atomic import write_file_atomic
+
+log = logging.getLogger(__name__)
+
+MAX_TRAIN_POINTS = 500_000
+
+
+def gpu_count() -> int:
+    try:
+        return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    except Exception:  # noqa: BLE001 - a CPU build may not even have the symbol wired
+        return 0
+
+
+def train_template(spec: str, dims: int, train_sample: Callable[[], np.ndarray]) -> faiss.Index:
+    """An empty index of `spec`, trained when the spec needs it (the sample is read only then)."""
+    index = faiss.index_factory(dims, spec, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        sample = train_sample()[:MAX_TRAIN_POINTS]
+        log.info("training %s on %d vectors", spec, len(sample))
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return index
+
+
+def write_shard(template: faiss.Index, vectors: np.ndarray, path: Path) -> int:
+    index = faiss.clone_index(template)
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    write_file_atomic(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    return index.ntotal
+
+
+@dataclass
+class ShardedIndex:
+    """Search over shards as one index; positions are global (shard offset + local id)."""
+
+    shards: list[faiss.Index]
+    offsets: list[int]
+    nprobe: int | None = None
+
+    @classmethod
+    def load(cls, paths: list[Path], *, nprobe: int | None = None,
+             use_gpu: bool | None = None) -> ShardedIndex:
+        shards, offsets, total = [], [], 0
+        gpus = gpu_count() if use_gpu in (None, True) else 0
+        for path in paths:
+            index = faiss.read_index(str(path))
+            if nprobe is not None and _is_ivf(index):
+                faiss.extract_index_ivf(index).nprobe = nprobe
+            if gpus:
+                index = faiss.index_cpu_to_all_gpus(index)
+            shards.append(index)
+            offsets.append(total)
+            total += index.ntotal
+        return cls(shards, offsets, nprobe)
+
+    @property
+    def ntotal(self) -> int:
+        return sum(s.ntotal for s in self.shards)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, global positions) per query, best first; -1 pads missing results."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        nq = q.shape[0]
+        if not self.shards or self.ntotal == 0:
+            return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+        all_s, all_i = [], []
+        for shard, offset in zip(self.shards, self.offsets, strict=True):
+            kk = min(k, shard.ntotal)
+            s, i = shard.search(q, kk)
+            all_s.append(s)
+            all_i.append(np.where(i >= 0, i + offset, -1))
+        scores = np.concatenate(all_s, axis=1)
+        ids = np.concatenate(all_i, axis=1)
+        scores = np.where(ids >= 0, scores, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(scores, order, 1)
+        ids = np.take_along_axis(ids, order, 1)
+        if scores.shape[1] < k:
+            pad = k - scores.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores.astype(np.float32), ids.astype(np.int64)
+
+
+def _is_ivf(index: faiss.Index) -> bool:
+    try:
+        faiss.extract_index_ivf(index)
+        return True
+    except RuntimeError:
+        return False
+
+
+def build_shards(
+    spec: str,
+    dims: int,
+    total: int,
+    read_range: Callable[[int, int], np.ndarray],
+    train_sample: Callable[[], np.ndarray],
+    out_dir: Path,
+    *,
+    shard_size: int,
+) -> list[Path]:
+    """Write `ceil(total / shard_size)` shard files; `read_range(a, b)` gives vectors a..b."""
+    template = train_template(spec, dims, train_sample)
+    paths = []
+    for no, start in enumerate(range(0, max(total, 1), shard_size)):
+        stop = min(total, start + shard_size)
+        path = out_dir / f"shard-{no:04d}.faiss"
+        write_shard(template, read_range(start, stop), path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,197 @@
+"""`copytrace index build`: images -> catalog + embedding shards + FAISS shards + manifest.
+
+Resumable: the listing is cut into fixed chunks and each finished chunk is a pair of Parquet
+parts, so a rerun after a crash embeds only the chunks that are missing. The manifest is written
+last; an index folder without one is a build in progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from copytrace.descriptors.decode import DEFAULT_MAX_PIXELS
+from copytrace.descriptors.model import load_descriptor
+from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic
+from copytrace.indexing.budget import parse_size
+from copytrace.indexing.catalog_sql import errors as catalog_errors
+from copytrace.indexing.catalog_sql import status_summary
+from copytrace.indexing.embeddings import embedding_parts, table_vectors
+from copytrace.indexing.index_spec import choose_index
+from copytrace.indexing.manifest import (
+    FaissInfo,
+    IndexLayout,
+    Manifest,
+    ModelInfo,
+    software_versions,
+    utc_now,
+)
+from copytrace.indexing.shards import build_shards
+from copytrace.indexing.sources import ImageSource, list_sources
+from copytrace.indexing.store import id_map_table
+from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
+from copytrace.pipelines.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """The build cannot go on as asked (e.g. resuming with a different model or listing)."""
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    index: Path
+    inputs: int
+    indexed: int
+    errors: int
+    resumed_chunks: int
+    index_spec: str
+    model_id: str
+    error_examples: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _listing_digest(sources: list[ImageSource]) -> str:
+    h = hashlib.sha256()
+    for s in sources:
+        h.update(f"{s.image_id}\t{s.uri}\n".encode())
+    return h.hexdigest()
+
+
+class _EmbeddingReader:
+    """Reads vector ranges across embedding parts without loading the whole catalog."""
+
+    def __init__(self, folder: Path) -> None:
+        self.parts = embedding_parts(folder)
+        self.counts = [pq.ParquetFile(p).metadata.num_rows for p in self.parts]
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(int)
+        self.total = int(self.starts[-1])
+
+    def ids(self) -> list[str]:
+        out: list[str] = []
+        for p in self.parts:
+            out.extend(pq.read_table(p, columns=["image_id"]).column("image_id").to_pylist())
+        return out
+
+    def read_range(self, a: int, b: int) -> np.ndarray:
+        chunks = []
+        for i, p in enumerate(self.parts):
+            s, e = self.starts[i], self.starts[i + 1]
+            if e <= a or s >= b or e == s:
+                continue
+            v = table_vectors(pq.read_table(p))
+            chunks.append(v[max(a, s) - s : min(b, e) - s])
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        order = list(range(len(self.parts)))
+        random.Random(seed).shuffle(order)
+        chunks, have = [], 0
+        for i in order:
+            if have >= n:
+                break
+            v = table_vectors(pq.read_table(self.parts[i]))
+            chunks.append(v)
+            have += len(v)
+        return np.concatenate(chunks)[:n]
+
+
+def build_index(
+    images: str | Path,
+    index: str | Path,
+    *,
+    model: str = "default",
+    batch_size: int = 32,
+    chunk_size: int = 512,
+    index_spec: str = "auto",
+    memory_budget: str = "4GB",
+    shard_size: int = 2_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    device: str = "auto",
+    use_ray: bool = True,
+    ray_address: str | None = None,
+    num_workers: int | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> BuildReport:
+    """Index every image under `images` (folder, image, or .parquet/.csv listing) into `index`."""
+    layout = IndexLayout(Path(index))
+    sources = list_sources(images, all_files=True)
+    if not sources:
+        raise BuildError(f"no files found in '{images}'")
+    descriptor = load_descriptor(model)
+    model_spec = model if Path(str(model)).exists() else descriptor.name
+    if overwrite and layout.root.exists():
+        shutil.rmtree(layout.root)
+    layout.root.mkdir(parents=True, exist_ok=True)
+
+    state = {"listing_sha256": _listing_digest(sources), "model_id": descriptor.model_id,
+             "chunk_size": chunk_size, "inputs": len(sources)}
+    if layout.build_state.exists():
+        previous = json.loads(layout.build_state.read_text())
+        if previous != state:
+            changed = [k for k in state if previous.get(k) != state[k]]
+            raise BuildError(
+                f"'{layout.root}' holds a build of other inputs or settings ({', '.join(changed)}"
+                " differ): pass --overwrite to rebuild it, or choose another --index folder"
+            )
+    write_json_atomic(layout.build_state, state)
+    if layout.manifest.exists():
+        layout.manifest.unlink()  # the folder is being (re)built; the manifest comes last
+
+    chunks = [(no, sources[s : s + chunk_size])
+              for no, s in enumerate(range(0, len(sources), chunk_size))]
+    todo = [(no, src) for no, src in chunks
+            if not (layout.catalog_dir / layout.part_name(no)).exists()]
+    resumed = len(chunks) - len(todo)
+    if resumed:
+        log.info("resuming: %d of %d chunks already done", resumed, len(chunks))
+    settings = EmbedSettings(model=model_spec, batch_size=batch_size, device=device,
+                             max_pixels=max_pixels)
+    sizes = {no: len(src) for no, src in todo}
+    with progress_bar("embedding", total=len(sources), enabled=show_progress) as advance:
+        advance(sum(len(src) for no, src in chunks if no not in sizes))
+        for result in run_embedding(todo, settings, use_ray=use_ray, address=ray_address,
+                                    num_workers=num_workers, descriptor=descriptor):
+            name = layout.part_name(result.chunk)
+            write_parquet_atomic(layout.embeddings_dir / name, result.embeddings)
+            write_parquet_atomic(layout.catalog_dir / name, result.catalog)
+            advance(sizes[result.chunk])
+
+    reader = _EmbeddingReader(layout.embeddings_dir)
+    dims = descriptor.model.output_dims
+    budget = parse_size(memory_budget)
+    choice = choose_index(reader.total, dims, budget)
+    spec = choice.spec if index_spec == "auto" else index_spec
+    nprobe = choice.nprobe if index_spec == "auto" else None
+    if layout.faiss_dir.exists():
+        shutil.rmtree(layout.faiss_dir)
+    shard_paths = build_shards(spec, dims, reader.total, reader.read_range,
+                               lambda: reader.sample(200_000), layout.faiss_dir,
+                               shard_size=shard_size)
+    write_parquet_atomic(layout.id_map, id_map_table(reader.ids()))
+
+    counts = status_summary(layout.root)
+    manifest = Manifest(
+        model=ModelInfo(descriptor.model_id, model_spec, descriptor.sha256, dims,
+                        descriptor.config.image_size),
+        index=FaissInfo(spec, nprobe, [str(p.relative_to(layout.root)) for p in shard_paths],
+                        shard_size, choice.reason if index_spec == "auto" else "user choice"),
+        counts={"inputs": len(sources), "indexed": reader.total,
+                "errors": counts.get("error", 0)},
+        source=str(images), versions=software_versions(), created=utc_now(),
+    )
+    manifest.write(layout.manifest)
+    errs = catalog_errors(layout.root, limit=20)
+    examples = list(zip(errs.column("uri").to_pylist(), errs.column("error").to_pylist(),
+                        strict=True))
+    return BuildReport(layout.root, len(sources), reader.total, counts.get("error", 0), resumed,
+                       spec, descriptor.model_id, examples)

@@ -1,0 +1,218 @@
+"""The `copytrace` command line: a thin layer over the Python API, same names and defaults.
+
+Evaluation and benchmark commands (`copytrace eval`, `copytrace bench`) plug in through the
+`copytrace.commands` entry-point group, so this module never imports `copytrace.benchmarks`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+app = typer.Typer(
+    help="copytrace: find the originals an image was copied or edited from, at catalog scale.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+index_app = typer.Typer(help="Build and inspect indexes.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+out = Console()
+err = Console(stderr=True)
+
+RayAddress = Annotated[
+    str | None,
+    typer.Option("--ray-address", "--address",
+                 help="Join a running Ray cluster (e.g. 'auto' or 'ray://head:10001'). "
+                      "Default: start an embedded local Ray."),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+@index_app.command("build")
+def index_build(
+    images: Annotated[Path, typer.Argument(help="Folder (scanned recursively), one image, or a "
+                                                ".parquet/.csv listing with a 'path' column "
+                                                "and optional 'image_id'.")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index folder to write.")],
+    model: Annotated[str, typer.Option(help="Descriptor: 'default', a shipped model name, "
+                                            "or a model file.")] = "default",
+    batch_size: Annotated[int, typer.Option(help="Images per model forward.")] = 32,
+    chunk_size: Annotated[int, typer.Option(help="Images per Parquet part (unit of resume).")] = 512,
+    index_spec: Annotated[str, typer.Option(help="FAISS factory string, or 'auto' to choose from "
+                                                 "size and --memory-budget.")] = "auto",
+    memory_budget: Annotated[str, typer.Option(help="RAM the index may use, e.g. '4GB'.")] = "4GB",
+    shard_size: Annotated[int, typer.Option(help="Vectors per FAISS shard.")] = 2_000_000,
+    device: Annotated[str, typer.Option(help="'auto' (GPU if present), 'cpu', 'cuda'.")] = "auto",
+    ray: Annotated[bool, typer.Option("--ray/--no-ray", help="Run embedding as a Ray job.")] = True,
+    ray_address: RayAddress = None,
+    workers: Annotated[int | None, typer.Option(help="Embedding actors (default: one per "
+                                                     "node).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing index there first; "
+                                                 "without it, an interrupted build resumes.")]
+    = False,
+    quiet: Quiet = False,
+) -> None:
+    """Embed every image and write catalog, embeddings, FAISS index and manifest.
+
+    Bad files (corrupt, truncated, not an image, too large) never stop the build: each gets
+    status 'error' and a reason in the catalog. Rerunning an interrupted build resumes it.
+    """
+    from copytrace.pipelines.build import build_index
+
+    report = build_index(
+        images, index, model=model, batch_size=batch_size, chunk_size=chunk_size,
+        index_spec=index_spec, memory_budget=memory_budget, shard_size=shard_size,
+        device=device, use_ray=ray, ray_address=ray_address, num_workers=workers,
+        overwrite=overwrite, show_progress=not quiet,
+    )
+    out.print(f"[bold]index[/bold] {report.index}: {report.indexed} of {report.inputs} images "
+              f"indexed, {report.errors} failed, FAISS {report.index_spec}, "
+              f"model {report.model_id}"
+              + (f", resumed {report.resumed_chunks} chunks" if report.resumed_chunks else ""))
+    for uri, reason in report.error_examples[:10]:
+        out.print(f"  [red]error[/red] {uri}: {reason}")
+    if report.errors > 10:
+        out.print(f"  … {report.errors - 10} more: copytrace index errors {report.index}")
+
+
+@index_app.command("info")
+def index_info(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> None:
+    """Show the manifest and the catalog's status counts."""
+    from dataclasses import asdict
+
+    from copytrace.indexing.catalog_sql import status_summary
+    from copytrace.indexing.manifest import IndexLayout, Manifest
+
+    manifest = Manifest.read(IndexLayout(index).manifest)
+    info = asdict(manifest)
+    info["status"] = status_summary(index)
+    out.print_json(json.dumps(info, default=str))
+
+
+@index_app.command("errors")
+def index_errors(index: Annotated[Path, typer.Argument(help="Index folder.")],
+                 limit: int = 1000) -> None:
+    """List the inputs that could not be indexed and why."""
+    from copytrace.indexing.catalog_sql import errors
+
+    t = errors(index, limit=limit)
+    for row in t.to_pylist():
+        out.print(f"{row['uri']}\t{row['error']}", markup=False, highlight=False)
+
+
+@index_app.command("sql")
+def index_sql(index: Annotated[Path, typer.Argument(help="Index folder.")],
+              statement: Annotated[str, typer.Argument(help="SQL over views 'catalog' and "
+                                                           "'embeddings'.")]) -> None:
+    """Run DuckDB SQL over the catalog, e.g. duplicates by sha256."""
+    from copytrace.indexing.catalog_sql import sql
+
+    t = sql(index, statement)
+    table = Table(*t.column_names)
+    for row in t.to_pylist():
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+
+
+@app.command("query")
+def query_cmd(
+    query_path: Annotated[Path, typer.Argument(help="An image, a folder of images, or a listing.")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index folder.")],
+    k: Annotated[int, typer.Option("-k", help="Candidates per query.")] = 10,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ISC2021 CSV "
+                                                "(query_id,reference_id,score).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+    = False,
+    model: Annotated[str | None, typer.Option(help="Override the index's model (must be the "
+                                                   "same weights).")] = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    ray: Annotated[bool | None, typer.Option("--ray/--no-ray", help="Default: Ray for "
+                                             "large batches, in-process otherwise.")] = None,
+    ray_address: RayAddress = None,
+    quiet: Quiet = False,
+) -> None:
+    """Find the originals of each query image; higher score = more confident."""
+    from copytrace.pipelines.query import query
+
+    results = query(query_path, index, k=k, output=output, model=model, batch_size=batch_size,
+                    device=device, use_ray=ray, ray_address=ray_address,
+                    show_progress=not quiet and len(sys.argv) > 0)
+    for r in results:
+        if r.error:
+            err.print(f"[red]cannot decode[/red] '{r.uri}': {r.error} (skipped)")
+    if output is not None:
+        out.print(f"wrote {sum(len(r.matches) for r in results)} predictions for "
+                  f"{len(results)} queries to {output}")
+        return
+    if as_json:
+        payload = [{"query_id": r.query_id, "uri": r.uri, "error": r.error,
+                    "matches": [{"reference_id": m.reference_id, "score": m.score,
+                                 "similarity": m.similarity, **m.evidence} for m in r.matches]}
+                   for r in results]
+        out.print_json(json.dumps(payload))
+        return
+    table = Table("query", "rank", "reference", "score")
+    for r in results:
+        for rank, m in enumerate(r.matches, 1):
+            table.add_row(r.query_id, str(rank), m.reference_id, f"{m.score:.4f}")
+    out.print(table)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the descriptors this install can use without any download."""
+    from copytrace.descriptors.model import IMAGENET_MODEL_NAME, default_model_name, shipped_models
+
+    default = default_model_name()
+    for name in [IMAGENET_MODEL_NAME, *shipped_models()]:
+        out.print(f"{name}{'  (default)' if name == default else ''}")
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group="copytrace.commands"):
+        try:
+            app.add_typer(ep.load(), name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            logging.getLogger(__name__).warning("command group '%s' unavailable: %s", ep.name, exc)
+
+
+_load_plugins()
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from copytrace.indexing.sources import SourceError
+    from copytrace.pipelines.build import BuildError
+
+    return (SourceError, BuildError, FileNotFoundError, ValueError, PermissionError)
+
+
+def main() -> None:
+    from copytrace.pipelines.tcmalloc import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc()
+    logging.basicConfig(level=os.environ.get("COPYTRACE_LOG", "WARNING").upper(),
+                        format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
+    try:
+        app()
+    except _known_errors() as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
