@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-
 from copytrace.descriptors.decode import DEFAULT_MAX_PIXELS, DecodedImage, DecodeError, decode_file
 from copytrace.descriptors.model import LoadedDescriptor
 

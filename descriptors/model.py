@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from copytrace.descriptors.gem import GeM
+from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -110,7 +109,7 @@ def _state_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 
 def imagenet_descriptor() -> LoadedDescriptor:
     """The ImageNet-initialised lite0 + GeM descriptor (1280-d), built from packaged weights."""
-    from copytrace.descriptors.imagenet_weights import load_lite0_imagenet, lite0_weights_sha256
+    from copytrace.descriptors.imagenet_weights import lite0_weights_sha256, load_lite0_imagenet
 
     model = CopyDescriptor(DescriptorConfig())
     load_lite0_imagenet(model.backbone)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-
 from copytrace.indexing.manifest import IndexLayout
 
 

@@ -95,12 +95,12 @@ class Manifest:
 
 
 def software_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import faiss
     import pyarrow
     import timm
     import torch
-
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         own = version("copytrace")

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-
 from copytrace.descriptors.model import LoadedDescriptor, load_descriptor
 from copytrace.indexing.atomic import write_bytes_atomic
 from copytrace.indexing.embeddings import table_vectors
