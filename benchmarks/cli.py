@@ -2,8 +2,72 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
 
 eval_app = typer.Typer(help="Score predictions (DISC2021 matching track, localization).",
                        no_args_is_help=True)
 bench_app = typer.Typer(help="Make benchmark data and measure speed.", no_args_is_help=True)
+out = Console()
+
+
+@eval_app.command("disc")
+def eval_disc_cmd(
+    ground_truth: Annotated[Path, typer.Option("--ground-truth", "--gt", help="CSV query_id,"
+                                               "reference_id (empty reference = no match).")],
+    predictions: Annotated[Path | None, typer.Option(help="CSV query_id,reference_id,score "
+                                                     "to score.")] = None,
+    queries: Annotated[Path | None, typer.Option(help="Query images (with --references: "
+                                                 "index, query and score in one go).")] = None,
+    references: Annotated[Path | None, typer.Option(help="Reference images.")] = None,
+    work: Annotated[Path | None, typer.Option(help="Folder for the index and predictions "
+                                              "(reused when rerun).")] = None,
+    k: Annotated[int, typer.Option("-k", help="Candidates per query.")] = 10,
+    model: str = "default",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", "--address")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """DISC2021 matching-track metrics: µAP, recall at precision 0.9, acc@1 (ISC2021 definitions)."""
+    from copytrace.benchmarks.disc_eval import eval_disc, metrics_table
+
+    result = eval_disc(ground_truth, predictions=predictions, queries=queries,
+                       references=references, work=work, k=k, model=model,
+                       ray_address=ray_address, show_progress=not quiet)
+    if as_json:
+        out.print_json(json.dumps({**result.metrics.as_dict(),
+                                   "predictions_file": str(result.predictions)}))
+        return
+    out.print(metrics_table({"copytrace": result.metrics}), markup=False, highlight=False)
+    if result.index is not None:
+        out.print(f"index: {result.index}  predictions: {result.predictions}")
+
+
+@bench_app.command("make-disc")
+def make_disc_cmd(
+    images: Annotated[Path, typer.Option(help="Folder of photos (sorted by path).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Benchmark folder to write.")],
+    seed: int = 0,
+    skip: Annotated[int, typer.Option(help="Skip the first N photos.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use at most N photos.")] = None,
+    reference_fraction: Annotated[float, typer.Option(help="Share of photos that become "
+                                                      "references; the rest give negatives.")]
+    = 0.75,
+    hard_negatives: Annotated[Path | None, typer.Option(help="groups CSV (file,group), e.g. "
+                                                        "UKBench: other views = hard negatives.")]
+    = None,
+    strength: Annotated[float, typer.Option(help="Edit strength (1 = DISC-like).")] = 1.0,
+) -> None:
+    """Make DISC-style queries (edited copies), references and gt.csv, reproducibly."""
+    from copytrace.benchmarks.make_disc import make_disc
+
+    summary = make_disc(images, out_dir, seed=seed, skip=skip, limit=limit,
+                        reference_fraction=reference_fraction, hard_negatives=hard_negatives,
+                        strength=strength)
+    out.print_json(json.dumps({k: str(v) if isinstance(v, Path) else v
+                               for k, v in asdict(summary).items()}))
