@@ -173,6 +173,51 @@ def query_cmd(
     out.print(table)
 
 
+@app.command("localize")
+def localize_cmd(
+    query: Annotated[Path, typer.Argument(help="The copy (query image).")],
+    original: Annotated[Path, typer.Argument(help="Its matched original.")],
+    mask: Annotated[Path, typer.Option("--mask", help="Write a query-sized PNG, 255 on edits.")],
+    overlay: Annotated[Path | None, typer.Option("--overlay", help="Write original | query | "
+                                                 "heatmap as a PNG.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write regions and scores as "
+                                                  "JSON.")] = None,
+    max_side: Annotated[int, typer.Option(help="Analysis resolution (query's longer side).")] = 1024,
+) -> None:
+    """Show where QUERY was edited relative to ORIGINAL (spliced, removed, moved, added)."""
+    from copytrace.pipelines.localize import localize
+
+    r = localize(query, original, mask=mask, overlay=overlay, json_out=json_out, max_side=max_side)
+    edits = [x for x in r.regions if x.kind == "edit"]
+    out.print(f"edited {r.edited:.3f}: {len(edits)} edit region(s) over {r.edited_fraction:.2%} of the "
+              f"query, added content {r.added_fraction:.2%}; mask {mask}")
+
+
+@app.command("localize-batch")
+def localize_batch_cmd(
+    predictions: Annotated[Path, typer.Option(help="CSV query_id,reference_id,score.")],
+    queries: Annotated[Path, typer.Option(help="Query folder or listing (ids = file stems).")],
+    out: Annotated[Path, typer.Option(help="Output folder (masks, JSON, localize.csv).")],
+    references: Annotated[Path | None, typer.Option(help="Reference folder or listing.")] = None,
+    index: Annotated[Path | None, typer.Option("--index", "-i", help="Resolve reference ids "
+                                               "through this index's catalog.")] = None,
+    top: Annotated[int, typer.Option(help="Pairs per query, best score first (0: all).")] = 1,
+    min_score: Annotated[float | None, typer.Option(help="Skip predictions below this.")] = None,
+    overlay: Annotated[bool, typer.Option(help="Also write overlays.")] = False,
+    max_side: int = 1024,
+    ray: Annotated[bool, typer.Option("--ray/--no-ray", help="Run as a Ray job.")] = True,
+    ray_address: RayAddress = None,
+) -> None:
+    """Localize the edits of each predicted (query, reference) pair."""
+    from copytrace.pipelines.localize import localize_batch
+
+    r = localize_batch(predictions, queries=queries, references=references, index=index, out=out,
+                       top=top or None, min_score=min_score, overlay=overlay, max_side=max_side,
+                       use_ray=ray, ray_address=ray_address)
+    typer.echo(f"localized {r.done} of {r.pairs} pairs ({r.failed} failed, {r.edited} with edits); "
+              f"summary {r.summary}")
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the descriptors this install can use without any download."""

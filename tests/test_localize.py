@@ -1,0 +1,179 @@
+"""Manipulation-diff localization on copies made here from scikit-image's bundled photos."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from copytrace.matching.localize import AlignmentError, localize, overlay
+from skimage import data
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+
+
+def _travel(image: np.ndarray, mask: np.ndarray, *, scale: float, crop: tuple[int, int, int, int],
+            quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop (top, bottom, left, right pixels), resize, JPEG: the way copies are redistributed."""
+    t, b, left, r = crop
+    h, w = image.shape[:2]
+    image, mask = image[t:h - b, left:w - r], mask[t:h - b, left:w - r]
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+    return _jpeg(image, quality), mask
+
+
+def _pasted(name: str, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    original = getattr(data, name)()
+    x, y, w, h = box
+    patch = cv2.resize(data.rocket()[60:300, 150:400], (w, h), interpolation=cv2.INTER_AREA)
+    edited = original.copy()
+    edited[y:y + h, x:x + w] = patch
+    mask = np.zeros(original.shape[:2], np.uint8)
+    mask[y:y + h, x:x + w] = 255
+    return original, edited, mask
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+@pytest.mark.parametrize(("name", "box", "scale", "crop", "quality"), [
+    ("astronaut", (250, 170, 110, 90), 0.7, (15, 5, 20, 10), 75),
+    ("coffee", (330, 60, 90, 120), 0.6, (0, 12, 8, 0), 70),
+    ("chelsea", (40, 150, 100, 80), 0.9, (6, 6, 6, 6), 85),
+])
+def test_pasted_patch_is_found_in_travelled_copy(name, box, scale, crop, quality):
+    original, edited, truth = _pasted(name, box)
+    query, truth = _travel(edited, truth, scale=scale, crop=crop, quality=quality)
+    result = localize(query, original)
+    assert result.mask.shape == query.shape[:2]
+    assert _iou(result.mask, truth) >= 0.5
+    edits = [r for r in result.regions if r.kind == "edit"]
+    assert edits and result.edited > 0.5
+    x0, y0, x1, y1 = edits[0].box
+    assert truth[y0:y1, x0:x1].mean() > 100  # the strongest region is on the patch
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket"])
+def test_unedited_reencoded_copy_has_an_empty_mask(name):
+    original = getattr(data, name)()
+    query, _ = _travel(original, np.zeros(original.shape[:2], np.uint8), scale=0.75,
+                       crop=(10, 4, 7, 12), quality=70)
+    result = localize(query, original)
+    assert (result.mask > 0).mean() < 0.005
+    assert result.edited_fraction < 0.005
+
+
+def test_colour_shifted_copy_is_not_an_edit():
+    original = data.astronaut()
+    shifted = np.clip(original.astype(np.float32) * [1.1, 0.95, 0.9] + [8, 0, -6], 0, 255).astype(np.uint8)
+    result = localize(_jpeg(shifted, 80), original)
+    assert result.edited_fraction < 0.005
+
+
+def test_padding_is_added_content_not_an_edit():
+    original = data.coffee()
+    query = cv2.copyMakeBorder(original, 40, 40, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    query = _jpeg(query, 85)
+    result = localize(query, original)
+    added = [r for r in result.regions if r.kind == "added"]
+    assert len(added) == 2
+    top, bottom = sorted(added, key=lambda r: r.box[1])
+    assert abs(top.box[1]) <= 2 and abs(top.box[3] - 40) <= 3
+    assert abs(bottom.box[1] - (original.shape[0] + 40)) <= 3 and bottom.box[3] == query.shape[0]
+    assert result.edited_fraction < 0.005
+    assert 0.15 < result.added_fraction < 0.18  # 80 of 480 rows
+
+
+def test_unrelated_image_cannot_be_registered():
+    with pytest.raises(AlignmentError):
+        localize(data.astronaut(), data.coffee())
+
+
+def test_overlay_shows_three_panels():
+    original, edited, _ = _pasted("astronaut", (250, 170, 110, 90))
+    result = localize(edited, original)
+    panel = overlay(edited, original, result, height=200)
+    assert panel.shape[0] == 200 and panel.shape[2] == 3
+    assert panel.shape[1] > 3 * 190
+
+
+def _write(path: Path, image: np.ndarray) -> Path:
+    cv2.imwrite(str(path), image[..., ::-1])
+    return path
+
+
+def test_cli_localize_writes_mask_overlay_and_json(tmp_path):
+    from copytrace.pipelines.cli import app
+    from typer.testing import CliRunner
+
+    original, edited, truth = _pasted("astronaut", (250, 170, 110, 90))
+    query, truth = _travel(edited, truth, scale=0.7, crop=(15, 5, 20, 10), quality=80)
+    q = _write(tmp_path / "q.jpg", query)
+    o = _write(tmp_path / "o.png", original)
+    res = CliRunner().invoke(app, ["localize", str(q), str(o), "--mask", str(tmp_path / "m.png"),
+                                   "--overlay", str(tmp_path / "ov.png"), "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    mask = cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == query.shape[:2] and set(np.unique(mask)) <= {0, 255}
+    assert _iou(mask, truth) >= 0.5
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["edited"] > 0.5
+    assert report["regions"][0]["kind"] == "edit" and len(report["regions"][0]["box"]) == 4
+    assert cv2.imread(str(tmp_path / "ov.png")).shape[1] > 2 * query.shape[1] * 480 / query.shape[0]
+
+
+def test_batch_localizes_predicted_pairs_and_records_failures(tmp_path):
+    from copytrace.pipelines.localize import localize_batch
+
+    qdir, rdir = tmp_path / "q", tmp_path / "r"
+    qdir.mkdir()
+    rdir.mkdir()
+    original, edited, _ = _pasted("coffee", (330, 60, 90, 120))
+    _write(rdir / "R1.png", original)
+    _write(rdir / "R2.png", data.astronaut())
+    _write(qdir / "Q1.jpg", _jpeg(edited, 80))
+    _write(qdir / "Q2.jpg", _jpeg(data.chelsea(), 80))  # not a copy of R2
+    preds = tmp_path / "preds.csv"
+    with open(preds, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerows([("query_id", "reference_id", "score"), ("Q1", "R1", 0.9), ("Q1", "R2", 0.1),
+                     ("Q2", "R2", 0.5), ("Q3", "R1", 0.7)])
+    report = localize_batch(preds, queries=qdir, references=rdir, out=tmp_path / "out", use_ray=False)
+    assert (report.pairs, report.done, report.failed, report.edited) == (3, 1, 2, 1)
+    with open(report.summary, newline="") as fh:
+        rows = {r["query_id"]: r for r in csv.DictReader(fh)}
+    assert rows["Q1"]["reference_id"] == "R1" and float(rows["Q1"]["edited"]) > 0.5
+    assert Path(rows["Q1"]["mask"]).is_file()
+    assert "register" in rows["Q2"]["error"] and "no file" in rows["Q3"]["error"]
+
+
+def _dev_data() -> Path | None:
+    default = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    root = Path(os.environ.get("COPYTRACE_DEV_DATA", default))
+    return root if (root / "forgery" / "noso" / "triples.csv").is_file() else None
+
+
+@pytest.mark.devdata
+@pytest.mark.skipif(_dev_data() is None, reason="needs ../shared/data (or $COPYTRACE_DEV_DATA)")
+def test_noso_copy_move_destination_is_found():
+    from copytrace.descriptors.decode import decode_file
+
+    noso = _dev_data() / "forgery" / "noso"
+    original = decode_file(noso / "02.png").pixels
+    forged = decode_file(noso / "02_mod.png").pixels
+    truth = (np.abs(forged.astype(int) - original).max(axis=2) > 10).astype(np.uint8) * 255
+    query, truth = _travel(forged, truth, scale=0.6, crop=(10, 10, 10, 10), quality=80)
+    result = localize(query, original)
+    assert (result.mask[truth > 0] > 0).mean() > 0.6  # most of the pasted destination is found
