@@ -48,6 +48,11 @@ def eval_disc_cmd(
         out.print(f"index: {result.index}  predictions: {result.predictions}")
 
 
+from copytrace.benchmarks.localize_eval import eval_localize_cmd  # noqa: E402
+
+eval_app.command("localize")(eval_localize_cmd)
+
+
 @bench_app.command("make-disc")
 def make_disc_cmd(
     images: Annotated[Path, typer.Option(help="Folder of photos (sorted by path).")],

@@ -1,0 +1,214 @@
+"""`copytrace eval localize`: score edit masks against ground truth, defined once.
+
+Per image: pixel F1 and IoU of the predicted mask against the ground-truth mask (both empty
+counts as a perfect 1.0; one empty and not the other as 0.0), and region hits: a ground-truth
+region (8-connected component) is found when some predicted region's bounding box overlaps its
+bounding box with IoU >= 0.5, the usual detection criterion, boxes being what `localize` reports.
+Scores are averaged over images (region hit rate over images that have ground-truth regions).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import cv2
+import numpy as np
+import typer
+
+log = logging.getLogger(__name__)
+
+QUERY_COLUMNS = ("query", "forged", "tampered")
+HIT_IOU = 0.5
+MIN_REGION_FRACTION = 1e-4  # ground-truth components smaller than this share of the image are ignored
+
+
+@dataclass(frozen=True)
+class MaskScore:
+    name: str
+    f1: float
+    iou: float
+    regions: int  # ground-truth regions
+    hits: int  # of them found
+    seconds: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    images: int
+    failed: int
+    f1: float
+    iou: float
+    region_hit_rate: float | None  # None when no image has a ground-truth region
+    seconds_per_pair: float | None
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def pixel_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(F1, IoU) of two binary masks of the same shape."""
+    p, t = pred > 0, truth > 0
+    if p.shape != t.shape:
+        raise ValueError(f"mask shapes differ: predicted {p.shape}, ground truth {t.shape}")
+    tp = int((p & t).sum())
+    ps, ts = int(p.sum()), int(t.sum())
+    if ps == 0 and ts == 0:
+        return 1.0, 1.0
+    return 2 * tp / (ps + ts), tp / (ps + ts - tp)
+
+
+def _boxes(mask: np.ndarray, min_pixels: int) -> list[tuple[int, int, int, int]]:
+    n, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    return [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, a in stats[1:] if a >= min_pixels]
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def region_hits(pred: np.ndarray, truth: np.ndarray, *, iou: float = HIT_IOU) -> tuple[int, int]:
+    """(found, total) ground-truth regions; predicted regions of any size count."""
+    min_pixels = max(1, round(MIN_REGION_FRACTION * truth.size))
+    gt = _boxes(truth, min_pixels)
+    pr = _boxes(pred, 1)
+    found = sum(any(box_iou(g, p) >= iou for p in pr) for g in gt)
+    return found, len(gt)
+
+
+def score_mask(name: str, pred: np.ndarray, truth: np.ndarray, seconds: float | None = None) -> MaskScore:
+    f1, iou = pixel_scores(pred, truth)
+    hits, regions = region_hits(pred, truth)
+    return MaskScore(name, f1, iou, regions, hits, seconds)
+
+
+def summarize(scores: Sequence[MaskScore]) -> Summary:
+    ok = [s for s in scores if s.error is None]
+    with_regions = [s for s in ok if s.regions]
+    timed = [s.seconds for s in ok if s.seconds is not None]
+    return Summary(
+        images=len(ok), failed=len(scores) - len(ok),
+        f1=float(np.mean([s.f1 for s in ok])) if ok else 0.0,
+        iou=float(np.mean([s.iou for s in ok])) if ok else 0.0,
+        region_hit_rate=float(np.mean([s.hits / s.regions for s in with_regions])) if with_regions else None,
+        seconds_per_pair=float(np.mean(timed)) if timed else None,
+    )
+
+
+def failed(name: str, error: str) -> MaskScore:
+    """A pair the method could not process scores 0 (an empty mask would often score better)."""
+    return MaskScore(name, 0.0, 0.0, 0, 0, None, error)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise ValueError(f"cannot read mask '{path}'")
+    return np.where(m > 127, 255, 0).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Triple:
+    name: str
+    query: Path
+    original: Path
+    mask: Path
+
+
+def read_triples(triples: str | Path, *, root: str | Path | None = None) -> list[Triple]:
+    """CSV with columns query (or forged/tampered), original, mask; paths relative to root
+    (default: the CSV's folder)."""
+    p = Path(triples)
+    base = Path(root) if root is not None else p.parent
+    try:
+        with open(p, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise ValueError(f"cannot read triples '{p}': {exc.strerror or exc}") from None
+    if not rows:
+        return []
+    qcol = next((c for c in QUERY_COLUMNS if c in rows[0]), None)
+    if qcol is None or not {"original", "mask"} <= set(rows[0]):
+        raise ValueError(f"triples '{p}' need columns query (or forged/tampered), original, mask")
+    return [Triple(Path(r[qcol]).stem, base / r[qcol], base / r["original"], base / r["mask"]) for r in rows]
+
+
+def eval_localize(
+    triples: str | Path,
+    *,
+    root: str | Path | None = None,
+    predictions: str | Path | None = None,
+    max_side: int = 1024,
+    progress: Callable[[MaskScore], None] | None = None,
+) -> tuple[Summary, list[MaskScore]]:
+    """Score `copytrace localize` (or the masks in `predictions`, named <query stem>.png or
+    <query stem>.mask.png) against each triple's ground-truth mask."""
+    from copytrace.descriptors.decode import DecodeError, decode_file
+    from copytrace.matching.localize import AlignmentError, LocalizeConfig, localize
+
+    config = LocalizeConfig(max_side=max_side)
+    scores: list[MaskScore] = []
+    for t in read_triples(triples, root=root):
+        try:
+            truth = read_mask(t.mask)
+            if predictions is not None:
+                cands = [Path(predictions) / f"{t.query.stem}{s}" for s in (".mask.png", ".png")]
+                found = next((c for c in cands if c.is_file()), None)
+                if found is None:
+                    raise ValueError(f"no predicted mask for '{t.query.stem}' in '{predictions}'")
+                pred, seconds = read_mask(found), None
+            else:
+                q, o = decode_file(t.query).pixels, decode_file(t.original).pixels
+                start = time.perf_counter()
+                pred = localize(q, o, config=config).mask
+                seconds = time.perf_counter() - start
+            s = score_mask(t.name, pred, truth, seconds)
+        except (AlignmentError, DecodeError, ValueError) as exc:
+            s = failed(t.name, str(exc))
+        scores.append(s)
+        if progress is not None:
+            progress(s)
+    return summarize(scores), scores
+
+
+def summary_table(rows: dict[str, Summary]) -> str:
+    """Plain-text table, one row per method (or dataset/method)."""
+    head = (f"{'method':<32} {'images':>6} {'fail':>4} {'pixel F1':>8} {'IoU':>6} {'region hit':>10} "
+            f"{'s/pair':>7}")
+    lines = [head, "-" * len(head)]
+    for name, s in rows.items():
+        hit = f"{s.region_hit_rate:.3f}" if s.region_hit_rate is not None else "-"
+        sec = f"{s.seconds_per_pair:.2f}" if s.seconds_per_pair is not None else "-"
+        lines.append(f"{name:<32} {s.images:>6} {s.failed:>4} {s.f1:>8.3f} {s.iou:>6.3f} {hit:>10} {sec:>7}")
+    return "\n".join(lines)
+
+
+def eval_localize_cmd(
+    triples: Annotated[Path, typer.Argument(help="CSV: query (or forged/tampered), original, mask.")],
+    root: Annotated[Path | None, typer.Option(help="Paths are relative to this (default: the "
+                                              "CSV's folder).")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="Score these masks (<query stem>[.mask]"
+                                                     ".png) instead of running localize.")] = None,
+    max_side: int = 1024,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (summary + per image).")] = False,
+) -> None:
+    """Pixel F1, IoU and region hit rate (box IoU >= 0.5) of edit masks, averaged over images."""
+    summary, scores = eval_localize(triples, root=root, predictions=predictions, max_side=max_side)
+    if as_json:
+        typer.echo(json.dumps({"summary": summary.as_dict(), "images": [s.__dict__ for s in scores]}))
+        return
+    for s in scores:
+        if s.error:
+            typer.echo(f"failed {s.name}: {s.error}", err=True)
+    typer.echo(summary_table({"copytrace localize": summary}))
