@@ -1,0 +1,55 @@
+"""The real `copytrace` command: help that explains, one-line errors, a full round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = str(Path(sys.executable).parent / "copytrace")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "COLUMNS": "200"}
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([BIN, *args], capture_output=True, text=True, env=ENV, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_help_lists_the_jobs():
+    text = run("--help").stdout
+    for command in ("index", "query", "eval", "bench"):
+        assert command in text
+    build_help = run("index", "build", "--help").stdout
+    assert "--memory-budget" in build_help and "--ray-address" in build_help
+
+
+def test_missing_input_is_a_one_line_error(tmp_path):
+    proc = run("index", "build", str(tmp_path / "nope"), "--index", str(tmp_path / "i"),
+               check=False)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no such file or folder" in lines[0] and "nope" in lines[0]
+    proc = run("query", str(tmp_path), "--index", str(tmp_path / "not-an-index"), check=False)
+    assert proc.returncode == 2 and "not a copytrace index" in proc.stderr
+
+
+def test_round_trip_build_query_eval(tmp_path, photos_dir):
+    index = tmp_path / "index"
+    run("index", "build", str(photos_dir), "--index", str(index), "--no-ray", "-q")
+    preds = tmp_path / "preds.csv"
+    run("query", str(photos_dir), "--index", str(index), "-k", "3", "-o", str(preds), "-q")
+    gt = tmp_path / "gt.csv"
+    gt.write_text("query_id,reference_id\n" + "".join(f"{p.stem},{p.stem}\n"
+                                                      for p in photos_dir.glob("*.jpg")))
+    scores = json.loads(run("eval", "disc", "--gt", str(gt), "--predictions", str(preds),
+                            "--json").stdout)
+    assert scores["acc@1"] == 1.0 and scores["uAP"] > 0.99
+    info = json.loads(run("index", "info", str(index)).stdout)
+    assert info["counts"]["indexed"] == len(list(photos_dir.glob("*.jpg")))
+    one = json.loads(run("query", str(photos_dir / "coffee.jpg"), "--index", str(index),
+                         "--json", "-q").stdout)
+    assert one[0]["matches"][0]["reference_id"] == "coffee"
