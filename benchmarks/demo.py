@@ -14,14 +14,15 @@ import shutil
 import time
 from pathlib import Path
 
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
 from copytrace.benchmarks.disc_eval import metrics_table, score_predictions
 from copytrace.benchmarks.disc_io import read_predictions
 from copytrace.benchmarks.pdq import pdq_predictions
 from copytrace.descriptors.augment import EditContext, random_copy
 from copytrace.indexing.atomic import write_bytes_atomic
-from PIL import Image
-from rich.console import Console
-from rich.table import Table
 
 DEMO_PHOTOS = (
     "astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina",

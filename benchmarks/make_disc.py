@@ -19,11 +19,12 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from copytrace.descriptors.augment import EditContext, random_copy
 from copytrace.descriptors.decode import DecodeError, decode_file
 from copytrace.indexing.atomic import write_bytes_atomic, write_json_atomic
 from copytrace.indexing.sources import scan_folder
-from PIL import Image
 
 log = logging.getLogger(__name__)
 

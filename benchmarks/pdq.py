@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pdqhash
+
 from copytrace.benchmarks.metrics import PredictedMatch
 from copytrace.descriptors.decode import DecodeError, decode_file
 from copytrace.indexing.sources import scan_folder

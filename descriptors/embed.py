@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from copytrace.descriptors.decode import DEFAULT_MAX_PIXELS, DecodedImage, DecodeError, decode_file
 from copytrace.descriptors.model import LoadedDescriptor
 

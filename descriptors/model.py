@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from copytrace.descriptors.gem import GeM
 from torch import nn
+
+from copytrace.descriptors.gem import GeM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+
 from copytrace.indexing.manifest import IndexLayout
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
 from copytrace.indexing.atomic import write_file_atomic
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from copytrace.indexing.catalog import read_catalog
 from copytrace.indexing.manifest import IndexLayout, Manifest
 from copytrace.indexing.shards import ShardedIndex

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
 from copytrace.descriptors.decode import DEFAULT_MAX_PIXELS
 from copytrace.descriptors.model import load_descriptor
 from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic

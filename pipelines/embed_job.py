@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
 from copytrace.descriptors.decode import DEFAULT_MAX_PIXELS
 from copytrace.descriptors.embed import Embedder, embed_files
 from copytrace.descriptors.model import LoadedDescriptor, load_descriptor

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from photos import PHOTO_NAMES, jpeg_bytes, photo
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

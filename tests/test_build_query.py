@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
+
 from copytrace.descriptors.augment import EditContext, random_copy
 from copytrace.indexing.catalog import read_catalog
 from copytrace.indexing.catalog_sql import status_summary
@@ -17,8 +19,8 @@ from copytrace.indexing.manifest import IndexLayout, Manifest
 from copytrace.indexing.store import CopyIndex
 from copytrace.pipelines.build import BuildError, build_index
 from copytrace.pipelines.query import query
+
 from photos import jpeg_bytes, photo
-from PIL import Image
 
 BAD_FILES = {
     "zero": ("zero.jpg", b""),

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from copytrace.descriptors.decode import DecodeError, decode_bytes
+
 from photos import jpeg_bytes, photo
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from copytrace.indexing.budget import parse_size
 from copytrace.indexing.index_spec import choose_index
 from copytrace.indexing.shards import ShardedIndex, build_shards

@@ -1,0 +1,108 @@
+"""`make bench`: end-to-end embedding throughput next to the bare model forward, in one run.
+
+End to end = files on disk -> decoded, resized, embedded, written as Parquet parts, FAISS index
+and manifest (the whole `build_index`), with Ray already started so its fixed start-up cost is
+reported separately. Bare forward = the same model on ready-made uint8 batches of the same size.
+
+    python -m copytrace.benchmarks.throughput [--images DIR] [--count 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from copytrace.descriptors.embed import Embedder
+from copytrace.descriptors.model import load_descriptor
+from copytrace.pipelines.build import build_index
+from copytrace.pipelines.ray_runtime import ensure_ray
+from copytrace.pipelines.tcmalloc import tcmalloc_active
+
+
+def _default_images(count: int, folder: Path) -> Path:
+    """Dev photos when present, else scikit-image's photos re-encoded to `count` distinct files."""
+    dev = Path(os.environ.get("COPYTRACE_DEV_DATA") or "../shared/data") / "photos/imagenet-sample"
+    if dev.is_dir():
+        files = sorted(dev.iterdir())[:count]
+        for f in files:
+            shutil.copy(f, folder / f.name)
+        return folder
+    from skimage import data
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field"]
+    photos = [Image.fromarray(getattr(data, n)()).convert("RGB") for n in names]
+    for i in range(count):
+        img = photos[i % len(photos)].rotate(i % 7, expand=False)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85 + i % 10)
+        (folder / f"img{i:05d}.jpg").write_bytes(buf.getvalue())
+    return folder
+
+
+def bare_forward(model: str, batch_size: int, count: int) -> float:
+    embedder = Embedder(load_descriptor(model))
+    size = embedder.image_size
+    batch = np.random.default_rng(0).integers(0, 255, (batch_size, size, size, 3), np.uint8)
+    embedder.embed_pixels(batch)  # warm-up
+    n, t = 0, time.perf_counter()
+    while n < count:
+        embedder.embed_pixels(batch)
+        n += batch_size
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, help="folder of images (default: dev photos)")
+    parser.add_argument("--count", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--model", default="default")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="copytrace-bench-"))
+    try:
+        if args.images is None:
+            (work / "images").mkdir()
+        images = args.images or _default_images(args.count, work / "images")
+        n_files = sum(1 for p in images.rglob("*") if p.is_file())
+        t = time.perf_counter()
+        ensure_ray()
+        ray_start = time.perf_counter() - t
+        results = {}
+        for label, use_ray in (("pipeline (Ray job)", True), ("pipeline (in-process)", False)):
+            index = work / f"index-{use_ray}"
+            t = time.perf_counter()
+            report = build_index(images, index, model=args.model, batch_size=args.batch_size,
+                                 use_ray=use_ray, show_progress=False)
+            results[label] = report.indexed / (time.perf_counter() - t)
+        forward = bare_forward(args.model, args.batch_size, n_files)
+        report = {
+            "images": n_files, "batch_size": args.batch_size, "model": args.model,
+            "tcmalloc": tcmalloc_active(), "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "ray_start_seconds": round(ray_start, 1),
+            "bare_forward_img_per_s": round(forward, 1),
+            **{f"{k}_img_per_s": round(v, 1) for k, v in results.items()},
+            **{f"{k}_ratio_to_forward": round(v / forward, 3) for k, v in results.items()},
+        }
+        print(json.dumps(report, indent=2))
+        print(f"\n{'path':<24}{'img/s':>8}{'ratio':>8}")
+        print(f"{'bare model forward':<24}{forward:>8.1f}{1.0:>8.2f}")
+        for k, v in results.items():
+            print(f"{k:<24}{v:>8.1f}{v / forward:>8.2f}")
+        print(f"(tcmalloc {'on' if tcmalloc_active() else 'off'}; Ray start-up "
+              f"{ray_start:.1f}s not included)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
