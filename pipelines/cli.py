@@ -145,13 +145,24 @@ def query_cmd(
                                              "large batches, in-process otherwise.")] = None,
     ray_address: RayAddress = None,
     quiet: Quiet = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the top candidates "
+                                         "with local features and geometry (inliers, "
+                                         "homography, matched boxes).")] = True,
+    verify_k: Annotated[int | None, typer.Option(help="Candidates verified per query "
+                                                 "(default: -k).")] = None,
+    normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="Normalize "
+                                            "similarities against the index's background "
+                                            "set.")] = True,
+    expand: Annotated[bool, typer.Option("--expand/--no-expand", help="Also search crops of "
+                                         "the query (finds images pasted into it).")] = True,
 ) -> None:
-    """Find the originals of each query image; higher score = more confident."""
+    """Find the originals of each query image; score in [0, 1], >= 0.5 means a copy."""
     from copytrace.pipelines.query import query
 
     results = query(query_path, index, k=k, output=output, model=model, batch_size=batch_size,
                     device=device, use_ray=ray, ray_address=ray_address,
-                    show_progress=not quiet and len(sys.argv) > 0)
+                    show_progress=not quiet and len(sys.argv) > 0, verify=verify,
+                    verify_k=verify_k, normalize=normalize, expand=expand)
     for r in results:
         if r.error:
             err.print(f"[red]cannot decode[/red] '{r.uri}': {r.error} (skipped)")
@@ -166,10 +177,14 @@ def query_cmd(
                    for r in results]
         out.print_json(json.dumps(payload))
         return
-    table = Table("query", "rank", "reference", "score")
+    table = Table("query", "rank", "reference", "score", "similarity", "inliers", "query box",
+                  "reference box")
     for r in results:
         for rank, m in enumerate(r.matches, 1):
-            table.add_row(r.query_id, str(rank), m.reference_id, f"{m.score:.4f}")
+            e = m.evidence
+            table.add_row(r.query_id, str(rank), m.reference_id, f"{m.score:.4f}",
+                          f"{m.similarity:.4f}", str(e.get("inliers", "")),
+                          str(e.get("query_box", "")), str(e.get("reference_box", "")))
     out.print(table)
 
 

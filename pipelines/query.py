@@ -5,15 +5,29 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from copytrace.descriptors.decode import DecodeError, decode_file
+from copytrace.descriptors.embed import Embedder, embed_images
 from copytrace.descriptors.model import LoadedDescriptor, load_descriptor
 from copytrace.indexing.atomic import write_bytes_atomic
 from copytrace.indexing.embeddings import table_vectors
-from copytrace.indexing.sources import list_sources
+from copytrace.indexing.sources import ImageSource, list_sources
 from copytrace.indexing.store import CopyIndex
-from copytrace.matching.search import QueryResult, search
+from copytrace.matching.calibrate import Calibration, load_calibration
+from copytrace.matching.expand import ExpandConfig, crop_views, query_views
+from copytrace.matching.normalize import NormalizeConfig, load_background
+from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
+from copytrace.matching.search import QueryResult
+from copytrace.matching.verify import Verification, VerifyConfig, verify_batch
 from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
 from copytrace.pipelines.progress import progress_bar
 
@@ -23,6 +37,12 @@ RAY_AUTO_MIN_QUERIES = 256
 """Below this many queries, starting Ray costs more than it saves; they run in-process."""
 
 PREDICTIONS_HEADER = ("query_id", "reference_id", "score")
+
+VIEW_MAX_SIDE = 1024
+"""Queries are downscaled to this before cropping views (the descriptor sees 224 px anyway)."""
+
+VERIFY_QUERIES_PER_TASK = 8
+"""Queries per Ray verification task: enough to reuse prepared references within a task."""
 
 
 def index_model(index: CopyIndex, model: str | None = None) -> LoadedDescriptor:
@@ -35,6 +55,29 @@ def index_model(index: CopyIndex, model: str | None = None) -> LoadedDescriptor:
             "query with the index's model or rebuild the index"
         )
     return descriptor
+
+
+@dataclass
+class QueryTimings:
+    """Wall-clock seconds per stage of one `query` call (the benchmark reads them)."""
+
+    embed: float = 0.0
+    search: float = 0.0
+    verify: float = 0.0
+    views: int = 0
+    pairs_verified: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def match_config(*, k: int = 10, normalize: bool = True, expand: bool = True,
+                 verify: bool = True, verify_k: int | None = None) -> MatchConfig:
+    """The `MatchConfig` behind the CLI switches."""
+    return MatchConfig(
+        k=k, search_k=max(20, 2 * k),
+        normalize=NormalizeConfig() if normalize else None,
+        expand=ExpandConfig() if expand else None,
+        verify=VerifyConfig(top_k=verify_k or k) if verify else None,
+    )
 
 
 def query(
@@ -50,19 +93,85 @@ def query(
     use_ray: bool | None = None,
     ray_address: str | None = None,
     show_progress: bool = True,
+    verify: bool = True,
+    normalize: bool = True,
+    expand: bool = True,
+    verify_k: int | None = None,
+    config: MatchConfig | None = None,
+    calibration: Calibration | None = None,
+    timings: QueryTimings | None = None,
 ) -> list[QueryResult]:
-    """Rank the index's images for each query; optionally write the ISC2021 predictions CSV."""
+    """Rank the index's images for each query; optionally write the ISC2021 predictions CSV.
+
+    Default: whole query plus crops searched (`expand`), similarities normalized against the
+    index's background (`normalize`), top candidates verified by local features (`verify`), and
+    one calibrated score per match in [0, 1] (0.5 = decision threshold). `config` overrides the
+    switches; `timings` is filled with per-stage seconds.
+    """
+    config = config or match_config(k=k, normalize=normalize, expand=expand, verify=verify,
+                                    verify_k=verify_k)
+    timings = timings if timings is not None else QueryTimings()
     copy_index = CopyIndex.open(index)
     descriptor = index_model(copy_index, model)
+    calibration = calibration or load_calibration(copy_index.layout.root)
     sources = list_sources(queries, all_files=True)
     if use_ray is None:
         use_ray = bool(ray_address) or len(sources) >= RAY_AUTO_MIN_QUERIES
+
+    t = time.perf_counter()
+    if config.expand is None:
+        vectors, views, errors = _embed_whole(sources, copy_index, descriptor, model=model,
+                                              batch_size=batch_size, chunk_size=chunk_size,
+                                              device=device, use_ray=use_ray,
+                                              ray_address=ray_address, show_progress=show_progress)
+    else:
+        vectors, views, errors = _embed_views(sources, descriptor, config.expand,
+                                              batch_size=batch_size, device=device,
+                                              show_progress=show_progress)
+    timings.embed += time.perf_counter() - t
+    timings.views += sum(len(v.names) for v in views.values())
+
+    t = time.perf_counter()
+    ok = [s for s in sources if s.image_id in views]
+    matrix = (np.concatenate([vectors[s.image_id] for s in ok]) if ok
+              else np.zeros((0, copy_index.manifest.model.dims), np.float32))
+    background = (load_background(copy_index.layout.root, config=config.normalize)
+                  if config.normalize is not None and ok else None)
+    ranked = candidates(copy_index, matrix, [views[s.image_id] for s in ok],
+                        background=background, config=config) if ok else []
+    timings.search += time.perf_counter() - t
+
+    t = time.perf_counter()
+    verified: list[list[Verification | None]] | None = None
+    if config.verify is not None and ok:
+        verified = _verify(copy_index, ok, ranked, config.verify, use_ray=use_ray,
+                           ray_address=ray_address)
+        timings.pairs_verified += sum(len(v) for v in verified)
+    timings.verify += time.perf_counter() - t
+
+    by_id = {}
+    for i, (s, cands) in enumerate(zip(ok, ranked, strict=True)):
+        by_id[s.image_id] = finalize(cands, verified[i] if verified is not None else None,
+                                     calibration=calibration)
+    results = [QueryResult(s.image_id, s.uri, by_id.get(s.image_id, []), errors.get(s.image_id))
+               for s in sources]
+    if output is not None:
+        write_predictions(results, output)
+    return results
+
+
+def _embed_whole(sources: list[ImageSource], copy_index: CopyIndex, descriptor: LoadedDescriptor,
+                 *, model: str | None, batch_size: int, chunk_size: int, device: str,
+                 use_ray: bool, ray_address: str | None, show_progress: bool,
+                 ) -> tuple[dict[str, np.ndarray], dict[str, QueryViews], dict[str, str]]:
+    """One descriptor per query (the whole image), inline or as a Ray job."""
     spec = model or copy_index.manifest.model.name
     settings = EmbedSettings(model=spec, batch_size=batch_size, device=device)
     chunks = [(no, sources[s : s + chunk_size])
               for no, s in enumerate(range(0, len(sources), chunk_size))]
     errors: dict[str, str] = {}
     vectors: dict[str, np.ndarray] = {}
+    views: dict[str, QueryViews] = {}
     with progress_bar("querying", total=len(sources), enabled=show_progress) as advance:
         for result in run_embedding(chunks, settings, use_ray=use_ray, address=ray_address,
                                     descriptor=descriptor):
@@ -70,20 +179,99 @@ def query(
             for row in cat:
                 if row["status"] != "ok":
                     errors[row["image_id"]] = row["error"]
+                else:
+                    views[row["image_id"]] = QueryViews(
+                        ["full"], [(0, 0, int(row["width"]), int(row["height"]))])
             ids = result.embeddings.column("image_id").to_pylist()
             for qid, vec in zip(ids, table_vectors(result.embeddings), strict=True):
-                vectors[qid] = vec
+                vectors[qid] = vec[None]
             advance(len(cat))
-    ok = [s for s in sources if s.image_id in vectors]
-    matrix = (np.stack([vectors[s.image_id] for s in ok]) if ok
-              else np.zeros((0, copy_index.manifest.model.dims), np.float32))
-    ranked = search(copy_index, matrix, k=k) if ok else []
-    by_id = {s.image_id: m for s, m in zip(ok, ranked, strict=True)}
-    results = [QueryResult(s.image_id, s.uri, by_id.get(s.image_id, []), errors.get(s.image_id))
-               for s in sources]
-    if output is not None:
-        write_predictions(results, output)
-    return results
+    return vectors, views, errors
+
+
+def _decode_views(uri: str, size: int, expand: ExpandConfig
+                  ) -> tuple[np.ndarray, list[np.ndarray], QueryViews] | str:
+    """The whole query exactly as the index embeds images, plus its crops."""
+    try:
+        whole = decode_file(uri, target_size=size).pixels
+        full = decode_file(uri)
+    except DecodeError as exc:
+        return str(exc)
+    pixels = full.pixels
+    h, w = pixels.shape[:2]
+    scale = min(1.0, VIEW_MAX_SIDE / max(h, w))
+    if scale < 1:
+        from PIL import Image
+
+        pixels = np.asarray(Image.fromarray(pixels).resize(
+            (max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+    found = query_views(pixels, config=expand)[1:]  # [0] is the whole image: `whole` covers it
+    crops = crop_views(pixels, found)
+    boxes = [(0, 0, w, h)] + [tuple(round(c / scale) for c in v.box) for v in found]
+    return whole, crops, QueryViews(["full"] + [v.name for v in found], boxes)
+
+
+def _embed_views(sources: list[ImageSource], descriptor: LoadedDescriptor, expand: ExpandConfig,
+                 *, batch_size: int, device: str, show_progress: bool,
+                 ) -> tuple[dict[str, np.ndarray], dict[str, QueryViews], dict[str, str]]:
+    """Whole query + crops per query, embedded in-process (decoding on threads)."""
+    embedder = Embedder(descriptor, device=device)
+    size = embedder.image_size
+    errors: dict[str, str] = {}
+    vectors: dict[str, np.ndarray] = {}
+    views: dict[str, QueryViews] = {}
+    step = max(1, batch_size // 4)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="views") as pool, \
+            progress_bar("querying", total=len(sources), enabled=show_progress) as advance:
+        for start in range(0, len(sources), step):
+            chunk = sources[start : start + step]
+            decoded = list(pool.map(lambda s: _decode_views(s.uri, size, expand), chunk))
+            good = [(s, d) for s, d in zip(chunk, decoded, strict=True) if not isinstance(d, str)]
+            for s, d in zip(chunk, decoded, strict=True):
+                if isinstance(d, str):
+                    errors[s.image_id] = d
+            if good:
+                whole = embedder.embed_pixels(np.stack([d[0] for _, d in good]))
+                crops = [c for _, d in good for c in d[1]]
+                crop_vecs = embed_images(crops, embedder, batch_size=batch_size)
+                pos = 0
+                for i, (s, d) in enumerate(good):
+                    n = len(d[1])
+                    vectors[s.image_id] = np.concatenate([whole[i : i + 1], crop_vecs[pos : pos + n]])
+                    views[s.image_id] = d[2]
+                    pos += n
+            advance(len(chunk))
+    return vectors, views, errors
+
+
+def reference_uris(copy_index: CopyIndex, ids: set[str]) -> dict[str, str]:
+    """Catalog paths of the given reference ids (what verification reads)."""
+    cat = copy_index.catalog().select(["image_id", "uri"])
+    cat = cat.filter(pc.is_in(cat.column("image_id"), value_set=pa.array(sorted(ids), pa.string())))
+    return dict(zip(cat.column("image_id").to_pylist(), cat.column("uri").to_pylist(), strict=True))
+
+
+def _verify(copy_index: CopyIndex, sources: Sequence[ImageSource], ranked: list[list[Candidate]],
+            config: VerifyConfig, *, use_ray: bool, ray_address: str | None
+            ) -> list[list[Verification | None]]:
+    """Verify each query's top candidates: in-process, or as Ray tasks of a few queries each."""
+    uris = reference_uris(copy_index, {c.reference_id for row in ranked for c in row[: config.top_k]})
+    jobs = [(s.uri, [uris.get(c.reference_id, "") for c in row[: config.top_k]])
+            for s, row in zip(sources, ranked, strict=True)]
+    if not use_ray:
+        return verify_batch(jobs, config=config)
+    import ray
+
+    from copytrace.pipelines.ray_runtime import ensure_ray
+
+    ensure_ray(ray_address)
+    task = ray.remote(num_cpus=1)(verify_batch)
+    futures = [task.remote(jobs[s : s + VERIFY_QUERIES_PER_TASK], config=config)
+               for s in range(0, len(jobs), VERIFY_QUERIES_PER_TASK)]
+    out: list[list[Verification | None]] = []
+    for part in ray.get(futures):
+        out.extend(part)
+    return out
 
 
 def predictions_csv(results: list[QueryResult]) -> str:

@@ -1,0 +1,143 @@
+"""Global-local query expansion: the views of a query that are each searched on their own.
+
+A global descriptor of the whole query is dominated by whatever fills most of it. When the copy
+is only part of the query (image-in-image, a meme frame or padding, a big overlay) the original
+is better found from a view that holds mostly the copied part. The views are cheap geometric
+guesses: centre crops, overlapping quadrants, the query with uniform borders trimmed, and the
+largest rectangles bounded by strong straight edges (a pasted photo has a border). Each view is
+searched and a reference keeps its best normalized score over views.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in query pixels
+
+
+@dataclass(frozen=True)
+class ExpandConfig:
+    centre_crops: tuple[float, ...] = (0.6,)  # side fractions of centred crops
+    quadrants: bool = True  # four overlapping corner crops of `quadrant_side` of each side
+    quadrant_side: float = 0.6
+    trim_borders: bool = True  # drop near-uniform bands (padding, meme captions)
+    pasted_regions: int = 2  # at most this many edge-bounded rectangles
+    min_region_area: float = 0.08  # of the query area
+    max_region_area: float = 0.8
+    min_side_px: int = 32  # views smaller than this are useless to the descriptor
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    box: Box
+
+
+def _clip(box: Box, w: int, h: int) -> Box:
+    x0, y0, x1, y1 = box
+    return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+
+
+def trimmed_box(image: np.ndarray, *, tolerance: float = 6.0) -> Box:
+    """The image without near-uniform rows/columns at its edges (padding, caption bands)."""
+    gray = image.mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+    h, w = gray.shape
+    row_flat = gray.std(axis=1) < tolerance
+    col_flat = gray.std(axis=0) < tolerance
+
+    def run(flags: np.ndarray) -> int:
+        n = 0
+        for f in flags:
+            if not f:
+                break
+            n += 1
+        return n
+
+    top, bottom = run(row_flat), run(row_flat[::-1])
+    left, right = run(col_flat), run(col_flat[::-1])
+    return _clip((left, top, w - right, h - bottom), w, h)
+
+
+def pasted_regions(image: np.ndarray, *, limit: int = 2, min_area: float = 0.08,
+                   max_area: float = 0.8) -> list[Box]:
+    """Largest near-rectangular regions bounded by strong edges: candidates for a pasted photo."""
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    h, w = gray.shape
+    scale = min(1.0, 384 / max(h, w))
+    small = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    edges = cv2.Canny(small, 60, 160)
+    edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))
+    contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    sh, sw = small.shape
+    found: list[tuple[float, Box]] = []
+    for c in contours:
+        x, y, bw, bh = cv2.boundingRect(c)
+        frac = bw * bh / float(sw * sh)
+        if not (min_area <= frac <= max_area):
+            continue
+        approx = cv2.approxPolyDP(c, 0.03 * cv2.arcLength(c, True), True)
+        if len(approx) != 4 or cv2.contourArea(approx) < 0.8 * bw * bh:
+            continue  # keep only quadrilaterals that fill their bounding box: rectangles
+        box = _clip((round(x / scale), round(y / scale), round((x + bw) / scale),
+                     round((y + bh) / scale)), w, h)
+        found.append((frac, box))
+    found.sort(key=lambda t: -t[0])
+    out: list[Box] = []
+    for _, box in found:
+        if all(_iou(box, b) < 0.7 for b in out):
+            out.append(box)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _iou(a: Box, b: Box) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def query_views(image: np.ndarray, *, config: ExpandConfig = ExpandConfig()) -> list[View]:
+    """The whole query first, then distinct crops worth searching on their own."""
+    h, w = image.shape[:2]
+    views = [View("full", (0, 0, w, h))]
+    for f in config.centre_crops:
+        cw, ch = round(w * f), round(h * f)
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        views.append(View(f"centre{f:g}", (x0, y0, x0 + cw, y0 + ch)))
+    if config.quadrants:
+        qw, qh = round(w * config.quadrant_side), round(h * config.quadrant_side)
+        for name, (x0, y0) in {"top-left": (0, 0), "top-right": (w - qw, 0),
+                               "bottom-left": (0, h - qh), "bottom-right": (w - qw, h - qh)}.items():
+            views.append(View(name, (x0, y0, x0 + qw, y0 + qh)))
+    if config.trim_borders:
+        box = trimmed_box(image)
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        if 0 < area < 0.95 * w * h:
+            views.append(View("trimmed", box))
+    if config.pasted_regions:
+        for i, box in enumerate(pasted_regions(image, limit=config.pasted_regions,
+                                               min_area=config.min_region_area,
+                                               max_area=config.max_region_area)):
+            views.append(View(f"region{i}", box))
+    kept: list[View] = []
+    for v in views:
+        x0, y0, x1, y1 = v.box
+        if x1 - x0 < config.min_side_px or y1 - y0 < config.min_side_px:
+            continue
+        if all(_iou(v.box, k.box) < 0.9 for k in kept):
+            kept.append(v)
+    return kept
+
+
+def crop_views(image: np.ndarray, views: list[View]) -> list[np.ndarray]:
+    return [np.ascontiguousarray(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in (v.box for v in views)]

@@ -1,0 +1,115 @@
+"""From query views to ranked, verified matches: search, normalize, merge views, fuse evidence.
+
+The steps, each optional through `MatchConfig`: every view of every query is searched in one
+FAISS call; each similarity is normalized by the view's own background neighbours; a reference
+keeps its best normalized score over the views of a query; the best few are verified
+(`matching.verify`, done by the caller so it can run them on Ray) and `finalize` turns global and
+local evidence into one calibrated score per match, best first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from copytrace.indexing.store import CopyIndex
+from copytrace.matching.calibrate import Calibration, fused_score, global_score_only
+from copytrace.matching.expand import Box, ExpandConfig
+from copytrace.matching.normalize import Background, NormalizeConfig, background_offsets
+from copytrace.matching.search import Match
+from copytrace.matching.verify import Verification, VerifyConfig
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """What `copytrace query` does beyond a plain global search; None switches a stage off."""
+
+    k: int = 10  # matches returned per query
+    search_k: int = 20  # neighbours fetched per view before views are merged
+    normalize: NormalizeConfig | None = field(default_factory=NormalizeConfig)
+    expand: ExpandConfig | None = field(default_factory=ExpandConfig)
+    verify: VerifyConfig | None = field(default_factory=VerifyConfig)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A reference found by global search, before verification."""
+
+    reference_id: str
+    similarity: float  # best raw cosine over the query's views
+    global_score: float  # best background-normalized similarity over views (raw if no background)
+    view: str  # the view that gave `global_score`
+    view_box: Box
+
+
+@dataclass(frozen=True)
+class QueryViews:
+    """The searched views of one query: names and boxes, rows of the stacked vector matrix."""
+
+    names: Sequence[str]
+    boxes: Sequence[Box]
+
+
+def candidates(index: CopyIndex, vectors: np.ndarray, views: Sequence[QueryViews], *,
+               background: Background | None = None,
+               config: MatchConfig = MatchConfig()) -> list[list[Candidate]]:
+    """Top `config.k` candidates per query, merged over its views (rows of `vectors`, in order)."""
+    total = sum(len(v.names) for v in views)
+    if vectors.shape[0] != total:
+        raise ValueError(f"{vectors.shape[0]} vectors for {total} views")
+    if total == 0:
+        return [[] for _ in views]
+    neighbours = index.search(vectors, k=config.search_k)
+    offsets: list[np.ndarray] | None = None
+    if background is not None and config.normalize is not None:
+        offsets = background_offsets(background, vectors,
+                                     [[n.image_id for n in row] for row in neighbours],
+                                     config=config.normalize)
+    out: list[list[Candidate]] = []
+    row = 0
+    for qv in views:
+        best: dict[str, Candidate] = {}
+        for name, box in zip(qv.names, qv.boxes, strict=True):
+            for j, n in enumerate(neighbours[row]):
+                g = n.score - float(offsets[row][j]) if offsets is not None else n.score
+                prev = best.get(n.image_id)
+                sim = max(n.score, prev.similarity) if prev else n.score
+                if prev is None or g > prev.global_score:
+                    best[n.image_id] = Candidate(n.image_id, sim, g, name, tuple(box))
+                else:
+                    best[n.image_id] = Candidate(n.image_id, sim, prev.global_score, prev.view,
+                                                 prev.view_box)
+            row += 1
+        ranked = sorted(best.values(), key=lambda c: (-c.global_score, c.reference_id))
+        out.append(ranked[: config.k])
+    return out
+
+
+def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | None] | None,
+             *, calibration: Calibration, verified_count: int | None = None) -> list[Match]:
+    """Matches with a calibrated score, best first.
+
+    `verifications[i]` belongs to `cands[i]` for the first `verified_count` candidates (None:
+    verification found no supported geometry); later candidates were not verified and are
+    scored from the global similarity alone.
+    """
+    n_verified = 0 if verifications is None else (verified_count if verified_count is not None
+                                                  else len(verifications))
+    matches = []
+    for i, c in enumerate(cands):
+        evidence: dict = {"global_score": round(c.global_score, 6), "view": c.view,
+                          "view_box": list(c.view_box)}
+        if i < n_verified:
+            v = verifications[i]
+            score = fused_score(c.global_score, v, calibration=calibration)
+            evidence["verified"] = v is not None
+            if v is not None:
+                evidence.update(v.as_evidence())
+        else:
+            score = global_score_only(c.global_score, calibration=calibration)
+            evidence["verified"] = None  # not attempted
+        matches.append(Match(c.reference_id, score, c.similarity, evidence))
+    matches.sort(key=lambda m: (-m.score, -m.similarity, m.reference_id))
+    return matches

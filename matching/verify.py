@@ -1,0 +1,324 @@
+"""Local verification of a candidate match: does one geometry explain the query as a copy?
+
+Global descriptors say two images *look* alike; verification checks that one homography maps
+many local features of the query onto the reference (built on `matching.align`), then measures
+what only a real copy has: near-exact pixel agreement of the aligned regions (a different photo
+of the same object, even a planar one, differs in lighting, parallax and lens) and which image
+holds the other. The record it returns is the evidence a person can check: inliers, the
+homography, and the matched box in both images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from copytrace.matching.align import AlignConfig, Alignment, Keypoints, align_keypoints, detect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """How many candidates to verify per query and how to align them."""
+
+    top_k: int = 10
+    align: AlignConfig = field(default_factory=AlignConfig)
+    try_mirror: bool = True  # also match the mirrored query when the direct fit is weak (flip edits)
+    mirror_below_inliers: int = 15
+    border_band: int = 3  # px (detection scale) on each side of the projected reference border
+    extends_min_margin: float = 0.08  # query must show this much (fraction of side) beyond a border
+    seam_max: float = 1.0  # below: no pixel step at the reference border (the scene continues)
+    border_agreement_min: float = 0.7  # NCC query vs reference on a strip inside every inner border
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image ready for verification: keypoints plus its grey thumbnail for pixel checks."""
+
+    keypoints: Keypoints
+    gray: np.ndarray  # uint8, the detection-scale grey image
+    mirrored: Keypoints | None = None  # keypoints of the horizontally flipped image (queries only)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Geometric and photometric evidence for one (query, reference) pair."""
+
+    inliers: int
+    matches: int
+    homography: np.ndarray  # 3 x 3, query pixels -> reference pixels (original resolution)
+    query_box: tuple[int, int, int, int]
+    reference_box: tuple[int, int, int, int]
+    query_coverage: float  # inlier hull area / query area
+    reference_coverage: float
+    residual: float  # median inlier reprojection error, px at detection scale
+    photometric: float  # NCC of query vs warped reference over the inlier hull, in [-1, 1]
+    reference_in_query: float  # area of the reference frame projected into the query / query area
+    seam: float  # pixel step across the projected reference border vs next to it (paste evidence)
+    query_extends: bool  # the query shows the scene beyond the reference frame, without a seam
+    mirrored: bool = False
+
+    def as_evidence(self) -> dict:
+        """JSON-ready fields for `Match.evidence`."""
+        return {
+            "inliers": self.inliers, "matches": self.matches,
+            "homography": [[round(float(v), 6) for v in row] for row in self.homography],
+            "query_box": list(self.query_box), "reference_box": list(self.reference_box),
+            "query_coverage": round(self.query_coverage, 4),
+            "reference_coverage": round(self.reference_coverage, 4),
+            "residual_px": round(self.residual, 3), "photometric": round(self.photometric, 4),
+            "reference_in_query": round(self.reference_in_query, 4),
+            "seam": round(self.seam, 3), "query_extends": self.query_extends,
+            "mirrored": self.mirrored,
+        }
+
+
+def _small_gray(image: np.ndarray, config: AlignConfig) -> np.ndarray:
+    gray = image if image.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(image),
+                                                      cv2.COLOR_RGB2GRAY)
+    h, w = gray.shape[:2]
+    scale = min(1.0, config.max_side / max(h, w))
+    if scale < 1:
+        gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
+                          interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(gray)
+
+
+def prepare(image: np.ndarray, *, config: VerifyConfig = VerifyConfig(),
+            with_mirror: bool = False) -> Prepared:
+    """Detect keypoints once per image; queries also get mirrored keypoints when asked."""
+    kp = detect(image, config.align)
+    mirrored = None
+    if with_mirror:
+        # Kept in the flipped image's coordinates: USAC rejects orientation-reversing samples,
+        # so the reflection is composed into the homography after the fit (`_unflip`).
+        mirrored = detect(np.ascontiguousarray(image[:, ::-1]), config.align)
+    return Prepared(kp, _small_gray(image, config.align), mirrored)
+
+
+def _scale_matrix(s: float) -> np.ndarray:
+    return np.diag([s, s, 1.0])
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-6 else 0.0
+
+
+def _warp_reference(query: Prepared, reference: Prepared,
+                    h_small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference grey warped into the query frame, and where it is defined."""
+    qh, qw = query.gray.shape
+    inv = np.linalg.inv(h_small)
+    warped = cv2.warpPerspective(reference.gray, inv, (qw, qh), flags=cv2.INTER_LINEAR)
+    valid = cv2.warpPerspective(np.full(reference.gray.shape, 255, np.uint8), inv, (qw, qh),
+                                flags=cv2.INTER_NEAREST)
+    return warped, valid
+
+
+def _photometric(query: Prepared, warped: np.ndarray, valid: np.ndarray,
+                 hull_q: np.ndarray) -> float:
+    """NCC inside the query's inlier hull between the query and the reference warped onto it.
+
+    Both are blurred a little first so JPEG and resampling noise do not count; NCC ignores
+    brightness/contrast edits. A copy scores high; another photo of the same object scores
+    lower (lighting, parallax), even when a homography fits its keypoints.
+    """
+    qh, qw = query.gray.shape
+    mask = np.zeros((qh, qw), np.uint8)
+    cv2.fillConvexPoly(mask, hull_q.astype(np.int32), 255)
+    mask &= cv2.erode(valid, np.ones((5, 5), np.uint8))
+    sel = mask > 0
+    if sel.sum() < 64:
+        return 0.0
+    a = cv2.GaussianBlur(query.gray, (0, 0), 1.5).astype(np.float32)
+    b = cv2.GaussianBlur(warped, (0, 0), 1.5).astype(np.float32)
+    return _ncc(a[sel], b[sel])
+
+
+def _border_geometry(query: Prepared, reference: Prepared, h_small: np.ndarray,
+                     warped: np.ndarray, config: VerifyConfig) -> tuple[float, float, bool]:
+    """How the reference frame sits in the query: its area share, the seam, and extension.
+
+    When the whole reference frame lands inside the query and the query has content beyond it,
+    either the reference was pasted into the query (image-in-image, padding, meme frame: there is
+    a pixel step along the border) or the reference is itself a crop of a larger scene the query
+    shows (the query agrees with the reference right up to its border, and the content continues
+    across it with no step). Only the first is a copy of the reference.
+    """
+    qh, qw = query.gray.shape
+    rh, rw = reference.gray.shape
+    corners = np.array([[0, 0], [rw, 0], [rw, rh], [0, rh]], np.float32).reshape(-1, 1, 2)
+    proj = cv2.perspectiveTransform(corners, np.linalg.inv(h_small)).reshape(-1, 2)
+    query_poly = np.array([[0, 0], [qw, 0], [qw, qh], [0, qh]], np.float32)
+    inter, _ = cv2.intersectConvexConvex(proj.astype(np.float32), query_poly)
+    share = float(min(1.0, inter / max(1.0, qw * qh)))
+    band = config.border_band
+    margin_x, margin_y = config.extends_min_margin * qw, config.extends_min_margin * qh
+    steps, nexts, agree = [], [], []
+    for i in range(4):
+        p, q = proj[i], proj[(i + 1) % 4]
+        mid = (p + q) / 2
+        horizontal = abs(q[0] - p[0]) >= abs(q[1] - p[1])
+        inside = (margin_y <= mid[1] <= qh - margin_y) if horizontal else \
+            (margin_x <= mid[0] <= qw - margin_x)
+        if not inside:
+            continue
+        profile = _edge_profile(query.gray, warped, p, q, proj.mean(axis=0), band)
+        if profile is not None:
+            steps.append(profile[0])
+            nexts.append(profile[1])
+            agree.append(profile[2])
+    if not steps:
+        return share, 0.0, False
+    seam = float(np.median(steps) / (np.median(nexts) + 2.0))
+    extends = seam < config.seam_max and min(agree) > config.border_agreement_min
+    return share, seam, extends
+
+
+def _edge_profile(gray: np.ndarray, warped: np.ndarray, p: np.ndarray, q: np.ndarray,
+                  centre: np.ndarray, band: int) -> tuple[float, float, float] | None:
+    """Along segment p-q: mean |step| across it, mean |step| just inside it, and the NCC of the
+    query and the warped reference on a strip just inside (does the reference reach the edge?)."""
+    h, w = gray.shape
+    length = float(np.hypot(*(q - p)))
+    if length < 8:
+        return None
+    t = np.linspace(0.1, 0.9, max(8, int(length * 0.8)))
+    pts = p[None] + t[:, None] * (q - p)[None]
+    normal = np.array([-(q - p)[1], (q - p)[0]]) / length
+    if np.dot(centre - (p + q) / 2, normal) < 0:
+        normal = -normal  # point inwards (towards the reference content)
+
+    def sample(image: np.ndarray, offset: float) -> np.ndarray:
+        xy = pts + offset * normal[None]
+        x = np.clip(np.round(xy[:, 0]).astype(int), 0, w - 1)
+        y = np.clip(np.round(xy[:, 1]).astype(int), 0, h - 1)
+        return image[y, x].astype(np.float32)
+
+    outside, inside, deeper = sample(gray, -band), sample(gray, band), sample(gray, 3 * band)
+    strip = np.concatenate([sample(gray, o) for o in (2 * band, 4 * band)])
+    strip_ref = np.concatenate([sample(warped, o) for o in (2 * band, 4 * band)])
+    return (float(np.mean(np.abs(outside - inside))), float(np.mean(np.abs(inside - deeper))),
+            _ncc(strip, strip_ref))
+
+
+def verify_prepared(query: Prepared, reference: Prepared, *,
+                    config: VerifyConfig = VerifyConfig()) -> Verification | None:
+    """Align query onto reference and measure the fit; None when no geometry is supported."""
+    best = align_keypoints(query.keypoints, reference.keypoints, config.align)
+    mirrored = False
+    if (config.try_mirror and query.mirrored is not None
+            and (best is None or best.inliers < config.mirror_below_inliers)):
+        alt = align_keypoints(query.mirrored, reference.keypoints, config.align)
+        if alt is not None and (best is None or alt.inliers > best.inliers):
+            best, mirrored = _unflip(alt, query.keypoints.width), True
+    if best is None:
+        return None
+    return _measure(query, reference, best, mirrored, config)
+
+
+def _unflip(a: Alignment, width: int) -> Alignment:
+    """An alignment of the mirrored query, expressed in the query's own pixel coordinates."""
+    flip = np.array([[-1.0, 0.0, float(width)], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    pts = a.query_points.copy()
+    pts[:, 0] = width - pts[:, 0]
+    x0, y0, x1, y1 = a.query_box
+    return replace(a, homography=a.homography @ flip, query_points=pts,
+                   query_box=(width - x1, y0, width - x0, y1))
+
+
+def _measure(query: Prepared, reference: Prepared, a: Alignment, mirrored: bool,
+             config: VerifyConfig) -> Verification:
+    sq, sr = query.keypoints.scale, reference.keypoints.scale
+    h_small = _scale_matrix(sr) @ a.homography @ np.linalg.inv(_scale_matrix(sq))
+    q_small = a.query_points * sq
+    r_small = a.reference_points * sr
+    projected = cv2.perspectiveTransform(q_small.reshape(-1, 1, 2).astype(np.float64),
+                                         h_small).reshape(-1, 2)
+    residual = float(np.median(np.linalg.norm(projected - r_small, axis=1)))
+    # A mirrored fit's homography already includes the reflection (mirrored keypoints are
+    # stored in the query's own coordinates), so the pixel checks need no special case.
+    hull_q = cv2.convexHull(q_small.astype(np.float32)).reshape(-1, 2)
+    warped, valid = _warp_reference(query, reference, h_small)
+    photometric = _photometric(query, warped, valid, hull_q)
+    share, seam, extends = _border_geometry(query, reference, h_small, warped, config)
+    return Verification(
+        inliers=a.inliers, matches=a.matches, homography=a.homography,
+        query_box=a.query_box, reference_box=a.reference_box,
+        query_coverage=a.query_coverage, reference_coverage=a.reference_coverage,
+        residual=residual, photometric=photometric, reference_in_query=share, seam=seam,
+        query_extends=extends, mirrored=mirrored,
+    )
+
+
+class PreparedCache:
+    """LRU of prepared references, so a reference shared by many queries is detected once."""
+
+    def __init__(self, loader: Callable[[str], np.ndarray], *,
+                 config: VerifyConfig = VerifyConfig(), capacity: int = 512) -> None:
+        self.loader = loader
+        self.config = config
+        self.capacity = capacity
+        self._items: OrderedDict[str, Prepared | None] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Prepared | None:
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        self.misses += 1
+        try:
+            item: Prepared | None = prepare(self.loader(key), config=self.config)
+        except Exception as exc:  # noqa: BLE001 - an unreadable reference just cannot be verified
+            log.warning("cannot verify against '%s': %s", key, exc)
+            item = None
+        self._items[key] = item
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return item
+
+
+def load_rgb(uri: str) -> np.ndarray:
+    """Full-resolution RGB pixels (EXIF orientation applied), as the catalog saw the file."""
+    from copytrace.descriptors.decode import decode_file
+
+    return decode_file(uri).pixels
+
+
+def verify_batch(jobs: Sequence[tuple[str | np.ndarray, Sequence[str]]], *,
+                 config: VerifyConfig = VerifyConfig(),
+                 cache: PreparedCache | None = None) -> list[list[Verification | None]]:
+    """Verify each query (a path or RGB pixels) against its candidate reference paths.
+
+    References are prepared once per batch (`PreparedCache`); a query or reference that cannot
+    be read gives None for its pairs rather than failing the batch. Runs as one Ray task.
+    """
+    cache = cache or PreparedCache(load_rgb, config=config)
+    out: list[list[Verification | None]] = []
+    for query, refs in jobs:
+        try:
+            pixels = load_rgb(query) if isinstance(query, str) else query
+            prepared = prepare(pixels, config=config, with_mirror=config.try_mirror)
+        except Exception as exc:  # noqa: BLE001 - one unreadable query must not sink the batch
+            log.warning("cannot verify query '%s': %s", query if isinstance(query, str) else "",
+                        exc)
+            out.append([None] * len(refs))
+            continue
+        row = []
+        for ref in refs:
+            ref_prepared = cache.get(ref)
+            row.append(None if ref_prepared is None
+                       else verify_prepared(prepared, ref_prepared, config=config))
+        out.append(row)
+    return out
