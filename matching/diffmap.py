@@ -37,7 +37,7 @@ class DiffMaps:
 
 
 def match_colours(source: np.ndarray, target: np.ndarray, valid: np.ndarray, *,
-                  max_samples: int = 200_000, seed: int = 0) -> np.ndarray:
+                  max_samples: int = 50_000, seed: int = 0) -> np.ndarray:
     """`source` (float32 RGB 0..1) mapped per channel by a robust affine fit onto `target`."""
     idx = np.flatnonzero(valid.ravel())
     if len(idx) < 50:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
 from copytrace.matching.diffmap import DiffConfig, DiffMaps, difference_maps
 from copytrace.matching.register import AlignmentError, RegisterConfig, Registration, register
 
@@ -32,6 +33,10 @@ class LocalizeConfig:
     border: int = 3  # pixels along the original's frame edge that are not compared
     min_area: float = 3e-4  # smallest edit region, as a fraction of the query
     min_added_area: float = 5e-3  # smallest added-content region, as a fraction of the query
+    refine: bool = True  # tighten each region to where the pixel-level colour difference is real
+    refine_k: float = 4.0  # pixel colour difference >= median + refine_k * robust sigma ...
+    refine_floor: float = 6.0  # ... and >= this Delta E
+    refine_band: int = 4  # pixels (analysis resolution) of rim that must show a colour difference
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,37 @@ def clean_mask(mask: np.ndarray, min_pixels: int, radius: int) -> np.ndarray:
     return keep[labels]
 
 
+def refine_mask(mask: np.ndarray, colour: np.ndarray, valid: np.ndarray, *, radius: int, min_pixels: int,
+                config: LocalizeConfig) -> np.ndarray:
+    """Trim the rim that detection adds around each region, keeping its interior.
+
+    Detection pools over SSIM windows and a coarser scale, which makes it robust but spreads
+    every region by a few pixels beyond the edit. Within `refine_band` pixels of a region's
+    border only pixels whose own colour difference (tolerant of a one-pixel misregistration,
+    no spatial pooling) is beyond noise are kept; deeper inside the region everything is
+    kept, so a subtle texture change is not torn apart.
+    """
+    v = colour[valid] if valid.any() else colour.ravel()
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med))) * 1.4826
+    strong = colour >= max(config.refine_floor, med + config.refine_k * mad)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    out = np.zeros(mask.shape, bool)
+    band = _disk(config.refine_band)
+    for i in range(1, n):
+        x, y, w, h, _ = (int(t) for t in stats[i])
+        pad = radius + config.refine_band
+        x0, y0 = max(0, x - pad), max(0, y - pad)
+        x1, y1 = min(mask.shape[1], x + w + pad), min(mask.shape[0], y + h + pad)
+        region = (labels[y0:y1, x0:x1] == i).astype(np.uint8)
+        inner = cv2.erode(region, band) > 0
+        near = (region > 0) & (cv2.dilate(strong[y0:y1, x0:x1].astype(np.uint8), _disk(1)) > 0)
+        kept = cv2.morphologyEx((inner | near).astype(np.uint8), cv2.MORPH_CLOSE, _disk(radius)) > 0
+        kept = fill_holes(kept) & (region > 0)
+        out[y0:y1, x0:x1] |= kept if kept.sum() >= min_pixels else region > 0
+    return out
+
+
 def _regions(mask: np.ndarray, heat: np.ndarray | None, kind: str, scale: float,
              full_size: tuple[int, int], min_pixels: int) -> list[Region]:
     """Connected regions of an analysis-resolution mask, boxes and areas in query pixels."""
@@ -183,6 +219,8 @@ def localize(query: np.ndarray, original: np.ndarray, *,
     min_pixels = max(4, round(config.min_area * wa * ha))
     radius = max(1, round(max(wa, ha) / 300))
     edits = clean_mask(hysteresis(heat, config.low, config.high), min_pixels, radius) & frame
+    if config.refine:
+        edits = refine_mask(edits, maps.colour, valid, radius=radius, min_pixels=min_pixels, config=config)
     added = cv2.morphologyEx((~frame).astype(np.uint8), cv2.MORPH_OPEN, _disk(2)) > 0
     min_added = max(16, round(config.min_added_area * wa * ha))
     regions = (_regions(edits, heat, "edit", a, (qw, qh), min_pixels)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from copytrace.matching.align import AlignConfig, align
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ class AlignmentError(ValueError):
 
 @dataclass(frozen=True)
 class RegisterConfig:
-    align: AlignConfig = AlignConfig(max_side=768, max_features=3000)
+    align: AlignConfig = AlignConfig(max_side=640, max_features=2000)
     ecc_max_side: int = 768  # ECC runs on images downscaled so the query's longer side is this
     ecc_iterations: int = 60
     ecc_epsilon: float = 1e-5

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from copytrace.descriptors.decode import DecodeError, decode_file
 from copytrace.indexing.atomic import write_bytes_atomic, write_json_atomic
 from copytrace.indexing.sources import list_sources
@@ -228,6 +229,7 @@ def localize_batch(
     chunks = list(_chunks(jobs, chunk_size))
     if use_ray and len(chunks) > 1:
         import ray
+
         from copytrace.pipelines.ray_runtime import ensure_ray
 
         ensure_ray(ray_address)

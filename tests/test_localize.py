@@ -10,8 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from copytrace.matching.localize import AlignmentError, localize, overlay
 from skimage import data
+
+from copytrace.matching.localize import AlignmentError, localize, overlay
 
 
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -115,8 +116,9 @@ def _write(path: Path, image: np.ndarray) -> Path:
 
 
 def test_cli_localize_writes_mask_overlay_and_json(tmp_path):
-    from copytrace.pipelines.cli import app
     from typer.testing import CliRunner
+
+    from copytrace.pipelines.cli import app
 
     original, edited, truth = _pasted("astronaut", (250, 170, 110, 90))
     query, truth = _travel(edited, truth, scale=0.7, crop=(15, 5, 20, 10), quality=80)

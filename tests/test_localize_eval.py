@@ -8,8 +8,9 @@ import json
 import cv2
 import numpy as np
 import pytest
-from copytrace.benchmarks.localize_eval import pixel_scores, region_hits, score_mask, summarize
 from skimage import data
+
+from copytrace.benchmarks.localize_eval import pixel_scores, region_hits, score_mask, summarize
 
 
 def _mask(shape, *boxes):
@@ -37,8 +38,9 @@ def test_region_hits_need_box_iou_half():
 
 
 def test_cli_eval_localize_on_made_triples(tmp_path):
-    from copytrace.pipelines.cli import app
     from typer.testing import CliRunner
+
+    from copytrace.pipelines.cli import app
 
     rows = [("query", "original", "mask")]
     for name in ("astronaut", "coffee"):
