@@ -179,3 +179,41 @@ def test_noso_copy_move_destination_is_found():
     query, truth = _travel(forged, truth, scale=0.6, crop=(10, 10, 10, 10), quality=80)
     result = localize(query, original)
     assert (result.mask[truth > 0] > 0).mean() > 0.6  # most of the pasted destination is found
+
+
+def test_cli_names_the_inputs_it_cannot_register(tmp_path):
+    import subprocess
+    import sys
+
+    a = _write(tmp_path / "a.png", data.astronaut())
+    b = _write(tmp_path / "b.png", data.coffee())
+    exe = Path(sys.executable).with_name("copytrace")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([str(exe), "localize", str(a), str(b), "--mask", str(tmp_path / "m.png")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2
+    assert "cannot register" in res.stderr and "a.png" in res.stderr
+    assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.slow
+def test_batch_runs_as_a_ray_job(tmp_path):
+    pytest.importorskip("ray")
+    from copytrace.pipelines.localize import localize_batch
+
+    qdir, rdir = tmp_path / "q", tmp_path / "r"
+    qdir.mkdir()
+    rdir.mkdir()
+    rows = [("query_id", "reference_id", "score")]
+    for i, name in enumerate(["astronaut", "coffee", "chelsea"]):
+        original, edited, _ = _pasted(name, (40, 60, 90, 80))
+        _write(rdir / f"R{i}.png", original)
+        _write(qdir / f"Q{i}.jpg", _jpeg(edited, 80))
+        rows.append((f"Q{i}", f"R{i}", 1.0))
+    with open(tmp_path / "preds.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    report = localize_batch(tmp_path / "preds.csv", queries=qdir, references=rdir, out=tmp_path / "out",
+                            chunk_size=1, use_ray=True)
+    assert (report.pairs, report.done, report.edited) == (3, 3, 3)
+    assert len(list((tmp_path / "out").glob("*.mask.png"))) == 3
