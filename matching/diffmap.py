@@ -36,29 +36,98 @@ class DiffMaps:
     structure: np.ndarray  # 1 - SSIM at scale 1
 
 
+def _trimmed_error(pred: np.ndarray, target: np.ndarray, keep: float = 0.8) -> float:
+    r = np.abs(pred - target).sum(axis=1)
+    return float(np.mean(np.sort(r)[: max(1, int(len(r) * keep))]))
+
+
+def _fit_affine(x: np.ndarray, y: np.ndarray, *, per_channel: bool) -> np.ndarray:
+    """(4 x 3) robust least-squares colour transform; per_channel keeps it diagonal."""
+    keep = np.ones(len(x), bool)
+    A = np.vstack([np.eye(3), np.zeros((1, 3))])
+    for _ in range(3):  # refit without the worst residuals: edits must not bend the fit
+        if keep.sum() < 50:
+            break
+        if per_channel:
+            A = np.zeros((4, 3))
+            for c in range(3):
+                xc = x[keep][:, [c, 3]]
+                sol, *_ = np.linalg.lstsq(xc, y[keep][:, c], rcond=None)
+                A[c, c], A[3, c] = float(np.clip(sol[0], 0.33, 3.0)), sol[1]
+        else:
+            A, *_ = np.linalg.lstsq(x[keep], y[keep], rcond=None)
+        r = np.abs(y - x @ A).sum(axis=1)
+        keep = r <= np.quantile(r, 0.8)
+    return A
+
+
+def _tone_curves(mapped: np.ndarray, y: np.ndarray, bins: int) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per channel, a monotone curve (knots, values) from median target per quantile bin."""
+    curves: list[tuple[np.ndarray, np.ndarray] | None] = []
+    edges = np.linspace(0, 1, bins + 1)
+    for c in range(3):
+        qs = np.quantile(mapped[:, c], edges)
+        which = np.clip(np.searchsorted(qs, mapped[:, c], side="right") - 1, 0, bins - 1)
+        knots, values = [], []
+        for b in range(bins):
+            sel = which == b
+            if sel.sum() >= 20:
+                knots.append(float(np.median(mapped[sel, c])))
+                values.append(float(np.median(y[sel, c])))
+        if len(knots) < 4:
+            curves.append(None)
+            continue
+        k, v = np.array(knots), np.array(values)
+        order = np.argsort(k, kind="stable")
+        curves.append((k[order], np.maximum.accumulate(v[order])))
+    return curves
+
+
+def _apply_curves(values: np.ndarray, curves: list) -> np.ndarray:
+    """Apply per-channel curves to N x 3 values; outside the knots, shift like the end knots."""
+    out = values.copy()
+    for c, curve in enumerate(curves):
+        if curve is None:
+            continue
+        k, v = curve
+        ch = values[:, c]
+        out[:, c] = np.where(ch < k[0], ch + (v[0] - k[0]),
+                             np.where(ch > k[-1], ch + (v[-1] - k[-1]), np.interp(ch, k, v)))
+    return out
+
+
 def match_colours(source: np.ndarray, target: np.ndarray, valid: np.ndarray, *,
-                  max_samples: int = 50_000, seed: int = 0) -> np.ndarray:
-    """`source` (float32 RGB 0..1) mapped per channel by a robust affine fit onto `target`."""
+                  max_samples: int = 50_000, bins: int = 24, seed: int = 0) -> np.ndarray:
+    """`source` (float32 RGB 0..1) mapped onto `target`'s colours by a robust global model.
+
+    The simplest model that explains the colours is used: a per-channel affine fit
+    (brightness, contrast, white balance); a full 3 x 3 affine (greyscale, saturation) only
+    when it cuts the robust error by 30%; then monotone per-channel tone curves (gamma,
+    clipping) only when they cut it by another 15%. Richer models are not used by default
+    because they also "explain" JPEG's chroma blur and then overshoot on saturated areas. All
+    fits drop the worst-fitting 20% (the edits) and are global, so an edit cannot be
+    explained away as a colour change.
+    """
     idx = np.flatnonzero(valid.ravel())
     if len(idx) < 50:
         return source
     if len(idx) > max_samples:
         idx = np.random.default_rng(seed).choice(idx, max_samples, replace=False)
-    out = np.empty_like(source)
-    for c in range(source.shape[2]):
-        x = source[..., c].ravel()[idx].astype(np.float64)
-        y = target[..., c].ravel()[idx].astype(np.float64)
-        keep = np.ones(len(x), bool)
-        a, b = 1.0, 0.0
-        for _ in range(3):  # refit without the worst residuals: edits must not bend the fit
-            if keep.sum() < 50 or np.var(x[keep]) < 1e-8:
-                break
-            a, b = np.polyfit(x[keep], y[keep], 1)
-            a = float(np.clip(a, 0.33, 3.0))
-            r = np.abs(y - (a * x + b))
-            keep = r <= np.quantile(r, 0.8)
-        out[..., c] = source[..., c] * a + b
-    return np.clip(out, 0.0, 1.0)
+    x = np.concatenate([source.reshape(-1, 3)[idx].astype(np.float64), np.ones((len(idx), 1))], axis=1)
+    y = target.reshape(-1, 3)[idx].astype(np.float64)
+    A = _fit_affine(x, y, per_channel=True)
+    error = _trimmed_error(x @ A, y)
+    full = _fit_affine(x, y, per_channel=False)
+    full_error = _trimmed_error(x @ full, y)
+    if full_error < 0.7 * error:
+        A, error = full, full_error
+    mapped = x @ A
+    curves = _tone_curves(mapped, y, bins) if bins > 1 else []
+    use_curves = bool(curves) and _trimmed_error(_apply_curves(mapped, curves), y) < 0.85 * error
+    flat = source.reshape(-1, 3).astype(np.float64) @ A[:3] + A[3]
+    if use_curves:
+        flat = _apply_curves(flat, curves)
+    return np.clip(flat.reshape(source.shape), 0.0, 1.0).astype(np.float32)
 
 
 def _shifts(t: int) -> list[tuple[int, int]]:
@@ -86,8 +155,12 @@ def colour_distance(query_lab: np.ndarray, original_lab: np.ndarray, tolerance: 
 
 def structure_distance(query_gray: np.ndarray, original_gray: np.ndarray, sigma: float,
                        tolerance: int) -> np.ndarray:
-    """1 - local SSIM (grey, 0..255), best over shifts of the original within +-tolerance."""
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    """1 - local SSIM contrast-structure term (grey, 0..255), best over shifts within +-tolerance.
+
+    SSIM's luminance term is left out: brightness is the colour cue's job, and that term
+    is wildly sensitive in near-black areas (a 4-level offset on black reads as a big change).
+    """
+    c2 = (0.03 * 255) ** 2
 
     def blur(x: np.ndarray) -> np.ndarray:
         return cv2.GaussianBlur(x, (0, 0), sigma)
@@ -105,7 +178,7 @@ def structure_distance(query_gray: np.ndarray, original_gray: np.ndarray, sigma:
         m = _shifted(p_mu_o, t, dy, dx, h, w)
         v = _shifted(p_var_o, t, dy, dx, h, w)
         cov = blur(query_gray * o) - mu_q * m
-        ssim = ((2 * mu_q * m + c1) * (2 * cov + c2)) / ((mu_q ** 2 + m ** 2 + c1) * (var_q + v + c2))
+        ssim = (2 * cov + c2) / (var_q + v + c2)
         best = ssim if best is None else np.maximum(best, ssim)
     return np.clip(1.0 - best, 0.0, 2.0)
 

@@ -74,7 +74,7 @@ class Localization:
             "regions": [{"kind": r.kind, "box": list(r.box), "area": r.area, "score": round(r.score, 4)}
                         for r in self.regions],
             "registration": {"homography": np.round(reg.homography, 8).tolist(), "inliers": reg.inliers,
-                             "matches": reg.matches, "refined": reg.refined,
+                             "matches": reg.matches, "refined": reg.refined, "mirrored": reg.mirrored,
                              "correlation": round(reg.correlation, 4), "scale": round(reg.scale, 4)},
         }
 

@@ -41,6 +41,7 @@ class Registration:
     inliers: int
     matches: int
     refined: bool  # ECC refinement accepted
+    mirrored: bool  # the query is a left-right mirror image of the original
     correlation: float  # normalised correlation of the overlap after registration
     scale: float  # linear size of original pixels per query pixel (>1: query is a downscale)
 
@@ -87,9 +88,15 @@ def register(query: np.ndarray, original: np.ndarray, *,
              config: RegisterConfig = RegisterConfig()) -> Registration:
     """Homography mapping query pixels to original pixels, keypoint fit refined by ECC."""
     fit = align(query, original, config.align)
+    mirrored = False
+    if fit is None:  # SIFT is not mirror-invariant; mirrored copies are common
+        fit = align(np.ascontiguousarray(query[:, ::-1]), original, config.align)
+        mirrored = fit is not None
     if fit is None:
         raise AlignmentError("too few keypoint matches agree on one geometry")
     H0 = fit.homography.astype(np.float64)
+    if mirrored:  # the fit maps the mirrored query; compose with the mirror
+        H0 = H0 @ np.array([[-1.0, 0.0, query.shape[1] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     qg, sq = _gray_small(query, config.ecc_max_side)
     # the original at the query's working resolution, so both have similar detail
     sr = min(1.0, sq / max(1e-6, homography_scale(H0, query.shape[1], query.shape[0])))
@@ -117,4 +124,5 @@ def register(query: np.ndarray, original: np.ndarray, *,
     H = np.diag([1 / sr, 1 / sr, 1.0]) @ Hs @ np.diag([sq, sq, 1.0])
     H /= H[2, 2]
     return Registration(homography=H, inliers=fit.inliers, matches=fit.matches, refined=refined,
+                        mirrored=mirrored,
                         correlation=corr, scale=homography_scale(H, query.shape[1], query.shape[0]))

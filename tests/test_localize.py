@@ -83,6 +83,21 @@ def test_colour_shifted_copy_is_not_an_edit():
     assert result.edited_fraction < 0.005
 
 
+def test_greyscale_copy_is_not_an_edit():
+    original = data.astronaut()
+    grey = cv2.cvtColor(cv2.cvtColor(original, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    result = localize(_jpeg(grey, 80), original)
+    assert result.edited_fraction < 0.005
+
+
+def test_mirrored_copy_is_registered_and_its_edit_found():
+    original, edited, truth = _pasted("coffee", (330, 60, 90, 120))
+    query, truth = _jpeg(np.ascontiguousarray(edited[:, ::-1]), 80), truth[:, ::-1]
+    result = localize(query, original)
+    assert result.registration.mirrored
+    assert _iou(result.mask, truth) >= 0.5
+
+
 def test_padding_is_added_content_not_an_edit():
     original = data.coffee()
     query = cv2.copyMakeBorder(original, 40, 40, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0))
