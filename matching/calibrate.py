@@ -118,13 +118,29 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2,
     return w[:-1], float(w[-1])
 
 
+# The direction each feature may push the score (0: free). Collinear features otherwise get
+# fitted signs a person could not defend (more inliers lowering the score), which would not
+# generalize beyond the calibration set; a feature whose fitted sign is wrong is dropped.
+SIGNS = (1, 0, 1, 1, -1, 1, 1)
+
+
 def fit_calibration(global_scores: np.ndarray, verifications: list[Verification | None],
                     labels: np.ndarray, *, source: str = "", l2: float = 1e-2) -> Calibration:
     """Fit both models on labelled (query, candidate) pairs; label 1 = the pair is a copy."""
     x = np.stack([features(float(g), v) for g, v in zip(global_scores, verifications,
                                                          strict=True)])
     y = np.asarray(labels, np.float64)
-    w, b = fit_logistic(x, y, l2=l2)
+    active = list(range(x.shape[1]))
+    while True:
+        w_active, b = fit_logistic(x[:, active], y, l2=l2)
+        wrong = [(abs(wi), j) for wi, j in zip(w_active, active, strict=True)
+                 if SIGNS[j] and np.sign(wi) != SIGNS[j]]
+        if not wrong:
+            break
+        active.remove(max(wrong)[1])
+        log.info("calibration: dropped feature %s (wrong sign)", FEATURES[max(wrong)[1]])
+    w = np.zeros(x.shape[1])
+    w[active] = w_active
     gw, gb = fit_logistic(np.asarray(global_scores, np.float64)[:, None], y, l2=l2)
     return Calibration(
         weights=tuple(round(float(v), 4) for v in w), bias=round(b, 4),

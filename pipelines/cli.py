@@ -155,6 +155,10 @@ def query_cmd(
                                             "set.")] = True,
     expand: Annotated[bool, typer.Option("--expand/--no-expand", help="Also search crops of "
                                          "the query (finds images pasted into it).")] = True,
+    background: Annotated[Path | None, typer.Option(help="Images known NOT to be originals of "
+                                                    "the queries: embedded once and stored with "
+                                                    "the index for score normalization "
+                                                    "(default: a catalog sample).")] = None,
 ) -> None:
     """Find the originals of each query image; score in [0, 1], >= 0.5 means a copy."""
     from copytrace.pipelines.query import query
@@ -162,7 +166,8 @@ def query_cmd(
     results = query(query_path, index, k=k, output=output, model=model, batch_size=batch_size,
                     device=device, use_ray=ray, ray_address=ray_address,
                     show_progress=not quiet and len(sys.argv) > 0, verify=verify,
-                    verify_k=verify_k, normalize=normalize, expand=expand)
+                    verify_k=verify_k, normalize=normalize, expand=expand,
+                    background=background)
     for r in results:
         if r.error:
             err.print(f"[red]cannot decode[/red] '{r.uri}': {r.error} (skipped)")
@@ -231,6 +236,62 @@ def localize_batch_cmd(
                        use_ray=ray, ray_address=ray_address)
     typer.echo(f"localized {r.done} of {r.pairs} pairs ({r.failed} failed, {r.edited} with edits); "
               f"summary {r.summary}")
+
+
+@app.command("train")
+def train_cmd(
+    images: Annotated[list[Path], typer.Option("--images", help="Training image folder "
+                                               "(repeatable; scanned recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, model "
+                                      "file <name>.pt and its card <name>.json.")],
+    val_benchmark: Annotated[Path | None, typer.Option(help="DISC-style folder (references/, "
+                                                       "queries/, gt.csv) for a validation "
+                                                       "proxy during training.")] = None,
+    limit: Annotated[list[int] | None, typer.Option("--limit", help="Keep the first N files "
+                                                    "(sorted) of the matching --images; 0 = "
+                                                    "all. Repeatable.")] = None,
+    name: str = "copytrace-sscd",
+    backbone: str = "tf_efficientnet_lite0",
+    dims: int = 256,
+    image_size: int = 160,
+    export_image_size: Annotated[int | None, typer.Option(help="Inference resolution of the "
+                                                          "exported model.")] = None,
+    freeze_blocks: int = 3,
+    batch_size: Annotated[int, typer.Option(help="Images per step (x --views).")] = 32,
+    views: int = 2,
+    steps: int = 2000,
+    max_minutes: Annotated[float | None, typer.Option(help="Wall-clock budget; the LR "
+                                                      "schedule ends at steps or time.")] = None,
+    lr: float = 3e-4,
+    koleo_weight: float = 30.0,
+    mix_fraction: float = 0.25,
+    norm_ratio_weight: float = 0.0,
+    workers: int = 1,
+    threads: Annotated[int | None, typer.Option(help="Torch compute threads (1 is fastest on a "
+                                                "busy CPU).")] = None,
+    seed: int = 0,
+    val_every: int = 250,
+    accelerator: Annotated[str, typer.Option(help="'auto' (GPU + fp16 mixed precision if "
+                                             "present), 'cpu', 'gpu'.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from "
+                                         "<out>/checkpoints/last.ckpt.")] = True,
+) -> None:
+    """Train (or fine-tune) an SSCD-style copy descriptor on your images; CPU or GPU."""
+    from copytrace.descriptors.train import TrainConfig, train
+
+    logging.getLogger("copytrace").setLevel(logging.INFO)
+    config = TrainConfig(backbone=backbone, dims=dims, image_size=image_size,
+                         export_image_size=export_image_size, freeze_blocks=freeze_blocks,
+                         batch_size=batch_size, views=views, steps=steps, max_minutes=max_minutes,
+                         lr=lr, koleo_weight=koleo_weight, mix_fraction=mix_fraction,
+                         norm_ratio_weight=norm_ratio_weight, workers=workers, seed=seed,
+                         val_every=val_every)
+    limits = [n or None for n in limit] if limit else None
+    report = train(images, out, val_benchmark=val_benchmark, limits=limits, name=name,
+                   config=config, accelerator=accelerator, resume=resume, threads=threads)
+    typer.echo(f"wrote {report.model_file} after {report.steps} steps "
+               f"({report.seconds:.0f} s, {report.images_per_second:.1f} img/s); "
+               f"card {report.card_file}")
 
 
 @app.command("models")

@@ -24,7 +24,12 @@ from copytrace.indexing.sources import ImageSource, list_sources
 from copytrace.indexing.store import CopyIndex
 from copytrace.matching.calibrate import Calibration, load_calibration
 from copytrace.matching.expand import ExpandConfig, crop_views, query_views
-from copytrace.matching.normalize import NormalizeConfig, load_background
+from copytrace.matching.normalize import (
+    BACKGROUND_FILE,
+    Background,
+    NormalizeConfig,
+    load_background,
+)
 from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
 from copytrace.matching.search import QueryResult
 from copytrace.matching.verify import Verification, VerifyConfig, verify_batch
@@ -97,6 +102,7 @@ def query(
     normalize: bool = True,
     expand: bool = True,
     verify_k: int | None = None,
+    background: str | Path | None = None,
     config: MatchConfig | None = None,
     calibration: Calibration | None = None,
     timings: QueryTimings | None = None,
@@ -106,11 +112,17 @@ def query(
     Default: whole query plus crops searched (`expand`), similarities normalized against the
     index's background (`normalize`), top candidates verified by local features (`verify`), and
     one calibrated score per match in [0, 1] (0.5 = decision threshold). `config` overrides the
-    switches; `timings` is filled with per-stage seconds.
+    switches; `timings` is filled with per-stage seconds. `background` (images that are not
+    originals of the queries) is embedded once and stored with the index for normalization.
     """
     config = config or match_config(k=k, normalize=normalize, expand=expand, verify=verify,
                                     verify_k=verify_k)
     timings = timings if timings is not None else QueryTimings()
+    if background is not None:
+        stored = Path(index) / BACKGROUND_FILE
+        if not stored.exists() or Background.load(stored).source != str(background):
+            store_background(index, background, model=model, batch_size=batch_size,
+                             device=device)
     copy_index = CopyIndex.open(index)
     descriptor = index_model(copy_index, model)
     calibration = calibration or load_calibration(copy_index.layout.root)
@@ -242,6 +254,28 @@ def _embed_views(sources: list[ImageSource], descriptor: LoadedDescriptor, expan
                     pos += n
             advance(len(chunk))
     return vectors, views, errors
+
+
+def store_background(index: str | Path, images: str | Path, *, model: str | None = None,
+                     limit: int = 20_000, batch_size: int = 32, device: str = "auto",
+                     use_ray: bool = False, show_progress: bool = False) -> Path:
+    """Embed a user-given background set (images known not to be originals of the queries) and
+    store it with the index; later queries normalize against it instead of a catalog sample."""
+    copy_index = CopyIndex.open(index)
+    descriptor = index_model(copy_index, model)
+    sources = list_sources(images)[:limit]
+    vectors, _, errors = _embed_whole(sources, copy_index, descriptor, model=model,
+                                      batch_size=batch_size, chunk_size=512, device=device,
+                                      use_ray=use_ray, ray_address=None,
+                                      show_progress=show_progress)
+    if not vectors:
+        raise ValueError(f"no background image could be embedded from '{images}'")
+    if errors:
+        log.warning("%d background images could not be decoded (skipped)", len(errors))
+    ids = [s.image_id for s in sources if s.image_id in vectors]
+    background = Background(np.concatenate([vectors[i] for i in ids]),
+                            np.full(len(ids), "", dtype=object), str(images))
+    return background.save(copy_index.layout.root / BACKGROUND_FILE)
 
 
 def reference_uris(copy_index: CopyIndex, ids: set[str]) -> dict[str, str]:
