@@ -36,7 +36,7 @@ class LocalizeConfig:
     refine: bool = True  # tighten each region to where the pixel-level colour difference is real
     refine_k: float = 4.0  # pixel colour difference >= median + refine_k * robust sigma ...
     refine_floor: float = 6.0  # ... and >= this Delta E
-    refine_band: int = 4  # pixels (analysis resolution) of rim that must show a colour difference
+    refine_band: int = 6  # rim (analysis pixels) that must show a colour change: ~3 sigma of blur + SSIM
 
 
 @dataclass(frozen=True)
