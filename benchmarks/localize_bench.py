@@ -258,6 +258,7 @@ def time_per_pair(data: Path, *, pairs: int = 8, megapixels: float = 1.0, seed: 
     to that size, the query cropped and JPEG'd (no downscale); decoding not included."""
     rng = np.random.default_rng(seed)
     out: dict[str, list[float]] = {m: [] for m in METHODS}
+    cpu: dict[str, list[float]] = {m: [] for m in METHODS}
     for case in noso_cases(data)[:pairs]:
         o = decode_file(case.original).pixels
         f = decode_file(case.query).pixels
@@ -267,9 +268,13 @@ def time_per_pair(data: Path, *, pairs: int = 8, megapixels: float = 1.0, seed: 
         draw = Travel(tuple(float(v) for v in rng.uniform(0, 0.02, 4)), 1.0, 85)
         q = draw.image(cv2.resize(f, size, interpolation=cv2.INTER_CUBIC))
         for m, fn in METHODS.items():
+            start = time.process_time()
             out[m].append(_predict(fn, q, o)[1])
-    return {m: {"mean": round(float(np.mean(v)), 3), "median": round(float(np.median(v)), 3), "pairs": len(v)}
-            for m, v in out.items()} | {"megapixels": megapixels, "cpus": os.cpu_count()}
+            cpu[m].append(time.process_time() - start)
+    return {m: {"mean": round(float(np.mean(v)), 3), "median": round(float(np.median(v)), 3),
+                "cpu_seconds_median": round(float(np.median(cpu[m])), 3), "pairs": len(v)}
+            for m, v in out.items()} | {"megapixels": megapixels, "cpus": os.cpu_count(),
+                                        "load_average": round(os.getloadavg()[0], 2)}
 
 
 def _default_data() -> Path:
@@ -311,8 +316,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"{v['mean_flagged_fraction']:>18.5f}")
     if "seconds_per_pair" in report:
         t = report["seconds_per_pair"]
-        print(f"\nseconds per pair at ~{t['megapixels']} MP ({t['cpus']} CPUs): "
-              + ", ".join(f"{m} {t[m]['median']:.2f} (mean {t[m]['mean']:.2f})" for m in METHODS))
+        print(f"\nseconds per pair at ~{t['megapixels']} MP ({t['cpus']} CPUs, load average "
+              f"{t['load_average']}), median wall (mean wall, median CPU): "
+              + ", ".join(f"{m} {t[m]['median']:.2f} ({t[m]['mean']:.2f}, {t[m]['cpu_seconds_median']:.2f})"
+                          for m in METHODS))
 
 
 if __name__ == "__main__":
