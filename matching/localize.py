@@ -71,12 +71,23 @@ class Localization:
             "edited_fraction": round(self.edited_fraction, 5),
             "added_fraction": round(self.added_fraction, 5),
             "size": {"width": int(self.mask.shape[1]), "height": int(self.mask.shape[0])},
-            "regions": [{"kind": r.kind, "box": list(r.box), "area": r.area, "score": round(r.score, 4)}
+            "regions": [{"kind": r.kind, "box": list(r.box), "area": r.area, "score": round(r.score, 4),
+                         **({"original_box": list(original_box(r.box, reg.homography))}
+                            if r.kind == "edit" else {})}
                         for r in self.regions],
             "registration": {"homography": np.round(reg.homography, 8).tolist(), "inliers": reg.inliers,
                              "matches": reg.matches, "refined": reg.refined, "mirrored": reg.mirrored,
                              "correlation": round(reg.correlation, 4), "scale": round(reg.scale, 4)},
         }
+
+
+def original_box(box: tuple[int, int, int, int], homography: np.ndarray) -> tuple[int, int, int, int]:
+    """A query-pixel box mapped into the original: the bounding box of its projected corners."""
+    x0, y0, x1, y1 = box
+    corners = np.array([[[x0, y0]], [[x1, y0]], [[x1, y1]], [[x0, y1]]], np.float64)
+    p = cv2.perspectiveTransform(corners, homography).reshape(4, 2)
+    return (int(np.floor(p[:, 0].min())), int(np.floor(p[:, 1].min())),
+            int(np.ceil(p[:, 0].max())), int(np.ceil(p[:, 1].max())))
 
 
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:

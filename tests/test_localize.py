@@ -148,6 +148,9 @@ def test_cli_localize_writes_mask_overlay_and_json(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["edited"] > 0.5
     assert report["regions"][0]["kind"] == "edit" and len(report["regions"][0]["box"]) == 4
+    from copytrace.benchmarks.localize_eval import box_iou
+
+    assert box_iou(tuple(report["regions"][0]["original_box"]), (250, 170, 360, 260)) >= 0.5
     assert cv2.imread(str(tmp_path / "ov.png")).shape[1] > 2 * query.shape[1] * 480 / query.shape[0]
 
 
