@@ -30,7 +30,10 @@ class RegisterConfig:
     ecc_max_side: int = 768  # ECC runs on images downscaled so the query's longer side is this
     ecc_iterations: int = 60
     ecc_epsilon: float = 1e-5
-    max_ecc_shift: float = 0.03  # reject refinements that move a corner by more than this x size
+    max_ecc_shift: float = 0.01  # reject refinements that move a corner by more than this x size
+    max_keypoint_drift: float = 1.0  # ... or that move the keypoint inliers off their matches by more
+    # than this many detection pixels (median) beyond the keypoint fit: on repetitive texture
+    # ECC can lock onto the wrong period while raising the overall correlation
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,14 @@ def overlap_correlation(query_gray: np.ndarray, original_gray: np.ndarray, H: np
     return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-9))
 
 
+def _keypoint_error(H: np.ndarray, query_points: np.ndarray, reference_points: np.ndarray) -> float:
+    """Median distance (original pixels) between projected query inliers and their matches."""
+    if len(query_points) == 0:
+        return 0.0
+    p = cv2.perspectiveTransform(query_points.reshape(-1, 1, 2).astype(np.float64), H).reshape(-1, 2)
+    return float(np.median(np.linalg.norm(p - reference_points, axis=1)))
+
+
 def homography_scale(H: np.ndarray, width: int, height: int) -> float:
     """Linear scale of H at the query's centre (original pixels per query pixel)."""
     c = np.array([[[width / 2, height / 2]], [[width / 2 + 1, height / 2]], [[width / 2, height / 2 + 1]]],
@@ -97,6 +108,9 @@ def register(query: np.ndarray, original: np.ndarray, *,
     H0 = fit.homography.astype(np.float64)
     if mirrored:  # the fit maps the mirrored query; compose with the mirror
         H0 = H0 @ np.array([[-1.0, 0.0, query.shape[1] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    qp = fit.query_points.astype(np.float64)
+    if mirrored:
+        qp = np.stack([query.shape[1] - 1.0 - qp[:, 0], qp[:, 1]], axis=1)
     qg, sq = _gray_small(query, config.ecc_max_side)
     # the original at the query's working resolution, so both have similar detail
     sr = min(1.0, sq / max(1e-6, homography_scale(H0, query.shape[1], query.shape[0])))
@@ -114,11 +128,15 @@ def register(query: np.ndarray, original: np.ndarray, *,
         corners = np.array([[[0, 0]], [[w, 0]], [[w, h]], [[0, h]]], np.float64)
         moved = np.abs(cv2.perspectiveTransform(corners, Hs1) - cv2.perspectiveTransform(corners, Hs0)).max()
         corr1 = overlap_correlation(qg, og, Hs1)
-        if moved <= config.max_ecc_shift * max(og.shape) and corr1 > corr0:
+        H1 = np.diag([1 / sr, 1 / sr, 1.0]) @ Hs1 @ np.diag([sq, sq, 1.0])
+        drift = _keypoint_error(H1, qp, fit.reference_points) - _keypoint_error(H0, qp, fit.reference_points)
+        detection_pixel = max(original.shape[:2]) / min(config.align.max_side, max(original.shape[:2]))
+        if (moved <= config.max_ecc_shift * max(og.shape) and corr1 > corr0
+                and drift <= config.max_keypoint_drift * detection_pixel):
             Hs, corr, refined = Hs1, corr1, True
         else:
-            log.debug("ECC refinement rejected: corner shift %.1f px, correlation %.4f -> %.4f",
-                      moved, corr0, corr1)
+            log.debug("ECC refinement rejected: corner shift %.1f px, keypoint drift %.2f px, "
+                      "correlation %.4f -> %.4f", moved, drift, corr0, corr1)
     except cv2.error as exc:
         log.debug("ECC refinement failed: %s", str(exc).strip().splitlines()[-1])
     H = np.diag([1 / sr, 1 / sr, 1.0]) @ Hs @ np.diag([sq, sq, 1.0])
