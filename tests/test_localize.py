@@ -83,6 +83,28 @@ def test_colour_shifted_copy_is_not_an_edit():
     assert result.edited_fraction < 0.005
 
 
+@pytest.mark.parametrize("name", ["astronaut", "coffee"])
+def test_added_text_is_found(name):
+    from copytrace.benchmarks.localize_eval import box_iou
+
+    original = getattr(data, name)()
+    edited = original.copy()
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(edited, "FAKE NEWS", (40, 120), font, 1.6, (255, 255, 255), 4, cv2.LINE_AA)
+    truth = np.zeros(original.shape[:2], np.uint8)
+    cv2.putText(truth, "FAKE NEWS", (40, 120), font, 1.6, 255, 4, cv2.LINE_AA)
+    query, truth = _travel(edited, truth, scale=0.75, crop=(0, 0, 0, 0), quality=75)
+    result = localize(query, original)
+    edits = [r.box for r in result.regions if r.kind == "edit"]
+    assert edits
+    ys, xs = np.nonzero(truth)
+    text_box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    boxes = np.array(edits)
+    found = (int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max()))
+    assert box_iou(found, text_box) >= 0.5  # the region-hit criterion of eval localize
+    assert (result.mask[truth > 0] > 0).mean() > 0.9
+
+
 def test_greyscale_copy_is_not_an_edit():
     original = data.astronaut()
     grey = cv2.cvtColor(cv2.cvtColor(original, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
