@@ -1,0 +1,101 @@
+"""Training data: image listing and a dataset yielding several copy-style views per image.
+
+Decoding and PIL edits run on DataLoader workers; the model step only sees uint8 tensors.
+Image-in-image and overlay edits need other photos: each worker keeps a small ring of recently
+decoded training images for that.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from copytrace.descriptors.decode import DecodeError, decode_file
+from copytrace.descriptors.train_augment import ViewConfig, make_view
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def list_images(folders: Sequence[str | Path], *, limits: Sequence[int | None] | None = None
+                ) -> list[Path]:
+    """Image files under each folder (recursive, sorted by path); `limits[i]` keeps the first n."""
+    out: list[Path] = []
+    for i, folder in enumerate(folders):
+        folder = Path(folder)
+        if folder.is_file():
+            files = [folder]
+        else:
+            files = sorted(p for p in folder.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        limit = limits[i] if limits is not None and i < len(limits) else None
+        out.extend(files[:limit] if limit is not None else files)
+    return out
+
+
+def load_for_training(path: str | Path, *, max_side: int) -> Image.Image:
+    """Decode (JPEG DCT-scaled) and shrink so edits stay cheap; raises DecodeError."""
+    pixels = decode_file(path, target_size=None).pixels
+    img = Image.fromarray(pixels)
+    img.thumbnail((max_side, max_side), Image.BILINEAR)
+    return img
+
+
+class CopyViewDataset(Dataset):
+    """Item i: `views_per_image` views of image i as uint8 V x 3 x S x S, plus clean flags."""
+
+    def __init__(self, files: Sequence[str | Path], *, views_per_image: int = 2,
+                 view_config: ViewConfig | None = None, seed: int = 0,
+                 max_side: int | None = None, others_pool: int = 16) -> None:
+        if views_per_image < 2:
+            raise ValueError("views_per_image must be >= 2: positives come from repeated views")
+        self.files = [str(f) for f in files]
+        self.views_per_image = views_per_image
+        self.view_config = view_config or ViewConfig()
+        self.seed = seed
+        self.max_side = max_side or 2 * self.view_config.image_size
+        self._others: deque[Image.Image] = deque(maxlen=others_pool)
+        self._calls = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _rng(self, index: int) -> random.Random:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        self._calls += 1
+        return random.Random(hash((self.seed, index, worker, self._calls, torch.initial_seed())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = self._rng(index)
+        try:
+            img = load_for_training(self.files[index], max_side=self.max_side)
+        except DecodeError as exc:
+            log.warning("training image '%s' skipped: %s", self.files[index], exc)
+            img = self._others[-1] if self._others else Image.new("RGB", (64, 64), (127, 127, 127))
+        others = list(self._others)
+        views, clean = [], []
+        for _ in range(self.views_per_image):
+            p_clean = self.view_config.clean_probability
+            is_clean = rng.random() < p_clean
+            cfg = self.view_config
+            if is_clean:
+                cfg = ViewConfig(**{**cfg.__dict__, "clean_probability": 1.0})
+            else:
+                cfg = ViewConfig(**{**cfg.__dict__, "clean_probability": 0.0})
+            views.append(make_view(img, rng, others=others, config=cfg))
+            clean.append(is_clean)
+        self._others.append(img)
+        arr = np.stack(views).transpose(0, 3, 1, 2)
+        return {"views": torch.from_numpy(np.ascontiguousarray(arr)),
+                "clean": torch.tensor(clean, dtype=torch.bool),
+                "index": torch.tensor(index)}
