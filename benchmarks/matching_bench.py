@@ -58,6 +58,7 @@ from copytrace.pipelines.query import (
 log = logging.getLogger(__name__)
 
 THRESHOLD = 0.5
+VERIFY_CACHE_VERSION = 2  # bump when `Verification` gains fields (cached pickles go stale)
 
 
 def ensure_calibration_benchmark(data: Path, work: Path) -> Path:
@@ -198,7 +199,8 @@ def run(bench: Path, index: Path, work: Path, data: Path, *, k: int = 10,
     timings["expand_search"] = time.perf_counter() - t
 
     verify = VerifyConfig(top_k=k)
-    vkey = hashlib.sha256(repr((verify, expand, [[c.reference_id for c in row] for row in
+    vkey = hashlib.sha256(repr((VERIFY_CACHE_VERSION, verify, expand,
+                                [[c.reference_id for c in row] for row in
                                                  ranked_exp])).encode()).hexdigest()[:10]
     vcache = work / f"verified-{bench.name}-{vkey}.pkl"
     if vcache.exists():  # same candidates, same settings: reuse (timing from the run that made it)

@@ -1,10 +1,12 @@
 """One calibrated score in [0, 1] from global and local evidence; 0.5 is the decision threshold.
 
-The score is a logistic regression over a handful of features a person can read off the
-evidence: the background-normalized global similarity, whether a geometry was found, how many
-keypoints agree with it (log), what share of the putative matches agree, the median
-reprojection error (a copy is an exact warp: sub-pixel; another photo of the same object is
-not), the pixel agreement of the aligned regions (NCC), and the matched area. Weights are fitted
+The score has two branches. When verification found a geometry, it is a logistic regression
+over features a person can read off the evidence: the background-normalized global similarity,
+how many keypoints agree with the homography (log), what share of the putative matches agree,
+the median reprojection error (a copy is an exact warp: sub-pixel; another photo of the same
+object is not), the pixel agreement of the aligned regions (NCC), and the matched area. When it
+found none, it is a logistic regression on the global similarity alone (a copy can defeat
+keypoints: heavy blur, pixelation), fitted on the unverified pairs only. Weights are fitted
 on labelled (query, candidate) pairs from a calibration benchmark disjoint from the evaluation
 one (`fit_calibration`; `copytrace.benchmarks.matching_bench --fit-calibration`), so 0.5 means
 "more likely a copy than not" on data like that. One hard rule sits on top: when the query shows
@@ -31,8 +33,8 @@ from copytrace.matching.verify import Verification
 log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
-FEATURES = ("global", "verified", "log_inliers", "inlier_ratio", "residual", "photometric",
-            "log_area")
+FEATURES = ("global", "log_inliers", "inlier_ratio", "residual", "photometric", "log_area",
+            "tight", "detail", "agreement")
 RESIDUAL_CAP = 3.0  # px; also the value used when there is no geometry
 
 
@@ -40,12 +42,16 @@ RESIDUAL_CAP = 3.0  # px; also the value used when there is no geometry
 class Calibration:
     """Logistic weights, in `FEATURES` order, plus the global-only model for --no-verify."""
 
-    weights: tuple[float, ...] = (9.0, 0.0, 1.2, 2.0, -1.5, 2.0, 0.3)
-    bias: float = -6.0
-    global_weight: float = 20.0  # --no-verify: sigmoid(global_bias + global_weight * global)
-    global_bias: float = -3.0
+    # Defaults: fitted by `matching_bench --fit-calibration` on the calibration benchmark
+    # (imagenet-sample[:300], seed 1, + even UKBench groups), ImageNet lite0-GeM descriptor.
+    weights: tuple[float, ...] = (0.0, 0.0, 4.5332, -5.0414, 0.0, 0.0, 0.0, 0.0, 3.5355)
+    bias: float = -3.9452
+    unverified_weight: float = 15.4801  # no geometry: sigmoid(bias + w * global)
+    unverified_bias: float = -8.7688
+    global_weight: float = 14.168  # --no-verify: sigmoid(global_bias + w * global)
+    global_bias: float = -4.9602
     extends_cap: float = 0.2  # max score when the reference is a crop of the query's scene
-    source: str = "hand-set defaults (not fitted)"
+    source: str = "fitted: calibration benchmark (imagenet-sample[:300] seed 1 + even UKBench)"
     fitted_on: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
@@ -65,15 +71,14 @@ def load_calibration(index_root: str | Path | None = None) -> Calibration:
     return DEFAULT_CALIBRATION
 
 
-def features(global_score: float, verification: Verification | None) -> np.ndarray:
-    if verification is None:
-        return np.array([global_score, 0.0, 0.0, 0.0, RESIDUAL_CAP, 0.0, math.log(0.01)],
-                        np.float64)
+def features(global_score: float, verification: Verification) -> np.ndarray:
+    """The verified branch's inputs, in `FEATURES` order."""
     v = verification
     area = max(v.query_coverage, v.reference_coverage)
     return np.array([
-        global_score, 1.0, math.log1p(v.inliers), v.inliers / max(1, v.matches),
+        global_score, math.log1p(v.inliers), v.inliers / max(1, v.matches),
         min(RESIDUAL_CAP, v.residual), max(0.0, v.photometric), math.log(area + 0.01),
+        v.tight, max(0.0, v.detail), v.agreement,
     ], np.float64)
 
 
@@ -85,9 +90,10 @@ def fused_score(global_score: float, verification: Verification | None, *,
                 calibration: Calibration | None = None) -> float:
     """P(copy) for a verified candidate (or a candidate whose verification found no geometry)."""
     c = calibration or DEFAULT_CALIBRATION
-    z = c.bias + float(np.dot(c.weights, features(global_score, verification)))
-    p = _sigmoid(z)
-    if verification is not None and verification.query_extends:
+    if verification is None:
+        return _sigmoid(c.unverified_bias + c.unverified_weight * global_score)
+    p = _sigmoid(c.bias + float(np.dot(c.weights, features(global_score, verification))))
+    if verification.query_extends:
         p = min(p, c.extends_cap)
     return p
 
@@ -98,19 +104,20 @@ def global_score_only(global_score: float, *, calibration: Calibration | None = 
     return _sigmoid(c.global_bias + c.global_weight * global_score)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2,
-                 iterations: int = 50) -> tuple[np.ndarray, float]:
-    """Weights and bias of an L2-regularized logistic regression (Newton / IRLS)."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iterations: int = 50,
+                 sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Weights and bias of an L2-regularized, weighted logistic regression (Newton / IRLS)."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
+    sw = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
     xb = np.hstack([x, np.ones((len(x), 1))])
     w = np.zeros(xb.shape[1])
     reg = l2 * np.eye(xb.shape[1])
     reg[-1, -1] = 0.0  # do not shrink the bias
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-np.clip(xb @ w, -50, 50)))
-        grad = xb.T @ (p - y) + reg @ w
-        hess = (xb * (p * (1 - p))[:, None]).T @ xb + reg
+        grad = xb.T @ (sw * (p - y)) + reg @ w
+        hess = (xb * (sw * p * (1 - p))[:, None]).T @ xb + reg
         step = np.linalg.solve(hess + 1e-9 * np.eye(len(w)), grad)
         w -= step
         if np.abs(step).max() < 1e-7:
@@ -121,15 +128,18 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2,
 # The direction each feature may push the score (0: free). Collinear features otherwise get
 # fitted signs a person could not defend (more inliers lowering the score), which would not
 # generalize beyond the calibration set; a feature whose fitted sign is wrong is dropped.
-SIGNS = (1, 0, 1, 1, -1, 1, 1)
+SIGNS = (1, 1, 1, -1, 1, 1, 1, 1, 1)
 
 
 def fit_calibration(global_scores: np.ndarray, verifications: list[Verification | None],
                     labels: np.ndarray, *, source: str = "", l2: float = 1e-2) -> Calibration:
-    """Fit both models on labelled (query, candidate) pairs; label 1 = the pair is a copy."""
-    x = np.stack([features(float(g), v) for g, v in zip(global_scores, verifications,
-                                                         strict=True)])
-    y = np.asarray(labels, np.float64)
+    """Fit all three models on labelled (query, candidate) pairs; label 1 = a copy."""
+    g_all = np.asarray(global_scores, np.float64)
+    y_all = np.asarray(labels, np.float64)
+    found = np.array([v is not None for v in verifications])
+    x = np.stack([features(float(g), v) for g, v in zip(g_all[found], [
+        v for v in verifications if v is not None], strict=True)])
+    y = y_all[found]
     active = list(range(x.shape[1]))
     while True:
         w_active, b = fit_logistic(x[:, active], y, l2=l2)
@@ -141,11 +151,15 @@ def fit_calibration(global_scores: np.ndarray, verifications: list[Verification 
         log.info("calibration: dropped feature %s (wrong sign)", FEATURES[max(wrong)[1]])
     w = np.zeros(x.shape[1])
     w[active] = w_active
-    gw, gb = fit_logistic(np.asarray(global_scores, np.float64)[:, None], y, l2=l2)
+    uw, ub = fit_logistic(g_all[~found][:, None], y_all[~found], l2=l2)
+    gw, gb = fit_logistic(g_all[:, None], y_all, l2=l2)
     return Calibration(
         weights=tuple(round(float(v), 4) for v in w), bias=round(b, 4),
+        unverified_weight=round(float(uw[0]), 4), unverified_bias=round(ub, 4),
         global_weight=round(float(gw[0]), 4), global_bias=round(gb, 4), source=source,
-        fitted_on={"pairs": len(y), "positives": int(y.sum())},
+        fitted_on={"pairs": len(y_all), "positives": int(y_all.sum()),
+                   "verified_pairs": int(found.sum()),
+                   "verified_positives": int(y_all[found].sum())},
     )
 
 

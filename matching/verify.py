@@ -59,6 +59,9 @@ class Verification:
     reference_coverage: float
     residual: float  # median inlier reprojection error, px at detection scale
     photometric: float  # NCC of query vs warped reference over the inlier hull, in [-1, 1]
+    detail: float  # the same NCC on band-passed images: fine texture must line up too
+    tight: float  # share of inliers within 1 px (detection scale) of the fitted homography
+    agreement: float  # share of the whole overlap (not just the inlier hull) whose pixels agree
     reference_in_query: float  # area of the reference frame projected into the query / query area
     seam: float  # pixel step across the projected reference border vs next to it (paste evidence)
     query_extends: bool  # the query shows the scene beyond the reference frame, without a seam
@@ -73,6 +76,8 @@ class Verification:
             "query_coverage": round(self.query_coverage, 4),
             "reference_coverage": round(self.reference_coverage, 4),
             "residual_px": round(self.residual, 3), "photometric": round(self.photometric, 4),
+            "detail": round(self.detail, 4), "tight": round(self.tight, 4),
+            "agreement": round(self.agreement, 4),
             "reference_in_query": round(self.reference_in_query, 4),
             "seam": round(self.seam, 3), "query_extends": self.query_extends,
             "mirrored": self.mirrored,
@@ -125,7 +130,7 @@ def _warp_reference(query: Prepared, reference: Prepared,
 
 
 def _photometric(query: Prepared, warped: np.ndarray, valid: np.ndarray,
-                 hull_q: np.ndarray) -> float:
+                 hull_q: np.ndarray) -> tuple[float, float]:
     """NCC inside the query's inlier hull between the query and the reference warped onto it.
 
     Both are blurred a little first so JPEG and resampling noise do not count; NCC ignores
@@ -138,10 +143,48 @@ def _photometric(query: Prepared, warped: np.ndarray, valid: np.ndarray,
     mask &= cv2.erode(valid, np.ones((5, 5), np.uint8))
     sel = mask > 0
     if sel.sum() < 64:
+        return 0.0, 0.0
+    a = cv2.GaussianBlur(query.gray, (0, 0), 1.5).astype(np.float32)
+    b = cv2.GaussianBlur(warped, (0, 0), 1.5).astype(np.float32)
+    # Band-pass (difference of Gaussians): a copy's fine texture lands on the same pixels;
+    # another photo of the same planar object matches only the coarse layout.
+    da = a - cv2.GaussianBlur(a, (0, 0), 2.5)
+    db = b - cv2.GaussianBlur(b, (0, 0), 2.5)
+    return _ncc(a[sel], b[sel]), _ncc(da[sel], db[sel])
+
+
+def _agreement(query: Prepared, warped: np.ndarray, valid: np.ndarray, hull_q: np.ndarray,
+               block: int = 16) -> float:
+    """Share of the blocks of the overlap (the reference frame inside the query) that agree.
+
+    A copy agrees wherever it was not overlaid; another photo of a planar object agrees only on
+    the object, because the homography that maps the object does not map the rest of the scene.
+    Intensities are matched with one gain/offset fitted inside the inlier hull (colour edits);
+    a block agrees when its mean difference is small or its texture correlates.
+    """
+    qh, qw = query.gray.shape
+    overlap = cv2.erode(valid, np.ones((5, 5), np.uint8)) > 0
+    hull = np.zeros((qh, qw), np.uint8)
+    cv2.fillConvexPoly(hull, hull_q.astype(np.int32), 255)
+    inner = (hull > 0) & overlap
+    if inner.sum() < 64:
         return 0.0
     a = cv2.GaussianBlur(query.gray, (0, 0), 1.5).astype(np.float32)
     b = cv2.GaussianBlur(warped, (0, 0), 1.5).astype(np.float32)
-    return _ncc(a[sel], b[sel])
+    gain, offset = np.polyfit(b[inner], a[inner], 1)
+    b = gain * b + offset
+    agree = total = 0
+    for y in range(0, qh - block + 1, block):
+        for x in range(0, qw - block + 1, block):
+            m = overlap[y : y + block, x : x + block]
+            if m.mean() < 0.75:
+                continue
+            total += 1
+            pa, pb = a[y : y + block, x : x + block][m], b[y : y + block, x : x + block][m]
+            if np.abs(pa - pb).mean() < 10.0 or (pa.std() > 4 and pb.std() > 4
+                                                and _ncc(pa, pb) > 0.8):
+                agree += 1
+    return agree / total if total else 0.0
 
 
 def _border_geometry(query: Prepared, reference: Prepared, h_small: np.ndarray,
@@ -244,18 +287,23 @@ def _measure(query: Prepared, reference: Prepared, a: Alignment, mirrored: bool,
     r_small = a.reference_points * sr
     projected = cv2.perspectiveTransform(q_small.reshape(-1, 1, 2).astype(np.float64),
                                          h_small).reshape(-1, 2)
-    residual = float(np.median(np.linalg.norm(projected - r_small, axis=1)))
+    errors = np.linalg.norm(projected - r_small, axis=1)
+    residual = float(np.median(errors))
+    tight = float((errors < 1.0).mean())
     # A mirrored fit's homography already includes the reflection (mirrored keypoints are
     # stored in the query's own coordinates), so the pixel checks need no special case.
     hull_q = cv2.convexHull(q_small.astype(np.float32)).reshape(-1, 2)
     warped, valid = _warp_reference(query, reference, h_small)
-    photometric = _photometric(query, warped, valid, hull_q)
+    photometric, detail = _photometric(query, warped, valid, hull_q)
+    agreement = _agreement(query, warped, valid, hull_q)
     share, seam, extends = _border_geometry(query, reference, h_small, warped, config)
     return Verification(
         inliers=a.inliers, matches=a.matches, homography=a.homography,
         query_box=a.query_box, reference_box=a.reference_box,
         query_coverage=a.query_coverage, reference_coverage=a.reference_coverage,
-        residual=residual, photometric=photometric, reference_in_query=share, seam=seam,
+        residual=residual, photometric=photometric, detail=detail, tight=tight,
+        agreement=agreement,
+        reference_in_query=share, seam=seam,
         query_extends=extends, mirrored=mirrored,
     )
 
