@@ -6,10 +6,11 @@ top-k similarities to a background sample (images that are *not* its originals) 
 score into "how much closer is this reference than the query's typical neighbours", which is
 comparable across queries and so across a single global threshold.
 
-The background is either a sample of the catalog (default; cheap, needs nothing) or a
-user-given set of images that are known not to be originals of the queries. It is stored with
-the index as `background.npz`. When a candidate reference is itself in the background (catalog
-sample), it is left out of its own normalization so a true match never normalizes itself away.
+The background is either a sample of the catalog (default; cheap, needs nothing; drawn and
+stored on the first query) or a user-given set of images that are known not to be originals of
+the queries. It is stored with the index as `background.npz`. When a candidate reference is
+itself in the background (catalog sample), it is left out of its own normalization so a true
+match never normalizes itself away.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Background:
     vectors: np.ndarray  # N x D float32, unit norm
     ids: np.ndarray  # N image ids (object array); "" for user-given images not in the catalog
     source: str  # "catalog-sample" or the folder/listing the images came from
+    model_id: str = ""  # descriptor that made the vectors (a stale background is not used)
+    catalog_size: int = 0  # indexed images when a catalog sample was drawn
 
     def __post_init__(self) -> None:
         self._index = faiss.IndexFlatIP(self.vectors.shape[1])
@@ -62,45 +65,59 @@ class Background:
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
                 np.savez(fh, vectors=self.vectors.astype(np.float32),
-                         ids=np.asarray(self.ids, dtype=str), source=np.array(self.source))
+                         ids=np.asarray(self.ids, dtype=str), source=np.array(self.source),
+                         model_id=np.array(self.model_id),
+                         catalog_size=np.array(self.catalog_size))
 
         return write_file_atomic(Path(path), write)
 
     @classmethod
     def load(cls, path: str | Path) -> Background:
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["vectors"].astype(np.float32), z["ids"].astype(object), str(z["source"]))
+            return cls(z["vectors"].astype(np.float32), z["ids"].astype(object), str(z["source"]),
+                       str(z["model_id"]) if "model_id" in z else "",
+                       int(z["catalog_size"]) if "catalog_size" in z else 0)
 
 
 def sample_catalog(index_root: str | Path, *, size: int = 20_000, seed: int = 0) -> Background:
-    """A uniform sample of the catalog's descriptors, read part by part (bounded memory)."""
+    """A sample of the catalog's descriptors: whole embedding parts in random order until `size`
+    vectors (parts are a few hundred images, so this is near-uniform and reads only what it keeps)."""
     parts = embedding_parts(Path(index_root) / "embeddings")
-    counts = [pq.ParquetFile(p).metadata.num_rows for p in parts]
-    total = sum(counts)
-    if total == 0:
+    if not parts:
         raise ValueError(f"index '{index_root}' has no embeddings to sample a background from")
-    rng = np.random.default_rng(seed)
-    keep = np.zeros(total, bool)
-    keep[rng.choice(total, size=min(size, total), replace=False)] = True
-    vecs, ids, start = [], [], 0
-    for part, n in zip(parts, counts, strict=True):
-        mask = keep[start : start + n]
-        start += n
-        if not mask.any():
-            continue
-        table = pq.read_table(part)
-        vecs.append(table_vectors(table)[mask])
-        ids.extend(np.asarray(table.column("image_id").to_pylist(), dtype=object)[mask])
-    return Background(np.concatenate(vecs), np.asarray(ids, dtype=object), "catalog-sample")
+    order = np.random.default_rng(seed).permutation(len(parts))
+    vecs, ids, have = [], [], 0
+    for i in order:
+        if have >= size:
+            break
+        table = pq.read_table(parts[i])
+        vecs.append(table_vectors(table))
+        ids.extend(table.column("image_id").to_pylist())
+        have += table.num_rows
+    vectors = np.concatenate(vecs)[:size]
+    return Background(vectors, np.asarray(ids[:size], dtype=object), "catalog-sample")
 
 
-def load_background(index_root: str | Path, *,
+def load_background(index_root: str | Path, *, model_id: str = "", catalog_size: int = 0,
                     config: NormalizeConfig = NormalizeConfig()) -> Background:
-    """The index's stored background, else a catalog sample (not written: indexes may be read-only)."""
+    """The index's stored background; else a catalog sample, stored for the next query when the
+    folder is writable. A stored background of another model, or a catalog sample drawn from a
+    catalog of another size, is replaced (a user-given set is kept while the model matches)."""
     path = Path(index_root) / BACKGROUND_FILE
     if path.exists():
-        return Background.load(path)
-    return sample_catalog(index_root, size=config.sample_size)
+        stored = Background.load(path)
+        fresh = (stored.source != "catalog-sample" or not catalog_size
+                 or stored.catalog_size == catalog_size)
+        if (not model_id or stored.model_id == model_id) and fresh:
+            return stored
+        log.info("background in '%s' is stale (model or catalog changed): resampling", index_root)
+    sample = sample_catalog(index_root, size=config.sample_size)
+    sample = Background(sample.vectors, sample.ids, sample.source, model_id, catalog_size)
+    try:
+        sample.save(path)
+    except OSError as exc:  # a read-only index still answers queries
+        log.info("cannot store the background sample in '%s': %s", index_root, exc)
+    return sample
 
 
 def background_offsets(background: Background, queries: np.ndarray, candidate_ids: list[list[str]],

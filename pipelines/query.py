@@ -147,7 +147,8 @@ def query(
     ok = [s for s in sources if s.image_id in views]
     matrix = (np.concatenate([vectors[s.image_id] for s in ok]) if ok
               else np.zeros((0, copy_index.manifest.model.dims), np.float32))
-    background = (load_background(copy_index.layout.root, config=config.normalize)
+    background = (load_background(copy_index.layout.root, model_id=copy_index.manifest.model.id,
+                                  catalog_size=len(copy_index), config=config.normalize)
                   if config.normalize is not None and ok else None)
     ranked = candidates(copy_index, matrix, [views[s.image_id] for s in ok],
                         background=background, config=config) if ok else []
@@ -274,7 +275,8 @@ def store_background(index: str | Path, images: str | Path, *, model: str | None
         log.warning("%d background images could not be decoded (skipped)", len(errors))
     ids = [s.image_id for s in sources if s.image_id in vectors]
     background = Background(np.concatenate([vectors[i] for i in ids]),
-                            np.full(len(ids), "", dtype=object), str(images))
+                            np.full(len(ids), "", dtype=object), str(images),
+                            copy_index.manifest.model.id, len(copy_index))
     return background.save(copy_index.layout.root / BACKGROUND_FILE)
 
 

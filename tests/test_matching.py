@@ -106,6 +106,10 @@ def test_query_verifies_crops_and_pastes_and_rejects_another_view(index_dir, tmp
     assert np.allclose(corner[:2] / corner[2], (451, 300), atol=12)
     assert all(m.score < 0.5 for m in results["pasted40"].matches[1:])
 
+    stored = Background.load(index_dir / "background.npz")  # drawn on the first query, kept
+    assert stored.source == "catalog-sample" and len(stored) == len(INDEXED)
+    assert stored.vectors.shape[1] == 1280 and stored.catalog_size == len(INDEXED)
+
     other = results["otherview"].matches
     assert all(m.score < 0.5 for m in other), [(m.reference_id, m.score, m.evidence) for m in other]
 
