@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
 FEATURES = ("global", "log_inliers", "inlier_ratio", "residual", "photometric", "log_area",
-            "tight", "detail", "agreement")
+            "tight", "detail", "agreement", "distortion", "log_off_axis")
 RESIDUAL_CAP = 3.0  # px; also the value used when there is no geometry
 
 
@@ -44,8 +44,8 @@ class Calibration:
 
     # Defaults: fitted by `matching_bench --fit-calibration` on the calibration benchmark
     # (imagenet-sample[:300], seed 1, + even UKBench groups), ImageNet lite0-GeM descriptor.
-    weights: tuple[float, ...] = (0.0, 0.0, 4.5332, -5.0414, 0.0, 0.0, 0.0, 0.0, 3.5355)
-    bias: float = -3.9452
+    weights: tuple[float, ...] = (0.0, 0.0, 0.0, -5.0544, 0.0, 0.0, 0.5492, 0.0, 4.8998, -3.6395, -1.3769)
+    bias: float = 0.6094
     unverified_weight: float = 15.4801  # no geometry: sigmoid(bias + w * global)
     unverified_bias: float = -8.7688
     global_weight: float = 14.168  # --no-verify: sigmoid(global_bias + w * global)
@@ -78,7 +78,8 @@ def features(global_score: float, verification: Verification) -> np.ndarray:
     return np.array([
         global_score, math.log1p(v.inliers), v.inliers / max(1, v.matches),
         min(RESIDUAL_CAP, v.residual), max(0.0, v.photometric), math.log(area + 0.01),
-        v.tight, max(0.0, v.detail), v.agreement,
+        v.tight, max(0.0, v.detail), v.agreement, min(0.5, v.distortion),
+        math.log1p(v.off_axis_degrees),
     ], np.float64)
 
 
@@ -128,7 +129,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iterations: 
 # The direction each feature may push the score (0: free). Collinear features otherwise get
 # fitted signs a person could not defend (more inliers lowering the score), which would not
 # generalize beyond the calibration set; a feature whose fitted sign is wrong is dropped.
-SIGNS = (1, 1, 1, -1, 1, 1, 1, 1, 1)
+SIGNS = (1, 1, 1, -1, 1, 1, 1, 1, 1, -1, -1)
 
 
 def fit_calibration(global_scores: np.ndarray, verifications: list[Verification | None],

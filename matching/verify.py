@@ -67,6 +67,35 @@ class Verification:
     query_extends: bool  # the query shows the scene beyond the reference frame, without a seam
     mirrored: bool = False
 
+    @property
+    def _similarity_fit(self) -> tuple[float, float]:
+        """Rotation (degrees) of the closest similarity transform to the homography over the
+        matched query box, and how far the homography departs from it (share of the box's
+        mapped diagonal). Copies are mostly similarity transforms at multiples of 90 degrees;
+        handheld photos of the same object are rotated a few degrees and in perspective."""
+        x0, y0, x1, y1 = self.query_box
+        src = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+        dst = cv2.perspectiveTransform(src.reshape(-1, 1, 2), self.homography).reshape(-1, 2)
+        if not np.isfinite(dst).all():
+            return 0.0, 1.0
+        a, _ = cv2.estimateAffinePartial2D(src.astype(np.float32), dst.astype(np.float32))
+        if a is None:
+            return 0.0, 1.0
+        fitted = np.c_[src, np.ones(4)] @ a.T
+        diag = float(np.linalg.norm(dst.max(axis=0) - dst.min(axis=0))) + 1e-6
+        return float(np.degrees(np.arctan2(a[1, 0], a[0, 0]))), float(
+            np.abs(fitted - dst).max() / diag)
+
+    @property
+    def off_axis_degrees(self) -> float:
+        """Rotation away from the nearest multiple of 90 degrees."""
+        r = abs(self._similarity_fit[0]) % 90.0
+        return min(r, 90.0 - r)
+
+    @property
+    def distortion(self) -> float:
+        return self._similarity_fit[1]
+
     def as_evidence(self) -> dict:
         """JSON-ready fields for `Match.evidence`."""
         return {
@@ -78,6 +107,8 @@ class Verification:
             "residual_px": round(self.residual, 3), "photometric": round(self.photometric, 4),
             "detail": round(self.detail, 4), "tight": round(self.tight, 4),
             "agreement": round(self.agreement, 4),
+            "rotation_off_axis_deg": round(self.off_axis_degrees, 2),
+            "distortion": round(self.distortion, 4),
             "reference_in_query": round(self.reference_in_query, 4),
             "seam": round(self.seam, 3), "query_extends": self.query_extends,
             "mirrored": self.mirrored,
