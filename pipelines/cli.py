@@ -189,7 +189,8 @@ def query_cmd(
             e = m.evidence
             table.add_row(r.query_id, str(rank), m.reference_id, f"{m.score:.4f}",
                           f"{m.similarity:.4f}", str(e.get("inliers", "")),
-                          str(e.get("query_box", "")), str(e.get("reference_box", "")))
+                          ",".join(map(str, e.get("query_box", []))),
+                          ",".join(map(str, e.get("reference_box", []))))
     out.print(table)
 
 
