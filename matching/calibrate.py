@@ -1,20 +1,31 @@
 """One calibrated score in [0, 1] from global and local evidence; 0.5 is the decision threshold.
 
 The score has two branches. When verification found a geometry, it is a logistic regression
-over features a person can read off the evidence: the background-normalized global similarity,
-how many keypoints agree with the homography (log), what share of the putative matches agree,
-the median reprojection error (a copy is an exact warp: sub-pixel; another photo of the same
-object is not), the pixel agreement of the aligned regions (NCC), and the matched area. When it
-found none, it is a logistic regression on the global similarity alone (a copy can defeat
-keypoints: heavy blur, pixelation), fitted on the unverified pairs only. Weights are fitted
-on labelled (query, candidate) pairs from a calibration benchmark disjoint from the evaluation
-one (`fit_calibration`; `copytrace.benchmarks.matching_bench --fit-calibration`), so 0.5 means
-"more likely a copy than not" on data like that. One hard rule sits on top: when the query shows
-the reference's scene beyond the reference's frame with no paste seam, the reference is a crop
-of the query's scene, not its original, and the score is capped below the threshold.
+over evidence a person can read: the background-normalized global similarity, the inlier count
+(log) and inlier share, the median reprojection error and the share of inliers within 1 px (a
+copy is an exact warp; another photo of the same object is not), pixel agreement inside the
+inlier hull (NCC, band-passed NCC), the share of the whole overlap whose pixels agree (another
+photo of a planar object agrees on the object only), the matched area, and how far the fit is
+from an axis-aligned similarity (perspective distortion, rotation off multiples of 90 degrees:
+re-photographs have both, copies rarely). When verification found no geometry, it is a logistic
+regression on the global similarity alone (a copy can defeat keypoints: heavy blur,
+pixelation), fitted on those pairs only.
 
-A new descriptor changes the scale of the global similarity: refit, and store the result with
-the index (`calibration.json`), which then overrides the defaults below.
+Weights are fitted (`fit_calibration`, via `copytrace.benchmarks.matching_bench
+--fit-calibration`) on labelled (query, candidate) pairs of a calibration benchmark disjoint from
+the evaluation one, with each weight's sign constrained to the direction that makes sense (a
+feature whose fitted sign is wrong, through collinearity, is dropped). So 0.5 means "more likely
+a copy than not" on data like that. The fitted defaults keep residual, tight-inlier share,
+overlap agreement, distortion and off-axis rotation; the global similarity got no weight in the
+verified branch, so that branch does not depend on the descriptor's similarity scale.
+
+One hard rule sits on top: when the query shows the reference's scene beyond the reference's
+frame with no paste seam, the reference is a crop of the query's scene, not its original, and
+the score is capped below the threshold (`extends_cap`).
+
+A new descriptor changes the scale of the global similarity (the unverified branch and
+--no-verify): refit and store the result with the index as `calibration.json`, which then
+overrides the defaults below.
 """
 
 from __future__ import annotations
