@@ -9,9 +9,13 @@ default of `copytrace query`). PDQ is the peer baseline. Prints JSON, then a tab
 
 The evaluation benchmark is the lead's dev benchmark (last 300 ImageNet samples + all UKBench
 groups as hard negatives). `--fit-calibration` fits the fused score on a separate calibration
-benchmark (first 300 ImageNet samples, seed 1, even UKBench groups only) and writes it next to
-the index of the evaluation run; odd UKBench groups are then never seen by the fit, and the
-hard-negative rate is also reported on them alone.
+benchmark (first 300 ImageNet samples, seed 1, even UKBench groups only), writes it to
+`WORK/calibration.json` (copy it into an index folder to make `copytrace query` use it) and
+evaluates with it; odd UKBench groups are never seen by the fit, and the hard-negative rate is
+also reported on them alone.
+
+Query embeddings and verification results are cached in WORK (keyed by settings), so a rerun
+re-scores without recomputing; their timings are those of the run that computed them.
 """
 
 from __future__ import annotations
