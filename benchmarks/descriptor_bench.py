@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--extra", action="append", default=[],
                         help="NAME=MODEL_FILE, an ablation row (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the PDQ and "
+                        "ImageNet-init rows (when comparing trained models only)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest on a shared 2-core CPU)")
     args = parser.parse_args()
@@ -131,8 +133,11 @@ def main() -> None:
     gt = bench / "gt.csv"
     rows: dict[str, Metrics] = {}
     info: dict[str, dict] = {}
-    rows["PDQ"] = score_predictions(pdq_predictions(bench / "queries", bench / "references"), gt)
-    candidates: list[tuple[str, LoadedDescriptor]] = [("ImageNet-init", imagenet_descriptor())]
+    candidates: list[tuple[str, LoadedDescriptor]] = []
+    if not args.no_baselines:
+        rows["PDQ"] = score_predictions(pdq_predictions(bench / "queries", bench / "references"),
+                                        gt)
+        candidates.append(("ImageNet-init", imagenet_descriptor()))
     trained = load_descriptor(args.model)
     if trained.name != "imagenet-lite0-gem":
         candidates.append((f"trained {trained.name}", trained))

@@ -346,3 +346,17 @@ def train(
 
 def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, name: str,
+                      card: dict[str, Any] | None = None) -> str:
+    """Write a model file from a training checkpoint (e.g. an interrupted run); returns sha256."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = TrainConfig(**ckpt["hyper_parameters"]["config"])
+    model = make_model(TrainConfig(**{**asdict(cfg), "imagenet_init": False}))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
+                           if k.startswith("model.")})
+    model.eval()
+    info = {"name": name, "trained_for_copy_detection": True, "train_config": asdict(cfg),
+            "steps": ckpt.get("global_step"), "from_checkpoint": str(checkpoint), **(card or {})}
+    return save_descriptor(model, out, name=name, card=info)
