@@ -50,7 +50,10 @@ class Embedder:
         """N x S x S x 3 uint8 (already at `image_size`) -> N x D float32, unit norm."""
         if pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"expected N x H x W x 3 uint8 pixels, got {pixels.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        pixels = np.ascontiguousarray(pixels)
+        if not pixels.flags.writeable:  # PIL-backed arrays are read-only; torch wants to own
+            pixels = pixels.copy()
+        x = torch.from_numpy(pixels).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
         if self.device.type == "cuda":

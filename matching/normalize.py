@@ -121,18 +121,21 @@ def load_background(index_root: str | Path, *, model_id: str = "", catalog_size:
 
 
 def background_offsets(background: Background, queries: np.ndarray, candidate_ids: list[list[str]],
-                       *, config: NormalizeConfig = NormalizeConfig()) -> list[np.ndarray]:
+                       *, config: NormalizeConfig = NormalizeConfig(),
+                       query_ids: list[str] | None = None) -> list[np.ndarray]:
     """β × mean top-k background similarity, per (query, candidate).
 
     The candidate itself is skipped among the query's background neighbours, so a reference
-    that is also in the background sample is not normalized by its own similarity.
+    that is also in the background sample is not normalized by its own similarity; so is the
+    query's own image (`query_ids`) when the query is a catalog image.
     """
-    sims, ids = background.neighbours(queries, config.k + 1)
+    sims, ids = background.neighbours(queries, config.k + 2)
+    own = query_ids if query_ids is not None else [None] * len(candidate_ids)
     out = []
-    for row_sims, row_ids, cands in zip(sims, ids, candidate_ids, strict=True):
+    for row_sims, row_ids, cands, qid in zip(sims, ids, candidate_ids, own, strict=True):
         offsets = np.empty(len(cands), np.float32)
         for j, cand in enumerate(cands):
-            keep = row_sims[row_ids != cand][: config.k]
+            keep = row_sims[(row_ids != cand) & (row_ids != qid)][: config.k]
             offsets[j] = config.beta * float(keep.mean()) if len(keep) else 0.0
         out.append(offsets)
     return out

@@ -54,8 +54,13 @@ class QueryViews:
 
 def candidates(index: CopyIndex, vectors: np.ndarray, views: Sequence[QueryViews], *,
                background: Background | None = None,
-               config: MatchConfig = MatchConfig()) -> list[list[Candidate]]:
-    """Top `config.k` candidates per query, merged over its views (rows of `vectors`, in order)."""
+               config: MatchConfig = MatchConfig(),
+               query_ids: Sequence[str] | None = None) -> list[list[Candidate]]:
+    """Top `config.k` candidates per query, merged over its views (rows of `vectors`, in order).
+
+    With `query_ids` (queries that are themselves catalog images, as in a dedup audit), a query
+    never becomes its own candidate nor part of its own background.
+    """
     total = sum(len(v.names) for v in views)
     if vectors.shape[0] != total:
         raise ValueError(f"{vectors.shape[0]} vectors for {total} views")
@@ -64,15 +69,19 @@ def candidates(index: CopyIndex, vectors: np.ndarray, views: Sequence[QueryViews
     neighbours = index.search(vectors, k=config.search_k)
     offsets: list[np.ndarray] | None = None
     if background is not None and config.normalize is not None:
+        own = (None if query_ids is None else
+               [qid for qid, qv in zip(query_ids, views, strict=True) for _ in qv.names])
         offsets = background_offsets(background, vectors,
                                      [[n.image_id for n in row] for row in neighbours],
-                                     config=config.normalize)
+                                     config=config.normalize, query_ids=own)
     out: list[list[Candidate]] = []
     row = 0
-    for qv in views:
+    for q, qv in enumerate(views):
         best: dict[str, Candidate] = {}
         for name, box in zip(qv.names, qv.boxes, strict=True):
             for j, n in enumerate(neighbours[row]):
+                if query_ids is not None and n.image_id == query_ids[q]:
+                    continue
                 g = n.score - float(offsets[row][j]) if offsets is not None else n.score
                 prev = best.get(n.image_id)
                 sim = max(n.score, prev.similarity) if prev else n.score

@@ -295,6 +295,57 @@ def train_cmd(
                f"card {report.card_file}")
 
 
+@app.command("dedup")
+def dedup_cmd(
+    index: Annotated[Path, typer.Argument(help="Index folder to audit.")],
+    threshold: Annotated[float, typer.Option(help="Calibrated score from which a pair counts as "
+                                                  "a duplicate (0.5 = decision point).")] = 0.5,
+    k: Annotated[int, typer.Option("-k", help="Neighbours scored per image.")] = 5,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the pairs CSV "
+                                                "(image_a,image_b,kind,score,similarity).")] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Prove near duplicates "
+                                         "with local features.")] = True,
+    ray: Annotated[bool, typer.Option("--ray/--no-ray", help="Verify as Ray tasks.")] = False,
+    ray_address: RayAddress = None,
+    quiet: Quiet = False,
+) -> None:
+    """Audit an index for exact (same bytes) and near duplicates, grouped into clusters.
+
+    Uses the stored embeddings (nothing is re-embedded) and the same normalization,
+    verification and calibration as `copytrace query`.
+    """
+    from copytrace.pipelines.dedup import dedup
+
+    report = dedup(index, threshold=threshold, k=k, verify=verify, output=output,
+                   use_ray=ray, ray_address=ray_address, show_progress=not quiet)
+    exact = sum(p.kind == "exact" for p in report.pairs)
+    out.print(f"{report.images} images: {len(report.pairs)} duplicate pairs ({exact} exact), "
+              f"{len(report.clusters)} clusters, {report.duplicates_to_drop} images to drop "
+              "to keep one per cluster")
+    for cluster in report.clusters[:20]:
+        out.print("  " + ", ".join(cluster), markup=False, highlight=False)
+    if output is not None:
+        out.print(f"pairs written to {output}")
+
+
+@app.command("serve")
+def serve_cmd(
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index folder to serve.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    model: str | None = None,
+    device: str = "auto",
+) -> None:
+    """Serve query-by-image over HTTP: POST the image bytes to /v1/query?k=10.
+
+    Example: curl --data-binary @photo.jpg 'http://127.0.0.1:8080/v1/query?k=5'
+    """
+    from copytrace.pipelines.service import serve
+
+    err.print(f"serving '{index}' on http://{host}:{port} (docs at /docs)")
+    serve(index, host=host, port=port, model=model, device=device)
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the descriptors this install can use without any download."""

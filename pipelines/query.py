@@ -8,14 +8,14 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from copytrace.descriptors.decode import DecodeError, decode_file
+from copytrace.descriptors.decode import DecodeError, decode_bytes, decode_file
 from copytrace.descriptors.embed import Embedder, embed_images
 from copytrace.descriptors.model import LoadedDescriptor, load_descriptor
 from copytrace.indexing.atomic import write_bytes_atomic
@@ -31,7 +31,7 @@ from copytrace.matching.normalize import (
     load_background,
 )
 from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
-from copytrace.matching.search import QueryResult
+from copytrace.matching.search import Match, QueryResult
 from copytrace.matching.verify import Verification, VerifyConfig, verify_batch
 from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
 from copytrace.pipelines.progress import progress_bar
@@ -123,9 +123,9 @@ def query(
         if not stored.exists() or Background.load(stored).source != str(background):
             store_background(index, background, model=model, batch_size=batch_size,
                              device=device)
-    copy_index = CopyIndex.open(index)
-    descriptor = index_model(copy_index, model)
-    calibration = calibration or load_calibration(copy_index.layout.root)
+    engine = QueryEngine.open(index, model=model, device=device, config=config,
+                              calibration=calibration)
+    copy_index, descriptor = engine.index, engine.descriptor
     sources = list_sources(queries, all_files=True)
     if use_ray is None:
         use_ray = bool(ray_address) or len(sources) >= RAY_AUTO_MIN_QUERIES
@@ -137,40 +137,101 @@ def query(
                                               device=device, use_ray=use_ray,
                                               ray_address=ray_address, show_progress=show_progress)
     else:
-        vectors, views, errors = _embed_views(sources, descriptor, config.expand,
-                                              batch_size=batch_size, device=device,
+        vectors, views, errors = _embed_views(sources, engine.embedder, config.expand,
+                                              batch_size=batch_size,
                                               show_progress=show_progress)
     timings.embed += time.perf_counter() - t
     timings.views += sum(len(v.names) for v in views.values())
 
-    t = time.perf_counter()
     ok = [s for s in sources if s.image_id in views]
-    matrix = (np.concatenate([vectors[s.image_id] for s in ok]) if ok
-              else np.zeros((0, copy_index.manifest.model.dims), np.float32))
-    background = (load_background(copy_index.layout.root, model_id=copy_index.manifest.model.id,
-                                  catalog_size=len(copy_index), config=config.normalize)
-                  if config.normalize is not None and ok else None)
-    ranked = candidates(copy_index, matrix, [views[s.image_id] for s in ok],
-                        background=background, config=config) if ok else []
-    timings.search += time.perf_counter() - t
-
-    t = time.perf_counter()
-    verified: list[list[Verification | None]] | None = None
-    if config.verify is not None and ok:
-        verified = _verify(copy_index, ok, ranked, config.verify, use_ray=use_ray,
-                           ray_address=ray_address)
-        timings.pairs_verified += sum(len(v) for v in verified)
-    timings.verify += time.perf_counter() - t
-
-    by_id = {}
-    for i, (s, cands) in enumerate(zip(ok, ranked, strict=True)):
-        by_id[s.image_id] = finalize(cands, verified[i] if verified is not None else None,
-                                     calibration=calibration)
+    by_id = engine.rank(ok, [vectors[s.image_id] for s in ok], [views[s.image_id] for s in ok],
+                        use_ray=use_ray, ray_address=ray_address, timings=timings)
     results = [QueryResult(s.image_id, s.uri, by_id.get(s.image_id, []), errors.get(s.image_id))
                for s in sources]
     if output is not None:
         write_predictions(results, output)
     return results
+
+
+@dataclass
+class QueryEngine:
+    """An index opened for querying, with its model, background and calibration loaded once.
+
+    `query` opens one per call; the HTTP service keeps one for its lifetime.
+    """
+
+    index: CopyIndex
+    descriptor: LoadedDescriptor
+    embedder: Embedder
+    config: MatchConfig
+    calibration: Calibration
+
+    @classmethod
+    def open(cls, index: str | Path, *, model: str | None = None, device: str = "auto",
+             config: MatchConfig | None = None,
+             calibration: Calibration | None = None) -> QueryEngine:
+        copy_index = CopyIndex.open(index)
+        descriptor = index_model(copy_index, model)
+        return cls(copy_index, descriptor, Embedder(descriptor, device=device),
+                   config or match_config(),
+                   calibration or load_calibration(copy_index.layout.root))
+
+    def background(self, config: MatchConfig) -> Background | None:
+        if config.normalize is None:
+            return None
+        return load_background(self.index.layout.root, model_id=self.index.manifest.model.id,
+                               catalog_size=len(self.index), config=config.normalize)
+
+    def rank(self, sources: Sequence[ImageSource], vectors: Sequence[np.ndarray],
+             views: Sequence[QueryViews], *, config: MatchConfig | None = None,
+             use_ray: bool = False, ray_address: str | None = None,
+             timings: QueryTimings | None = None, pixels: Sequence[np.ndarray] | None = None,
+             exclude_self: bool = False) -> dict[str, list[Match]]:
+        """Search, normalize, verify and score; `vectors[i]` holds the views of `sources[i]`.
+
+        Verification reads each query from its `uri`, or from `pixels[i]` when given. With
+        `exclude_self`, a query never matches (or normalizes against) its own image id.
+        """
+        config = config or self.config
+        timings = timings if timings is not None else QueryTimings()
+        if not sources:
+            return {}
+        t = time.perf_counter()
+        matrix = np.concatenate(list(vectors))
+        ranked = candidates(self.index, matrix, views, background=self.background(config),
+                            config=config,
+                            query_ids=[s.image_id for s in sources] if exclude_self else None)
+        timings.search += time.perf_counter() - t
+        t = time.perf_counter()
+        verified: list[list[Verification | None]] | None = None
+        if config.verify is not None:
+            inputs = list(pixels) if pixels is not None else [s.uri for s in sources]
+            verified = _verify(self.index, inputs, ranked, config.verify, use_ray=use_ray,
+                               ray_address=ray_address)
+            timings.pairs_verified += sum(len(v) for v in verified)
+        timings.verify += time.perf_counter() - t
+        return {s.image_id: finalize(cands, verified[i] if verified is not None else None,
+                                     calibration=self.calibration)
+                for i, (s, cands) in enumerate(zip(sources, ranked, strict=True))}
+
+    def query_bytes(self, data: bytes, *, query_id: str = "query", k: int | None = None,
+                    verify: bool = True) -> QueryResult:
+        """One encoded image in memory (the HTTP service's request body)."""
+        config = replace(self.config, k=k or self.config.k, search_k=max(self.config.search_k,
+                                                                         2 * (k or 0)))
+        if config.verify is not None:
+            config = replace(config, verify=replace(config.verify, top_k=config.k)) \
+                if verify else replace(config, verify=None)
+        decoded = _decode_views(data, self.embedder.image_size, config.expand)
+        if isinstance(decoded, str):
+            return QueryResult(query_id, "", [], decoded)
+        whole, crops, views, pixels = decoded
+        vecs = self.embedder.embed_pixels(whole[None])
+        if crops:
+            vecs = np.concatenate([vecs, embed_images(crops, self.embedder)])
+        matches = self.rank([ImageSource(query_id, "")], [vecs], [views], config=config,
+                            pixels=[pixels])[query_id]
+        return QueryResult(query_id, "", matches, None)
 
 
 def _embed_whole(sources: list[ImageSource], copy_index: CopyIndex, descriptor: LoadedDescriptor,
@@ -202,33 +263,42 @@ def _embed_whole(sources: list[ImageSource], copy_index: CopyIndex, descriptor: 
     return vectors, views, errors
 
 
-def _decode_views(uri: str, size: int, expand: ExpandConfig
-                  ) -> tuple[np.ndarray, list[np.ndarray], QueryViews] | str:
-    """The whole query exactly as the index embeds images, plus its crops."""
+def _decode_views(source: str | bytes, size: int, expand: ExpandConfig | None
+                  ) -> tuple[np.ndarray, list[np.ndarray], QueryViews, np.ndarray] | str:
+    """The whole query exactly as the index embeds images, its crops, and its full pixels.
+
+    `source` is a path or the encoded bytes (HTTP uploads).
+    """
     try:
-        whole = decode_file(uri, target_size=size).pixels
-        full = decode_file(uri)
+        if isinstance(source, bytes):
+            whole = decode_bytes(source, target_size=size).pixels
+            full = decode_bytes(source)
+        else:
+            whole = decode_file(source, target_size=size).pixels
+            full = decode_file(source)
     except DecodeError as exc:
         return str(exc)
     pixels = full.pixels
     h, w = pixels.shape[:2]
+    if expand is None:
+        return whole, [], QueryViews(["full"], [(0, 0, w, h)]), pixels
     scale = min(1.0, VIEW_MAX_SIDE / max(h, w))
+    small = pixels
     if scale < 1:
         from PIL import Image
 
-        pixels = np.asarray(Image.fromarray(pixels).resize(
+        small = np.asarray(Image.fromarray(pixels).resize(
             (max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
-    found = query_views(pixels, config=expand)[1:]  # [0] is the whole image: `whole` covers it
-    crops = crop_views(pixels, found)
+    found = query_views(small, config=expand)[1:]  # [0] is the whole image: `whole` covers it
+    crops = crop_views(small, found)
     boxes = [(0, 0, w, h)] + [tuple(round(c / scale) for c in v.box) for v in found]
-    return whole, crops, QueryViews(["full"] + [v.name for v in found], boxes)
+    return whole, crops, QueryViews(["full"] + [v.name for v in found], boxes), pixels
 
 
-def _embed_views(sources: list[ImageSource], descriptor: LoadedDescriptor, expand: ExpandConfig,
-                 *, batch_size: int, device: str, show_progress: bool,
+def _embed_views(sources: list[ImageSource], embedder: Embedder, expand: ExpandConfig,
+                 *, batch_size: int, show_progress: bool,
                  ) -> tuple[dict[str, np.ndarray], dict[str, QueryViews], dict[str, str]]:
     """Whole query + crops per query, embedded in-process (decoding on threads)."""
-    embedder = Embedder(descriptor, device=device)
     size = embedder.image_size
     errors: dict[str, str] = {}
     vectors: dict[str, np.ndarray] = {}
@@ -287,13 +357,14 @@ def reference_uris(copy_index: CopyIndex, ids: set[str]) -> dict[str, str]:
     return dict(zip(cat.column("image_id").to_pylist(), cat.column("uri").to_pylist(), strict=True))
 
 
-def _verify(copy_index: CopyIndex, sources: Sequence[ImageSource], ranked: list[list[Candidate]],
-            config: VerifyConfig, *, use_ray: bool, ray_address: str | None
-            ) -> list[list[Verification | None]]:
-    """Verify each query's top candidates: in-process, or as Ray tasks of a few queries each."""
+def _verify(copy_index: CopyIndex, queries: Sequence[str | np.ndarray],
+            ranked: list[list[Candidate]], config: VerifyConfig, *, use_ray: bool,
+            ray_address: str | None) -> list[list[Verification | None]]:
+    """Verify each query (path or pixels) against its top candidates: in-process, or as Ray
+    tasks of a few queries each."""
     uris = reference_uris(copy_index, {c.reference_id for row in ranked for c in row[: config.top_k]})
-    jobs = [(s.uri, [uris.get(c.reference_id, "") for c in row[: config.top_k]])
-            for s, row in zip(sources, ranked, strict=True)]
+    jobs = [(q, [uris.get(c.reference_id, "") for c in row[: config.top_k]])
+            for q, row in zip(queries, ranked, strict=True)]
     if not use_ray:
         return verify_batch(jobs, config=config)
     import ray
