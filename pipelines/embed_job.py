@@ -9,6 +9,7 @@ two chunks in flight per actor so no actor waits for work.
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -74,7 +75,10 @@ class _Worker:
 
     def __init__(self, settings: EmbedSettings) -> None:
         self.settings = settings
-        self.embedder = Embedder(load_descriptor(settings.model), device=settings.device)
+        # Ray pins OMP_NUM_THREADS to the actor's num_cpus (1); one actor per node is meant to
+        # use the whole node, so give torch every core back.
+        self.embedder = Embedder(load_descriptor(settings.model), device=settings.device,
+                                 threads=os.cpu_count() or 1)
 
     def run(self, chunk: int, sources: list[ImageSource]) -> ChunkResult:
         return embed_chunk(chunk, sources, self.embedder, self.settings)
