@@ -263,9 +263,9 @@ def train_cmd(
     steps: int = 2000,
     max_minutes: Annotated[float | None, typer.Option(help="Wall-clock budget; the LR "
                                                       "schedule ends at steps or time.")] = None,
-    lr: float = 3e-4,
-    koleo_weight: float = 30.0,
-    mix_fraction: float = 0.25,
+    lr: float = 2e-4,
+    koleo_weight: float = 5.0,
+    mix_fraction: float = 0.2,
     norm_ratio_weight: float = 0.0,
     workers: int = 1,
     threads: Annotated[int | None, typer.Option(help="Torch compute threads (1 is fastest on a "
