@@ -18,7 +18,7 @@ from copytrace.indexing.store import CopyIndex
 from copytrace.matching.calibrate import Calibration, fused_score, global_score_only
 from copytrace.matching.expand import Box, ExpandConfig
 from copytrace.matching.normalize import Background, NormalizeConfig, background_offsets
-from copytrace.matching.search import Match
+from copytrace.matching.results import Match
 from copytrace.matching.verify import Verification, VerifyConfig
 
 

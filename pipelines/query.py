@@ -31,7 +31,7 @@ from copytrace.matching.normalize import (
     load_background,
 )
 from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
-from copytrace.matching.search import Match, QueryResult
+from copytrace.matching.results import Match, QueryResult
 from copytrace.matching.verify import Verification, VerifyConfig, verify_batch
 from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
 from copytrace.pipelines.progress import progress_bar
