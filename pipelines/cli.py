@@ -159,6 +159,9 @@ def query_cmd(
                                                     "the queries: embedded once and stored with "
                                                     "the index for score normalization "
                                                     "(default: a catalog sample).")] = None,
+    localize: Annotated[Path | None, typer.Option("--localize", help="Folder for edit masks, "
+                                                  "overlays and region JSON of each query vs "
+                                                  "its top match (when it is a copy).")] = None,
 ) -> None:
     """Find the originals of each query image; score in [0, 1], >= 0.5 means a copy."""
     from copytrace.pipelines.query import query
@@ -171,6 +174,13 @@ def query_cmd(
     for r in results:
         if r.error:
             err.print(f"[red]cannot decode[/red] '{r.uri}': {r.error} (skipped)")
+    if localize is not None:
+        from copytrace.pipelines.localize import localize_top_matches
+
+        for o in localize_top_matches(results, index, localize):
+            err.print(f"{o.query_id} vs {o.reference_id}: " + (
+                f"[red]not localized[/red]: {o.error}" if o.error else
+                f"{o.regions} edited region(s), edited score {o.edited:.2f}, mask {o.mask}"))
     if output is not None:
         out.print(f"wrote {sum(len(r.matches) for r in results)} predictions for "
                   f"{len(results)} queries to {output}")

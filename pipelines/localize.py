@@ -22,6 +22,7 @@ from copytrace.indexing.sources import list_sources
 from copytrace.matching.localize import AlignmentError, Localization, LocalizeConfig
 from copytrace.matching.localize import localize as localize_arrays
 from copytrace.matching.localize import overlay as overlay_image
+from copytrace.matching.results import QueryResult
 
 log = logging.getLogger(__name__)
 
@@ -261,3 +262,20 @@ def localize_batch(
     failed = sum(o.error is not None for o in outcomes)
     return BatchReport(pairs=len(outcomes), done=len(outcomes) - failed, failed=failed,
                        edited=sum(o.regions > 0 for o in outcomes), summary=summary)
+
+
+def localize_top_matches(results: Sequence[QueryResult], index: str | Path, out_dir: str | Path,
+                         *, threshold: float = 0.5, overlay: bool = True) -> list[PairOutcome]:
+    """`copytrace query --localize`: localize each query against its top match when that match
+    is a copy (score >= threshold); queries without such a match are skipped."""
+    from copytrace.indexing.store import CopyIndex
+    from copytrace.pipelines.query import reference_uris
+
+    top = [(r, r.matches[0]) for r in results
+           if r.error is None and r.matches and r.matches[0].score >= threshold and r.uri]
+    if not top:
+        return []
+    uris = reference_uris(CopyIndex.open(index), {m.reference_id for _, m in top})
+    return [localize_pair(r.uri, uris[m.reference_id], out_dir=out_dir, query_id=r.query_id,
+                          reference_id=m.reference_id, score=m.score, overlay=overlay)
+            for r, m in top if m.reference_id in uris]

@@ -53,3 +53,23 @@ def test_round_trip_build_query_eval(tmp_path, photos_dir):
     one = json.loads(run("query", str(photos_dir / "coffee.jpg"), "--index", str(index),
                          "--json", "-q").stdout)
     assert one[0]["matches"][0]["reference_id"] == "coffee"
+
+
+def test_query_localize_writes_the_edit_mask(tmp_path, photos_dir):
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    index = tmp_path / "index"
+    run("index", "build", str(photos_dir), "--index", str(index), "--no-ray", "-q")
+    copy = Image.open(photos_dir / "astronaut.jpg").convert("RGB")
+    ImageDraw.Draw(copy).rectangle((300, 60, 420, 180), fill=(255, 0, 0))  # an edit
+    copy = copy.resize((400, 400))
+    query = tmp_path / "edited.jpg"
+    copy.save(query, quality=90)
+    out = tmp_path / "diffs"
+    run("query", str(query), "--index", str(index), "-k", "3", "--localize", str(out), "-q")
+    mask = np.asarray(Image.open(out / "edited__astronaut.mask.png"))
+    assert mask.shape == (400, 400)
+    assert mask[75:85, 310:320].mean() > 200  # inside the painted box (scaled by 400/512)
+    assert mask[300:400, 0:100].mean() < 20  # untouched corner
+    assert (out / "edited__astronaut.json").exists()
