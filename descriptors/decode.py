@@ -73,6 +73,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def to_model_square(img: Image.Image, size: int) -> Image.Image:
+    """The descriptor's input: the whole image squashed to a square (no crop loses content).
+
+    Files and in-memory crops both go through here, so a crop embeds like an indexed image.
+    """
+    return img.resize((size, size), Image.BILINEAR)
+
+
 def decode_bytes(
     data: bytes,
     *,
@@ -107,7 +115,7 @@ def decode_bytes(
             img = ImageOps.exif_transpose(img) or img
             img = _to_rgb(img)
             if target_size is not None:
-                img = img.resize((target_size, target_size), Image.BILINEAR, reducing_gap=None)
+                img = to_model_square(img, target_size)
             pixels = np.asarray(img, dtype=np.uint8)
     except DecodeError:
         raise

@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from copytrace.descriptors.decode import DEFAULT_MAX_PIXELS, DecodedImage, DecodeError, decode_file
+from copytrace.descriptors.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    DecodeError,
+    decode_file,
+    to_model_square,
+)
 from copytrace.descriptors.model import LoadedDescriptor
 
 log = logging.getLogger(__name__)
@@ -139,7 +145,7 @@ def embed_images(images: Iterable[np.ndarray], embedder: Embedder,
     out: list[np.ndarray] = []
     for arr in images:
         img = Image.fromarray(np.asarray(arr, dtype=np.uint8)).convert("RGB")
-        batch.append(np.asarray(img.resize((size, size), Image.BILINEAR)))
+        batch.append(np.asarray(to_model_square(img, size)))
         if len(batch) == batch_size:
             out.append(embedder.embed_pixels(np.stack(batch)))
             batch = []

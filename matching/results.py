@@ -21,3 +21,9 @@ class QueryResult:
     uri: str
     matches: list[Match]
     error: str | None = None
+
+    def as_json(self) -> dict:
+        """The JSON shape of `copytrace query --json` and of the HTTP service."""
+        return {"query_id": self.query_id, "uri": self.uri, "error": self.error,
+                "matches": [{"reference_id": m.reference_id, "score": m.score,
+                             "similarity": m.similarity, **m.evidence} for m in self.matches]}

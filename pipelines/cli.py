@@ -186,11 +186,7 @@ def query_cmd(
                   f"{len(results)} queries to {output}")
         return
     if as_json:
-        payload = [{"query_id": r.query_id, "uri": r.uri, "error": r.error,
-                    "matches": [{"reference_id": m.reference_id, "score": m.score,
-                                 "similarity": m.similarity, **m.evidence} for m in r.matches]}
-                   for r in results]
-        out.print_json(json.dumps(payload))
+        out.print_json(json.dumps([r.as_json() for r in results]))
         return
     table = Table("query", "rank", "reference", "score", "similarity", "inliers", "query box",
                   "reference box")

@@ -25,12 +25,6 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 50 * 2**20
 
 
-def result_json(result) -> dict:
-    return {"query_id": result.query_id, "error": result.error,
-            "matches": [{"reference_id": m.reference_id, "score": m.score,
-                         "similarity": m.similarity, **m.evidence} for m in result.matches]}
-
-
 def create_app(index: str | Path, *, model: str | None = None, device: str = "auto") -> FastAPI:
     """A FastAPI app serving one index; the engine is opened here, once."""
     engine = QueryEngine.open(index, model=model, device=device)
@@ -58,7 +52,7 @@ def create_app(index: str | Path, *, model: str | None = None, device: str = "au
             result = engine.query_bytes(data, query_id=query_id, k=k, verify=verify)
         if result.error:
             raise HTTPException(400, f"cannot decode the uploaded image: {result.error}")
-        return result_json(result)
+        return result.as_json()
 
     return app
 
