@@ -38,6 +38,7 @@ from copytrace.benchmarks.disc_io import read_ground_truth
 from copytrace.benchmarks.make_disc import make_disc
 from copytrace.benchmarks.metrics import Metrics, PredictedMatch, evaluate
 from copytrace.benchmarks.pdq import pdq_predictions
+from copytrace.descriptors.model import load_descriptor
 from copytrace.indexing.sources import list_sources
 from copytrace.indexing.store import CopyIndex
 from copytrace.matching.calibrate import (
@@ -304,13 +305,15 @@ def main() -> None:
         calibration = fit(data, work, args.model, args.k, work / "calibration.json")
     bench = ensure_dev_benchmark(data, work)
     index = ensure_index(bench / "references", work / "idx-dev", args.model)
+    if calibration is None:  # what `copytrace query` uses: index file > model card > defaults
+        calibration = load_calibration(index, load_descriptor(args.model).card)
     r = run(bench, index, work, data, k=args.k, calibration=calibration, limit=args.limit,
             ray_verify=not args.no_ray)
     hard = _hard_negatives(bench, data)
     rows: dict[str, Metrics] = {}
     report: dict = {"benchmark": str(bench), "queries": r["n"], "k": args.k,
                     "views_per_query": round(r["views_per_query"], 2),
-                    "calibration": (calibration or load_calibration(index)).source, "stages": {}}
+                    "calibration": calibration.source, "stages": {}}
     t = time.perf_counter()
     pdq = pdq_predictions(bench / "queries", bench / "references", k=args.k)
     t_pdq = time.perf_counter() - t

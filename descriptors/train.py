@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from copytrace.descriptors.batch_augment import augment_edited, make_batch_augment
 from copytrace.descriptors.losses import LossConfig, copy_descriptor_loss
 from copytrace.descriptors.model import CopyDescriptor, DescriptorConfig, save_descriptor
 from copytrace.descriptors.train_augment import MixConfig, ViewConfig, mix_views
@@ -68,6 +69,7 @@ class TrainConfig:
     cache_views: int = 0  # > 0: trunk-cached training on this many fixed views per image
     group_size: int = 1  # cached training: runs of this many same-folder images per batch
     siblings: bool = False  # cached training: two windows per photo, negatives of each other
+    batch_augment: str = "auto"  # kornia edits on the batch (live views): auto = on with a GPU
 
 
 def _build_module_class() -> type:
@@ -85,6 +87,7 @@ def _build_module_class() -> type:
             self._t0 = time.perf_counter()
             self._elapsed_before = 0.0  # training seconds of earlier sessions (resume)
             self.view_cache: ViewCache | None = None  # set for trunk-cached training
+            self.batch_augment: torch.nn.Module | None = None
 
         def elapsed(self) -> float:
             return self._elapsed_before + time.perf_counter() - self._t0
@@ -104,6 +107,10 @@ def _build_module_class() -> type:
 
         def on_train_start(self) -> None:
             self.model.to(memory_format=torch.channels_last)
+            on = self.cfg.batch_augment == "on" or (self.cfg.batch_augment == "auto"
+                                                    and self.device.type == "cuda")
+            if on and self.view_cache is None:
+                self.batch_augment = make_batch_augment().to(self.device)
             self._t0 = time.perf_counter()
 
         def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
@@ -124,6 +131,8 @@ def _build_module_class() -> type:
                 b, v = views.shape[:2]
                 x = views.flatten(0, 1).float().div_(255.0)
                 clean = batch["clean"].flatten()
+                if self.batch_augment is not None:
+                    x = augment_edited(x, clean, self.batch_augment)
             ids = torch.arange(b, device=x.device).repeat_interleave(v)
             if self.cfg.mix_fraction > 0:
                 x, comp = mix_views(x, ids, b, config=self.mix_config)

@@ -70,15 +70,21 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
-        d = json.loads(Path(path).read_text())
-        d["weights"] = tuple(d["weights"])
-        return cls(**d)
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        return cls(**{**d, "weights": tuple(d["weights"])})
 
 
-def load_calibration(index_root: str | Path | None = None) -> Calibration:
-    """The index's fitted calibration when it has one, else the packaged defaults."""
+def load_calibration(index_root: str | Path | None = None,
+                     model_card: dict | None = None) -> Calibration:
+    """The index's own `calibration.json`, else the one fitted for the descriptor and stored in
+    its model card (the global-score branches depend on the descriptor), else the defaults."""
     if index_root is not None and (Path(index_root) / CALIBRATION_FILE).exists():
         return Calibration.load(Path(index_root) / CALIBRATION_FILE)
+    if model_card and isinstance(model_card.get("calibration"), dict):
+        return Calibration.from_dict(model_card["calibration"])
     return DEFAULT_CALIBRATION
 
 

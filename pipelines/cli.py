@@ -276,6 +276,19 @@ def train_cmd(
     workers: int = 1,
     threads: Annotated[int | None, typer.Option(help="Torch compute threads (1 is fastest on a "
                                                 "busy CPU).")] = None,
+    cache_views: Annotated[int, typer.Option(help="Trunk-cached training (fast on CPU): run the "
+                                             "frozen stem + --freeze-blocks blocks once over "
+                                             "this many fixed views per image, then train only "
+                                             "the top on the cached maps. 0 = fresh views every "
+                                             "step through the whole model.")] = 0,
+    group_size: Annotated[int, typer.Option(help="Cached training: runs of this many images "
+                                            "from one folder per batch (category hard "
+                                            "negatives).")] = 1,
+    siblings: Annotated[bool, typer.Option("--siblings/--no-siblings", help="Cached training: "
+                                           "two overlapping windows per photo, trained as "
+                                           "negatives of each other.")] = False,
+    batch_augment: Annotated[str, typer.Option(help="kornia batch edits on the device: 'auto' "
+                                               "(on with a GPU), 'on', 'off'.")] = "auto",
     seed: int = 0,
     val_every: int = 250,
     accelerator: Annotated[str, typer.Option(help="'auto' (GPU + fp16 mixed precision if "
@@ -292,7 +305,8 @@ def train_cmd(
                          batch_size=batch_size, views=views, steps=steps, max_minutes=max_minutes,
                          lr=lr, koleo_weight=koleo_weight, mix_fraction=mix_fraction,
                          norm_ratio_weight=norm_ratio_weight, workers=workers, seed=seed,
-                         val_every=val_every)
+                         val_every=val_every, cache_views=cache_views, group_size=group_size,
+                         siblings=siblings, batch_augment=batch_augment)
     limits = [n or None for n in limit] if limit else None
     report = train(images, out, val_benchmark=val_benchmark, limits=limits, name=name,
                    config=config, accelerator=accelerator, resume=resume, threads=threads)

@@ -174,7 +174,7 @@ class QueryEngine:
         descriptor = index_model(copy_index, model)
         return cls(copy_index, descriptor, Embedder(descriptor, device=device),
                    config or match_config(),
-                   calibration or load_calibration(copy_index.layout.root))
+                   calibration or load_calibration(copy_index.layout.root, descriptor.card))
 
     def background(self, config: MatchConfig) -> Background | None:
         if config.normalize is None:

@@ -123,3 +123,16 @@ def test_no_verify_gives_unverified_calibrated_scores(index_dir, tmp_path):
               verify=False)[0]
     assert r.matches[0].reference_id == "rocket"
     assert all(m.evidence["verified"] is None and 0.0 <= m.score <= 1.0 for m in r.matches)
+
+
+def test_calibration_precedence_index_then_model_card_then_defaults(tmp_path):
+    from dataclasses import asdict, replace
+
+    from copytrace.matching.calibrate import DEFAULT_CALIBRATION, load_calibration
+
+    card_cal = replace(DEFAULT_CALIBRATION, global_weight=20.0, source="card")
+    card = {"calibration": asdict(card_cal)}
+    assert load_calibration(tmp_path) == DEFAULT_CALIBRATION
+    assert load_calibration(tmp_path, card) == card_cal
+    replace(DEFAULT_CALIBRATION, global_weight=5.0, source="index").save(tmp_path / "calibration.json")
+    assert load_calibration(tmp_path, card).source == "index"

@@ -56,3 +56,16 @@ def test_mix_views_compositions() -> None:
     assert ((comp > 0).sum(dim=1) == 2)[changed].all()  # every changed view is marked mixed
     unmixed, comp0 = mix_views(views, ids, 8, config=MixConfig(fraction=0.0))
     assert torch.equal(unmixed, views) and torch.equal(comp0.argmax(dim=1), ids)
+
+
+def test_kornia_batch_edits_keep_views_valid_and_clean_views_untouched() -> None:
+    from copytrace.descriptors.batch_augment import augment_edited, make_batch_augment
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 48, 48)
+    clean = torch.tensor([True, False] * 4)
+    out = augment_edited(x, clean, make_batch_augment())
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert torch.equal(out[clean], x[clean])
+    assert not torch.equal(out[~clean], x[~clean])
