@@ -113,6 +113,7 @@ def build_view_cache(
     n = len(dataset)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         worker_init_fn=_one_thread, prefetch_factor=4 if workers else None)
+    was_training = model.training
     model = model.eval().to(memory_format=torch.channels_last)
     features: torch.Tensor | None = None
     clean = torch.zeros(n, views, dtype=torch.bool)
@@ -128,6 +129,7 @@ def build_view_cache(
             clean[batch["index"]] = batch["clean"]
             advance(b)
     assert features is not None
+    model.train(was_training)
     groups = torch.tensor([dataset.source_file(i) for i in range(n)] if siblings
                           else image_groups(files), dtype=torch.long)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
