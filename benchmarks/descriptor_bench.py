@@ -12,7 +12,6 @@ model's card; embedding throughput (decode + forward, img/s) is measured here.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ import numpy as np
 
 from copytrace.benchmarks.dev_benchmark import dev_data_root, ensure_dev_benchmark
 from copytrace.benchmarks.disc_eval import metrics_table, score_predictions
+from copytrace.benchmarks.make_disc import hard_negative_sources
 from copytrace.benchmarks.metrics import Metrics, PredictedMatch
 from copytrace.benchmarks.pdq import pdq_predictions
 from copytrace.descriptors.embed import Embedder, embed_files
@@ -96,18 +96,11 @@ def at_resolution(descriptor: LoadedDescriptor, size: int) -> LoadedDescriptor:
     return LoadedDescriptor(model, f"{descriptor.name}@{size}", descriptor.sha256, descriptor.card)
 
 
-def hard_negative_queries(bench: Path) -> set[str]:
-    """Queries that are other photos of a reference's object (UKBench views), from sources.csv."""
-    with open(bench / "sources.csv", newline="") as fh:
-        return {row["id"] for row in csv.DictReader(fh)
-                if row.get("edits", "").startswith("hard-negative-of:")}
-
-
 def bench_descriptor(name: str, descriptor: LoadedDescriptor, bench: Path, gt: Path
                      ) -> tuple[dict[str, Metrics], dict]:
     r = embed_folder(descriptor, bench / "references")
     q = embed_folder(descriptor, bench / "queries")
-    hard = hard_negative_queries(bench)
+    hard = set(hard_negative_sources(bench))
     rows, without_hard = {}, {}
     for label, whiten in ((name, False), (f"{name} +PCAw", True)):
         preds = knn_predictions(q, r, whiten=whiten)

@@ -39,6 +39,16 @@ class DiscBenchmark:
     seed: int
 
 
+HARD_NEGATIVE_MARK = "hard-negative-of:"  # `edits` of a hard-negative query in sources.csv
+
+
+def hard_negative_sources(folder: str | Path) -> dict[str, Path]:
+    """Hard-negative query id -> the photo it was made from, read from sources.csv."""
+    with open(Path(folder) / "sources.csv", newline="") as fh:
+        return {row["id"]: Path(row["source"]) for row in csv.DictReader(fh)
+                if row.get("edits", "").startswith(HARD_NEGATIVE_MARK)}
+
+
 def _load(path: str, max_side: int) -> Image.Image | None:
     try:
         pixels = decode_file(path).pixels
@@ -128,7 +138,7 @@ def make_disc(
             for other in group[1:]:
                 img = _load(str(other), max_side)
                 if img is not None:
-                    queries.append((_jpeg(img), "", str(other), f"hard-negative-of:{rid}"))
+                    queries.append((_jpeg(img), "", str(other), f"{HARD_NEGATIVE_MARK}{rid}"))
                     hard += 1
 
     rng.shuffle(queries)

@@ -35,7 +35,7 @@ import numpy as np
 from copytrace.benchmarks.dev_benchmark import dev_data_root, ensure_dev_benchmark
 from copytrace.benchmarks.disc_eval import metrics_table
 from copytrace.benchmarks.disc_io import read_ground_truth
-from copytrace.benchmarks.make_disc import make_disc
+from copytrace.benchmarks.make_disc import hard_negative_sources, make_disc
 from copytrace.benchmarks.metrics import Metrics, PredictedMatch, evaluate
 from copytrace.benchmarks.pdq import pdq_predictions
 from copytrace.descriptors.model import load_descriptor
@@ -95,12 +95,7 @@ def _hard_negatives(bench: Path, data: Path) -> dict[str, int]:
     with open(data / "ukbench" / "groups.csv", newline="") as fh:
         for row in csv.DictReader(fh):
             group_of[row["file"]] = int(row["group"])
-    out = {}
-    with open(bench / "sources.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["edits"].startswith("hard-negative-of:"):
-                out[row["id"]] = group_of[Path(row["source"]).name]
-    return out
+    return {qid: group_of[src.name] for qid, src in hard_negative_sources(bench).items()}
 
 
 def _embeddings(bench: Path, index: Path, work: Path, expand: ExpandConfig
