@@ -32,7 +32,7 @@ from copytrace.descriptors.train_cache import (
     supports_trunk_cache,
     top_pooled,
 )
-from copytrace.descriptors.train_data import CopyViewDataset, list_images
+from copytrace.descriptors.train_data import CopyViewDataset, list_images, one_thread_worker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -345,7 +345,7 @@ def train(
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                             num_workers=config.workers, persistent_workers=config.workers > 0,
                             prefetch_factor=4 if config.workers > 0 else None,
-                            worker_init_fn=_worker_init)
+                            worker_init_fn=one_thread_worker)
     trainer = L.Trainer(
         accelerator="gpu" if use_gpu else "cpu", devices=1, precision=precision,
         max_steps=config.steps, max_epochs=-1, logger=False, enable_progress_bar=False,
@@ -390,10 +390,6 @@ def train(
     card_file.write_text(json.dumps(card, indent=2, default=str))
     log.info("wrote %s (%s)", model_file, sha[:12])
     return TrainReport(model_file, card_file, trainer.global_step, seconds, ips, val)
-
-
-def _worker_init(worker_id: int) -> None:
-    torch.set_num_threads(1)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, name: str,

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from copytrace.descriptors.model import CopyDescriptor
 from copytrace.descriptors.train_augment import ViewConfig
-from copytrace.descriptors.train_data import CopyViewDataset
+from copytrace.descriptors.train_data import CopyViewDataset, one_thread_worker
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def build_view_cache(
                               siblings=siblings)
     n = len(dataset)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        worker_init_fn=_one_thread, prefetch_factor=4 if workers else None)
+                        worker_init_fn=one_thread_worker, prefetch_factor=4 if workers else None)
     was_training = model.training
     model = model.eval().to(memory_format=torch.channels_last)
     features: torch.Tensor | None = None
@@ -139,10 +139,6 @@ def build_view_cache(
         {k: v for k, v in meta.items() if k != "files"} | {"images": len(files), "instances": n,
                                                            "shape": list(features.shape)}))
     return ViewCache(features, clean, groups, meta)
-
-
-def _one_thread(worker_id: int) -> None:
-    torch.set_num_threads(1)
 
 
 class _progress:

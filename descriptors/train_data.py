@@ -42,6 +42,11 @@ def list_images(folders: Sequence[str | Path], *, limits: Sequence[int | None] |
     return out
 
 
+def one_thread_worker(worker_id: int) -> None:
+    """DataLoader worker init: one torch thread per worker, the cores belong to the model."""
+    torch.set_num_threads(1)
+
+
 def load_for_training(path: str | Path, *, max_side: int) -> Image.Image:
     """Decode (JPEG DCT-scaled) and shrink so edits stay cheap; raises DecodeError."""
     pixels = decode_file(path, target_size=None).pixels
