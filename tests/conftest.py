@@ -25,6 +25,17 @@ def photos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: on a busy 2-core CI box two threads spin-wait each other (5x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def dev_data() -> Path:
     root = Path(os.environ.get("COPYTRACE_DEV_DATA") or REPO.parent / "shared" / "data")

@@ -20,13 +20,7 @@ from photos import PHOTO_NAMES, jpeg_bytes, photo
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a busy 2-core CI box two threads spin-wait each other (5x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(names: tuple[str, ...], views: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
