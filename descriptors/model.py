@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "copytrace-descriptor/1"
 IMAGENET_MODEL_NAME = "imagenet-lite0-gem"
+DEFAULT_MODEL_NAME = "copytrace-sscd-lite0"
+"""The shipped copy-trained descriptor (`weights/copytrace-sscd-lite0.pt`, card beside it)."""
+CARD_SUFFIX = ".card.json"
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,15 @@ def save_descriptor(
     return _state_sha256(state)
 
 
+def card_path(model_file: str | Path) -> Path:
+    """The human-readable model card beside a model file (`NAME.card.json`)."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.stem + CARD_SUFFIX)
+
+
 def load_descriptor_file(path: str | Path) -> LoadedDescriptor:
+    """Load a model file; a `NAME.card.json` beside it overrides the card stored inside (so a
+    card's calibration or benchmark numbers can be updated without touching the weights)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: '{path}'")
@@ -157,9 +169,12 @@ def load_descriptor_file(path: str | Path) -> LoadedDescriptor:
     model = CopyDescriptor(config)
     model.load_state_dict(payload["state_dict"], strict=True)
     model.eval()
+    card = dict(payload.get("card", {}))
+    sidecar = card_path(path)
+    if sidecar.is_file():
+        card.update(json.loads(sidecar.read_text()))
     return LoadedDescriptor(
-        model, payload.get("name") or path.stem, _state_sha256(payload["state_dict"]),
-        payload.get("card", {}),
+        model, payload.get("name") or path.stem, _state_sha256(payload["state_dict"]), card,
     )
 
 
@@ -172,9 +187,8 @@ def shipped_models() -> dict[str, Path]:
 
 
 def default_model_name() -> str:
-    """The trained copy descriptor when one ships, else the ImageNet-initialised one."""
-    shipped = shipped_models()
-    return next(iter(shipped)) if shipped else IMAGENET_MODEL_NAME
+    """The shipped copy-trained descriptor; the ImageNet-initialised one if it is missing."""
+    return DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in shipped_models() else IMAGENET_MODEL_NAME
 
 
 def load_descriptor(spec: str | Path | None = None) -> LoadedDescriptor:
