@@ -23,7 +23,7 @@ def dev_data_root(explicit: str | None = None) -> Path:
     root = Path(explicit or os.environ.get("COPYTRACE_DEV_DATA") or "../shared/data")
     if not (root / "photos" / "imagenet-sample").is_dir():
         raise SystemExit(f"dev data not found at '{root}' (set --data or COPYTRACE_DEV_DATA)")
-    return root
+    return root.resolve()
 
 
 def ensure_dev_benchmark(data: Path, work: Path, *, seed: int = 0) -> Path:
