@@ -492,11 +492,19 @@ def _known_errors() -> tuple[type[BaseException], ...]:
             ValueError)
 
 
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """click's usage errors (typer >= 0.2x vendors click: its classes derive TyperException)."""
+    import click
+
+    return (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+
+
 def _debug_requested() -> bool:
     """`--debug` anywhere on the command line (or COPYTRACE_DEBUG=1): show full tracebacks."""
-    debug = "--debug" in sys.argv[1:] or os.environ.get("COPYTRACE_DEBUG", "") not in ("", "0")
-    sys.argv[1:] = [a for a in sys.argv[1:] if a != "--debug"]
-    return debug
+    if "--debug" in sys.argv[1:]:
+        os.environ["COPYTRACE_DEBUG"] = "1"  # survives the tcmalloc re-exec
+        sys.argv[1:] = [a for a in sys.argv[1:] if a != "--debug"]
+    return os.environ.get("COPYTRACE_DEBUG", "") not in ("", "0")
 
 
 def _fail(message: str, code: int) -> None:
@@ -509,8 +517,6 @@ def _fail(message: str, code: int) -> None:
 
 def main() -> None:
     """Every failure is one line on stderr and a non-zero exit; `--debug` shows the traceback."""
-    import click
-
     from copytrace.pipelines.tcmalloc import reexec_with_tcmalloc
 
     debug = _debug_requested()
@@ -519,12 +525,12 @@ def main() -> None:
                         format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        exc.show()
-        raise SystemExit(2) from None
-    except click.exceptions.ClickException as exc:  # bad flags and values, e.g. -k 0
+    except _usage_errors() as exc:  # bad flags and values, e.g. -k 0
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            raise SystemExit(2) from None
         _fail(exc.format_message(), exc.exit_code)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         _fail("aborted", 130)
     except _known_errors() as exc:
         if debug:

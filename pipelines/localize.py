@@ -21,7 +21,7 @@ from copytrace.indexing.atomic import write_bytes_atomic, write_json_atomic
 from copytrace.indexing.sources import list_sources
 from copytrace.matching.localize import AlignmentError, Localization, LocalizeConfig
 from copytrace.matching.localize import localize as localize_arrays
-from copytrace.matching.localize import overlay as overlay_image
+from copytrace.matching.overlay import overlay as overlay_image
 from copytrace.matching.results import QueryResult
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,21 @@ def localize(
     overlay: str | Path | None = None,
     json_out: str | Path | None = None,
     max_side: int = 1024,
+    assume_copy: bool = False,
+    initial: np.ndarray | None = None,
 ) -> Localization:
     """Localize the edits of the image `query` relative to `original` and write the outputs.
 
     MASK is query-sized, 255 on edits; OVERLAY is original | query | heatmap; JSON lists the
-    regions (query pixel boxes) and the overall 'edited' score.
+    edit objects (kind, tight query-pixel box, confidence), the overall 'edited' score and how
+    the pair was registered. `assume_copy`: the pair is known to be a copy, so a mask is always
+    written (with low confidence when the geometry is a best guess). `initial`: a known
+    query -> original homography (the verifier's) to start registration from.
     """
     q, o = _decode(query), _decode(original)
     try:
-        result = localize_arrays(q, o, config=LocalizeConfig(max_side=max_side))
+        result = localize_arrays(q, o, config=LocalizeConfig(max_side=max_side), initial=initial,
+                                 assume_copy=assume_copy)
     except AlignmentError as exc:
         raise ValueError(f"cannot register '{query}' onto '{original}': {exc}") from None
     write_png(mask, result.mask)
@@ -105,6 +111,8 @@ def localize_pair(
     score: float | None = None,
     overlay: bool = False,
     max_side: int = 1024,
+    assume_copy: bool = False,
+    initial: np.ndarray | None = None,
 ) -> PairOutcome:
     """Localize one (query, matched reference) pair into out_dir; never raises.
 
@@ -118,13 +126,14 @@ def localize_pair(
              "overlay": f"{stem}.overlay.png" if overlay else None}
     try:
         result = localize(query, reference, mask=paths["mask"], overlay=paths["overlay"],
-                          json_out=paths["json"], max_side=max_side)
+                          json_out=paths["json"], max_side=max_side, assume_copy=assume_copy,
+                          initial=initial)
     except Exception as exc:  # noqa: BLE001 - one bad pair must not stop a batch
         log.warning("localize %s vs %s failed: %s", qid, rid, exc)
         return PairOutcome(qid, rid, str(query), str(reference), score, None, None, None, 0,
                            None, None, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return PairOutcome(qid, rid, str(query), str(reference), score, result.edited, result.edited_fraction,
-                       result.added_fraction, sum(r.kind == "edit" for r in result.regions),
+                       result.added_fraction, len(result.edit_regions),
                        paths["mask"], paths["json"], paths["overlay"], None)
 
 
@@ -277,5 +286,16 @@ def localize_top_matches(results: Sequence[QueryResult], index: str | Path, out_
         return []
     uris = reference_uris(CopyIndex.open(index), {m.reference_id for _, m in top})
     return [localize_pair(r.uri, uris[m.reference_id], out_dir=out_dir, query_id=r.query_id,
-                          reference_id=m.reference_id, score=m.score, overlay=overlay)
+                          reference_id=m.reference_id, score=m.score, overlay=overlay, assume_copy=True,
+                          initial=_verified_homography(m.evidence))
             for r, m in top if m.reference_id in uris]
+
+
+def _verified_homography(evidence: dict | None) -> np.ndarray | None:
+    """The verifier's query -> reference homography from a match's evidence, if any."""
+    h = (evidence or {}).get("homography")
+    try:
+        H = np.asarray(h, np.float64).reshape(3, 3) if h is not None else None
+    except ValueError:
+        return None
+    return H if H is not None and np.isfinite(H).all() else None

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from copytrace.matching.localize import AlignmentError, localize, overlay
+from copytrace.matching.localize import OUTSIDE, AlignmentError, localize
+from copytrace.matching.overlay import overlay
 
 
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -60,7 +61,7 @@ def test_pasted_patch_is_found_in_travelled_copy(name, box, scale, crop, quality
     result = localize(query, original)
     assert result.mask.shape == query.shape[:2]
     assert _iou(result.mask, truth) >= 0.5
-    edits = [r for r in result.regions if r.kind == "edit"]
+    edits = list(result.edit_regions)
     assert edits and result.edited > 0.5
     x0, y0, x1, y1 = edits[0].box
     assert truth[y0:y1, x0:x1].mean() > 100  # the strongest region is on the patch
@@ -95,7 +96,7 @@ def test_added_text_is_found(name):
     cv2.putText(truth, "FAKE NEWS", (40, 120), font, 1.6, 255, 4, cv2.LINE_AA)
     query, truth = _travel(edited, truth, scale=0.75, crop=(0, 0, 0, 0), quality=75)
     result = localize(query, original)
-    edits = [r.box for r in result.regions if r.kind == "edit"]
+    edits = [r.box for r in result.edit_regions]
     assert edits
     ys, xs = np.nonzero(truth)
     text_box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
@@ -125,7 +126,7 @@ def test_padding_is_added_content_not_an_edit():
     query = cv2.copyMakeBorder(original, 40, 40, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0))
     query = _jpeg(query, 85)
     result = localize(query, original)
-    added = [r for r in result.regions if r.kind == "added"]
+    added = [r for r in result.regions if r.kind == OUTSIDE]
     assert len(added) == 2
     top, bottom = sorted(added, key=lambda r: r.box[1])
     assert abs(top.box[1]) <= 2 and abs(top.box[3] - 40) <= 3
@@ -144,7 +145,7 @@ def test_overlay_shows_three_panels():
     result = localize(edited, original)
     panel = overlay(edited, original, result, height=200)
     assert panel.shape[0] == 200 and panel.shape[2] == 3
-    assert panel.shape[1] > 3 * 190
+    assert panel.shape[1] > 3 * 160
 
 
 def _write(path: Path, image: np.ndarray) -> Path:
@@ -169,7 +170,7 @@ def test_cli_localize_writes_mask_overlay_and_json(tmp_path):
     assert _iou(mask, truth) >= 0.5
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["edited"] > 0.5
-    assert report["regions"][0]["kind"] == "edit" and len(report["regions"][0]["box"]) == 4
+    assert report["regions"][0]["kind"] != OUTSIDE and len(report["regions"][0]["box"]) == 4
     from copytrace.benchmarks.localize_eval import box_iou
 
     assert box_iou(tuple(report["regions"][0]["original_box"]), (250, 170, 360, 260)) >= 0.5

@@ -1,0 +1,157 @@
+"""Edit masks to edit objects: the regions a person would point at, each with a kind.
+
+A detector sees pixels; a person sees "a caption was added", "the boat was removed". Fragments
+of one edit (the letters of a caption, the pieces of a pasted object split by a stretch that
+happens to match the original) are merged when they lie within a small gap of each other, or a
+little further apart but share a colour model (same mean colour in the copy). Each object then
+gets a tight box from its pixels, a kind where the pixels can tell it, and a confidence.
+
+Kinds, from the copy vs the registered original over the object:
+- `text`: many small, thin, single-coloured strokes laid out in a wide box (captions, watermarks);
+- `removed`: the copy is much smoother than the original there (inpainting, clone-out);
+- `added`: the copy carries much more structure than the original there (a pasted object);
+- `replaced`: different content of similar texture (copy-move, swapped patches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import cv2
+import numpy as np
+
+
+class EditKind(str, Enum):
+    ADDED = "added"
+    REMOVED = "removed"
+    REPLACED = "replaced"
+    TEXT = "text"
+
+
+@dataclass(frozen=True)
+class ObjectConfig:
+    gap: float = 0.012  # fragments closer than 2 x this x longer side are one object
+    colour_gap: float = 0.04  # ... or closer than 2 x this and of the same colour model
+    colour_tolerance: float = 12.0  # Delta E between the fragments' mean colours in the copy
+    smoother: float = 0.55  # copy gradient energy / original's below this: removed
+    busier: float = 1.8  # ... above this: added
+    text_min_strokes: int = 3  # text: at least this many stroke components ...
+    text_max_stroke: float = 0.22  # ... no thicker than this share of the box height ...
+    text_min_aspect: float = 1.4  # ... in a box at least this much wider than high ...
+    text_max_colour_std: float = 18.0  # ... of one colour (std of L*, stroke pixels of the copy)
+    # per-object confidence: logistic of log(mean score) and log10(area share); fitted by
+    # benchmarks/localize_bench.py on the fit set (see LocalizeConfig.high)
+    confidence_weights: tuple[float, float, float] = (1.0, 1.5, 0.5)
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def _union_find(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([root(i) for i in range(n)])
+
+
+def _touching(labels: np.ndarray, n: int, radius: int) -> list[tuple[int, int]]:
+    """Pairs of components (1..n-1) whose dilations by `radius` overlap."""
+    if radius < 1 or n <= 2:
+        return []
+    fg = (labels > 0).astype(np.uint8)
+    near = cv2.dilate(fg, _disk(radius))
+    m, joined = cv2.connectedComponents(near, connectivity=8)
+    pairs = []
+    for j in range(1, m):
+        ids = np.unique(labels[(joined == j) & (labels > 0)])
+        pairs += [(int(ids[0]), int(b)) for b in ids[1:]]
+    return pairs
+
+
+def group_fragments(mask: np.ndarray, query_lab: np.ndarray, *,
+                    config: ObjectConfig = ObjectConfig()) -> tuple[np.ndarray, int]:
+    """Label map (0 = background, 1..n-1) of the edit objects in a binary mask, and n."""
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return labels, n
+    side = max(mask.shape)
+    pairs = _touching(labels, n, max(1, round(config.gap * side)))
+    means = np.zeros((n, 3))
+    for i in range(1, n):
+        means[i] = query_lab[labels == i].mean(axis=0)
+    pairs += [(a, b) for a, b in _touching(labels, n, max(1, round(config.colour_gap * side)))
+              if np.linalg.norm(means[a] - means[b]) < config.colour_tolerance]
+    root = _union_find(n, pairs)
+    _, dense = np.unique(root, return_inverse=True)  # root 0 (background) stays 0
+    return dense[labels].astype(np.int32), int(dense.max()) + 1
+
+
+def _gradient_energy(gray: np.ndarray) -> np.ndarray:
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+    return np.sqrt(gx * gx + gy * gy)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the classifier looks at over one object, at analysis resolution."""
+
+    query_lab: np.ndarray  # H x W x 3 float32 Lab of the copy
+    query_energy: np.ndarray  # gradient magnitude of the copy (grey 0..255)
+    original_energy: np.ndarray  # ... of the registered original
+    strong: np.ndarray  # bool: pixels whose own colour difference is beyond noise
+
+    @staticmethod
+    def of(query: np.ndarray, original: np.ndarray, strong: np.ndarray) -> Evidence:
+        q = query.astype(np.float32) / 255.0
+        grey = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float32) for x in (query, original)]
+        return Evidence(cv2.cvtColor(q, cv2.COLOR_RGB2Lab), _gradient_energy(grey[0]),
+                        _gradient_energy(grey[1]), strong)
+
+
+def _looks_like_text(obj: np.ndarray, ev: Evidence, box: tuple[int, int, int, int],
+                     config: ObjectConfig) -> bool:
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    if h < 6 or w < config.text_min_aspect * h:
+        return False
+    strokes = (obj & ev.strong)[y0:y1, x0:x1].astype(np.uint8)
+    if strokes.sum() < 20:
+        return False
+    n, _, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
+    big = int((stats[1:, cv2.CC_STAT_AREA] >= 4).sum())
+    thickness = 2.0 * float(cv2.distanceTransform(strokes, cv2.DIST_L2, 3).max())
+    lightness = ev.query_lab[y0:y1, x0:x1, 0][strokes > 0]
+    return (big >= config.text_min_strokes and thickness <= config.text_max_stroke * h
+            and float(lightness.std()) <= config.text_max_colour_std)
+
+
+def classify(obj: np.ndarray, ev: Evidence, box: tuple[int, int, int, int],
+             config: ObjectConfig = ObjectConfig()) -> EditKind:
+    """The kind of one object (bool mask at analysis resolution, box in the same pixels)."""
+    if _looks_like_text(obj, ev, box, config):
+        return EditKind.TEXT
+    ratio = (float(ev.query_energy[obj].mean()) + 2.0) / (float(ev.original_energy[obj].mean()) + 2.0)
+    if ratio < config.smoother:
+        return EditKind.REMOVED
+    if ratio > config.busier:
+        return EditKind.ADDED
+    return EditKind.REPLACED
+
+
+def object_confidence(mean_score: float, area_share: float, config: ObjectConfig = ObjectConfig()) -> float:
+    """Probability-like 0..1 that an object is a real edit (logistic, fitted on the fit set)."""
+    b, w_score, w_area = config.confidence_weights
+    z = b + w_score * np.log(max(mean_score, 1e-3)) + w_area * np.log10(max(area_share, 1e-7))
+    return float(1.0 / (1.0 + np.exp(-z)))
