@@ -34,6 +34,7 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,7 @@ class Calibration:
     extends_cap: float = 0.2  # max score when the reference is a crop of the query's scene
     source: str = "fitted: calibration benchmark (imagenet-sample[:300] seed 1 + even UKBench)"
     fitted_on: dict = field(default_factory=dict)
+    band: DecisionBand | None = None  # where verification runs; None: `DEFAULT_BAND`
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, asdict(self))
@@ -74,7 +76,40 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
-        return cls(**{**d, "weights": tuple(d["weights"])})
+        band = d.get("band")
+        return cls(**{**d, "weights": tuple(d["weights"]),
+                      "band": DecisionBand(**band) if isinstance(band, dict) else None})
+
+    def decision_band(self) -> DecisionBand:
+        return self.band or DEFAULT_BAND
+
+
+class Decision(str, Enum):
+    """What the calibrated global score alone says about a candidate."""
+
+    ACCEPT = "accept"  # a copy: scored without keypoints
+    REJECT = "reject"  # not a copy: scored without keypoints
+    VERIFY = "verify"  # undecided: verify with keypoints
+
+
+@dataclass(frozen=True)
+class DecisionBand:
+    """Verify only candidates whose calibrated global score lies in [reject, accept).
+
+    Fitted (`fit_band`) so that deciding outside the band by the global score alone makes no
+    more mistakes on the calibration pairs than full verification does.
+    """
+
+    reject: float = 0.02
+    accept: float = 0.98
+    source: str = "default"
+
+    def decide(self, global_probability: float) -> Decision:
+        if global_probability >= self.accept:
+            return Decision.ACCEPT
+        if global_probability < self.reject:
+            return Decision.REJECT
+        return Decision.VERIFY
 
 
 def load_calibration(index_root: str | Path | None = None,
@@ -181,4 +216,45 @@ def fit_calibration(global_scores: np.ndarray, verifications: list[Verification 
     )
 
 
+def fit_band(global_probabilities: np.ndarray, verified_probabilities: np.ndarray,
+             labels: np.ndarray, *, threshold: float = 0.5, slack: int = 0,
+             source: str = "") -> DecisionBand:
+    """The widest band outside which the global score alone errs no more than verification.
+
+    Inputs are labelled (query, candidate) pairs: the calibrated global score
+    (`global_score_only`), the score with full verification (`fused_score`) and the label
+    (1 = a copy). `accept` is the lowest score such that, for every cut at or above it, accepting
+    everything above the cut makes at most `slack` more mistakes than the verified decision on the
+    same pairs; `reject` likewise from below. On the calibration pairs, the banded decisions are
+    then exactly as accurate as full verification (with `slack=0`).
+    """
+    g = np.asarray(global_probabilities, np.float64)
+    v = np.asarray(verified_probabilities, np.float64)
+    y = np.asarray(labels, np.int64)
+    verified_wrong = ((v >= threshold).astype(np.int64) != y).astype(np.int64)
+    order = np.argsort(-g, kind="stable")
+    # Accept side: walk from the top; excess = banded mistakes (negatives) - verified mistakes.
+    excess = np.cumsum((y[order] == 0).astype(np.int64) - verified_wrong[order])
+    accept = 1.0 + 1e-9  # nothing accepted unverified
+    for i in range(len(order)):
+        if excess[i] > slack:
+            break
+        if i + 1 == len(order) or g[order[i + 1]] < g[order[i]]:  # a cut between distinct scores
+            accept = float(g[order[i]])
+    asc = order[::-1]
+    excess = np.cumsum((y[asc] == 1).astype(np.int64) - verified_wrong[asc])
+    reject = 0.0  # nothing rejected unverified
+    for i in range(len(asc)):
+        if excess[i] > slack:
+            break
+        if i + 1 == len(asc) or g[asc[i + 1]] > g[asc[i]]:
+            reject = float(np.nextafter(g[asc[i]], np.inf))
+    reject = min(reject, threshold, accept)
+    accept = max(accept, threshold)
+    return DecisionBand(reject, accept, source or f"fit_band on {len(y)} pairs")
+
+
 DEFAULT_CALIBRATION = Calibration()
+DEFAULT_BAND = DecisionBand()
+"""Used when the calibration carries no fitted band: a conservative band (fit one with
+`fit_band` for a new descriptor)."""

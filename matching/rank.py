@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from copytrace.indexing.store import CopyIndex
-from copytrace.matching.calibrate import Calibration, fused_score, global_score_only
+from copytrace.matching.calibrate import Calibration, Decision, fused_score, global_score_only
 from copytrace.matching.expand import Box, ExpandConfig
 from copytrace.matching.normalize import Background, NormalizeConfig, background_offsets
 from copytrace.matching.results import Match
@@ -97,12 +97,15 @@ def candidates(index: CopyIndex, vectors: np.ndarray, views: Sequence[QueryViews
 
 
 def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | None] | None,
-             *, calibration: Calibration, verified_count: int | None = None) -> list[Match]:
+             *, calibration: Calibration, verified_count: int | None = None,
+             decisions: Sequence[Decision] | None = None) -> list[Match]:
     """Matches with a calibrated score, best first.
 
     `verifications[i]` belongs to `cands[i]` for the first `verified_count` candidates (None:
     verification found no supported geometry); later candidates were not verified and are
-    scored from the global similarity alone.
+    scored from the global similarity alone. With `decisions` (the decision band's verdict per
+    candidate), exactly the candidates marked VERIFY hold a verification; the others are scored
+    from the global similarity and their evidence says which way the band decided.
     """
     n_verified = 0 if verifications is None else (verified_count if verified_count is not None
                                                   else len(verifications))
@@ -110,7 +113,9 @@ def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | 
     for i, c in enumerate(cands):
         evidence: dict = {"global_score": round(c.global_score, 6), "view": c.view,
                           "view_box": list(c.view_box)}
-        if i < n_verified:
+        verified = (decisions[i] is Decision.VERIFY if decisions is not None and i < len(decisions)
+                    else i < n_verified)
+        if verified and verifications is not None:
             v = verifications[i]
             score = fused_score(c.global_score, v, calibration=calibration)
             evidence["verified"] = v is not None
@@ -119,6 +124,8 @@ def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | 
         else:
             score = global_score_only(c.global_score, calibration=calibration)
             evidence["verified"] = None  # not attempted
+            if decisions is not None and i < len(decisions):
+                evidence["decided_by_global_score"] = decisions[i].value
         matches.append(Match(c.reference_id, score, c.similarity, evidence))
     matches.sort(key=lambda m: (-m.score, -m.similarity, m.reference_id))
     return matches

@@ -10,10 +10,14 @@ homography, and the matched box in both images.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -340,32 +344,85 @@ def _measure(query: Prepared, reference: Prepared, a: Alignment, mirrored: bool,
 
 
 class PreparedCache:
-    """LRU of prepared references, so a reference shared by many queries is detected once."""
+    """Bounded LRU of prepared references, so a reference shared by many queries is detected once.
+
+    With `disk` (a writable folder, e.g. inside the index), prepared references are also stored
+    there as small .npz files, so a later process (or a worker of a pool) does not detect them
+    again. Keys are reference URIs; the file name also depends on the alignment settings.
+    """
 
     def __init__(self, loader: Callable[[str], np.ndarray], *,
-                 config: VerifyConfig = VerifyConfig(), capacity: int = 512) -> None:
+                 config: VerifyConfig = VerifyConfig(), capacity: int = 512,
+                 disk: str | Path | None = None) -> None:
         self.loader = loader
         self.config = config
         self.capacity = capacity
+        self.disk = Path(disk) if disk is not None else None
         self._items: OrderedDict[str, Prepared | None] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get(self, key: str) -> Prepared | None:
-        if key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key]
-        self.misses += 1
-        try:
-            item: Prepared | None = prepare(self.loader(key), config=self.config)
-        except Exception as exc:  # noqa: BLE001 - an unreadable reference just cannot be verified
-            log.warning("cannot verify against '%s': %s", key, exc)
-            item = None
-        self._items[key] = item
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            self.misses += 1
+        item = self._from_disk(key)
+        if item is None:
+            try:
+                item = prepare(self.loader(key), config=self.config)
+            except Exception as exc:  # noqa: BLE001 - an unreadable reference just cannot be verified
+                log.warning("cannot verify against '%s': %s", key, exc)
+            else:
+                self._to_disk(key, item)
+        with self._lock:
+            self._items[key] = item
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
         return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _disk_path(self, key: str) -> Path | None:
+        if self.disk is None:
+            return None
+        digest = hashlib.sha1(repr((key, self.config.align)).encode()).hexdigest()
+        return self.disk / digest[:2] / f"{digest}.npz"
+
+    def _from_disk(self, key: str) -> Prepared | None:
+        path = self._disk_path(key)
+        if path is None or not path.exists():
+            return None
+        try:
+            with np.load(path) as z:
+                w, h, scale = z["frame"]
+                kp = Keypoints(z["points"], z["descriptors"], int(w), int(h), float(scale))
+                return Prepared(kp, z["gray"])
+        except (OSError, ValueError, KeyError) as exc:
+            log.info("ignoring unreadable keypoint cache file '%s': %s", path, exc)
+            return None
+
+    def _to_disk(self, key: str, item: Prepared) -> None:
+        path = self._disk_path(key)
+        if path is None:
+            return
+        kp = item.keypoints
+        # A re-creatable cache: write-then-rename (never a torn file), but no fsync per file.
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                np.savez(fh, points=kp.points, descriptors=kp.descriptors, gray=item.gray,
+                         frame=np.array([kp.width, kp.height, kp.scale], np.float64))
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # a read-only index folder still verifies, from memory only
+            log.info("keypoint cache disabled: cannot write '%s': %s", path, exc)
+            self.disk = None
 
 
 def load_rgb(uri: str) -> np.ndarray:
@@ -375,10 +432,11 @@ def load_rgb(uri: str) -> np.ndarray:
     return decode_file(uri).pixels
 
 
-def verify_batch(jobs: Sequence[tuple[str | np.ndarray, Sequence[str]]], *,
+def verify_batch(jobs: Sequence[tuple[str | np.ndarray | Prepared, Sequence[str]]], *,
                  config: VerifyConfig = VerifyConfig(),
                  cache: PreparedCache | None = None) -> list[list[Verification | None]]:
-    """Verify each query (a path or RGB pixels) against its candidate reference paths.
+    """Verify each query (a path, RGB pixels or prepared keypoints) against its candidate
+    reference paths.
 
     References are prepared once per batch (`PreparedCache`); a query or reference that cannot
     be read gives None for its pairs rather than failing the batch. Runs as one Ray task.
@@ -387,8 +445,11 @@ def verify_batch(jobs: Sequence[tuple[str | np.ndarray, Sequence[str]]], *,
     out: list[list[Verification | None]] = []
     for query, refs in jobs:
         try:
-            pixels = load_rgb(query) if isinstance(query, str) else query
-            prepared = prepare(pixels, config=config, with_mirror=config.try_mirror)
+            if isinstance(query, Prepared):
+                prepared = query
+            else:
+                pixels = load_rgb(query) if isinstance(query, str) else query
+                prepared = prepare(pixels, config=config, with_mirror=config.try_mirror)
         except Exception as exc:  # noqa: BLE001 - one unreadable query must not sink the batch
             log.warning("cannot verify query '%s': %s", query if isinstance(query, str) else "",
                         exc)

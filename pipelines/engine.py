@@ -1,0 +1,385 @@
+"""`QueryEngine`: the one query API. Open an index once, then query images, bytes or arrays.
+
+    engine = QueryEngine.open("idx/")
+    results = engine.query(["a.jpg", upload_bytes, rgb_array], k=5)
+
+Each query is read and decoded once (`matching.query_image.QueryImage`); the whole image and its
+crops of a batch of queries go through the model together; candidates are searched, normalized
+against the index's background and decided by the calibrated global score where it is clear
+(`VerifyMode.BANDED`, the default: above the band a copy, below it not), and verified with
+keypoints only in between. Reference keypoints are cached (bounded LRU in memory, plus `.npz`
+files under `INDEX/keypoints/` when the index folder is writable).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from copytrace.descriptors.decode import DecodeError
+from copytrace.descriptors.embed import Embedder, embed_images
+from copytrace.descriptors.model import LoadedDescriptor, load_descriptor
+from copytrace.indexing.sources import ImageSource
+from copytrace.indexing.store import CopyIndex
+from copytrace.matching.calibrate import Calibration, Decision, global_score_only, load_calibration
+from copytrace.matching.expand import ExpandConfig
+from copytrace.matching.normalize import Background, NormalizeConfig, load_background
+from copytrace.matching.query_image import QueryImage, QuerySource, decode_query
+from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
+from copytrace.matching.results import Match, QueryResult
+from copytrace.matching.verify import Verification, VerifyConfig
+from copytrace.pipelines.verify_pool import Verifier, VerifyBackend, VerifyJob
+
+log = logging.getLogger(__name__)
+
+KEYPOINT_CACHE_DIR = "keypoints"
+"""Reference keypoints cached inside the index folder (when writable)."""
+
+
+class VerifyMode(str, Enum):
+    """How candidates are verified with keypoints."""
+
+    BANDED = "banded"  # only where the calibrated global score is undecided (the default)
+    FULL = "full"  # every one of the top `verify_k` candidates
+    OFF = "off"  # never: the calibrated global score alone (`--no-verify`)
+
+
+@dataclass
+class QueryTimings:
+    """Wall-clock seconds per stage, summed over `query` calls (the benchmarks read them)."""
+
+    embed: float = 0.0  # decode + model forward
+    search: float = 0.0  # FAISS + normalization
+    verify: float = 0.0
+    views: int = 0
+    pairs_verified: int = 0
+    pairs_decided: int = 0  # candidates decided by the global score alone (banded mode)
+    extra: dict = field(default_factory=dict)
+
+
+def index_model(index: CopyIndex, model: str | None = None) -> LoadedDescriptor:
+    """The descriptor an index was built with; refuses a different one (vectors would not compare)."""
+    descriptor = load_descriptor(model or index.manifest.model.name)
+    if descriptor.sha256 != index.manifest.model.sha256:
+        raise ValueError(
+            f"index '{index.layout.root}' was built with model {index.manifest.model.id}, "
+            f"but '{model or index.manifest.model.name}' is {descriptor.model_id}: "
+            "query with the index's model or rebuild the index"
+        )
+    return descriptor
+
+
+def match_config(*, k: int = 10, normalize: bool = True, expand: bool = True,
+                 verify: bool = True, verify_k: int | None = None) -> MatchConfig:
+    """The `MatchConfig` behind the CLI switches."""
+    return MatchConfig(
+        k=k, search_k=max(20, 2 * k),
+        normalize=NormalizeConfig() if normalize else None,
+        expand=ExpandConfig() if expand else None,
+        verify=VerifyConfig(top_k=verify_k or k) if verify else None,
+    )
+
+
+def embed_views(images: Sequence[QueryImage], embedder: Embedder, *,
+                batch_size: int = 32) -> list[np.ndarray]:
+    """View vectors per query (whole image first): the whole images of all queries go through
+    the model in batches, then all their crops."""
+    if not images:
+        return []
+    whole = np.concatenate([embedder.embed_pixels(np.stack(
+        [q.model_pixels for q in images[s : s + batch_size]]))
+        for s in range(0, len(images), batch_size)])
+    crop_vecs = embed_images([c for q in images for c in q.crops], embedder,
+                             batch_size=batch_size)
+    out, pos = [], 0
+    for i, q in enumerate(images):
+        n = len(q.crops)
+        out.append(np.concatenate([whole[i : i + 1], crop_vecs[pos : pos + n]]))
+        pos += n
+    return out
+
+
+def reference_uris(copy_index: CopyIndex, ids: set[str]) -> dict[str, str]:
+    """Catalog URIs of the given reference ids (what verification and localization read)."""
+    cat = copy_index.catalog().select(["image_id", "uri"])
+    cat = cat.filter(pc.is_in(cat.column("image_id"), value_set=pa.array(sorted(ids), pa.string())))
+    return dict(zip(cat.column("image_id").to_pylist(), cat.column("uri").to_pylist(), strict=True))
+
+
+def _writable_dir(path: Path) -> Path | None:
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
+
+
+@dataclass
+class QueryEngine:
+    """An index opened for querying: model, background, calibration and verifier loaded once.
+
+    The HTTP service keeps one for its lifetime; `copytrace query` opens one per run. Not safe
+    for concurrent `query` calls from several threads (the service feeds it from one thread).
+    """
+
+    index: CopyIndex
+    descriptor: LoadedDescriptor
+    embedder: Embedder
+    config: MatchConfig
+    calibration: Calibration
+    verifier: Verifier
+    _uris: dict[str, str] | None = field(default=None, repr=False)
+    _backgrounds: dict = field(default_factory=dict, repr=False)
+    _verifiers: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, index: str | Path, *, model: str | None = None, device: str = "auto",
+             config: MatchConfig | None = None, calibration: Calibration | None = None,
+             verify_backend: VerifyBackend | str = VerifyBackend.INLINE,
+             verify_workers: int | None = None, cache_capacity: int = 2048,
+             keypoint_cache: bool = True, ray_address: str | None = None) -> QueryEngine:
+        """Open `index` for querying; the keypoint cache goes to `INDEX/keypoints/` when the
+        folder is writable (`keypoint_cache=False`: memory only)."""
+        copy_index = CopyIndex.open(index)
+        descriptor = index_model(copy_index, model)
+        config = config or match_config()
+        disk = _writable_dir(copy_index.layout.root / KEYPOINT_CACHE_DIR) if keypoint_cache else None
+        verifier = Verifier(config.verify or VerifyConfig(), backend=VerifyBackend(verify_backend),
+                            workers=verify_workers, cache_capacity=cache_capacity,
+                            disk_cache=disk, ray_address=ray_address)
+        return cls(copy_index, descriptor, Embedder(descriptor, device=device), config,
+                   calibration or load_calibration(copy_index.layout.root, descriptor.card),
+                   verifier)
+
+    def close(self) -> None:
+        """Stop verification workers (if any)."""
+        for verifier in [self.verifier, *self._verifiers.values()]:
+            verifier.close()
+
+    def __enter__(self) -> QueryEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the query API -------------------------------------------------------------------------
+
+    def decode(self, source: QuerySource | QueryImage, *, query_id: str | None = None,
+               config: MatchConfig | None = None) -> QueryImage:
+        """Read and decode one query once (raises `DecodeError`)."""
+        if isinstance(source, QueryImage):
+            return source
+        return decode_query(source, model_size=self.embedder.image_size,
+                            expand=(config or self.config).expand, query_id=query_id)
+
+    def query(self, images: Sequence[QuerySource | QueryImage], *, k: int | None = None,
+              verify: VerifyMode | str = VerifyMode.BANDED, verify_k: int | None = None,
+              query_ids: Sequence[str] | None = None, batch_size: int = 32,
+              timings: QueryTimings | None = None) -> list[QueryResult]:
+        """One result per image (paths, encoded bytes, RGB arrays or decoded `QueryImage`s), in
+        order; an image that cannot be decoded gets a result with `error` set."""
+        config = self.options(k=k, verify=verify, verify_k=verify_k)
+        timings = timings if timings is not None else QueryTimings()
+        t = time.perf_counter()
+        decoded: list[QueryImage | str] = []
+        for i, image in enumerate(images):
+            qid = query_ids[i] if query_ids is not None else None
+            try:
+                decoded.append(self.decode(image, query_id=qid, config=config))
+            except DecodeError as exc:
+                decoded.append(str(exc))
+        timings.embed += time.perf_counter() - t
+        good = [d for d in decoded if isinstance(d, QueryImage)]
+        ranked = self.rank_images(good, config=config, verify=verify, timings=timings,
+                                  batch_size=batch_size)
+        out, pos = [], 0
+        for i, (image, d) in enumerate(zip(images, decoded, strict=True)):
+            if isinstance(d, QueryImage):
+                out.append(QueryResult(d.query_id, d.uri, ranked[pos]))
+                pos += 1
+            else:
+                qid = query_ids[i] if query_ids is not None else _default_id(image)
+                uri = str(image) if isinstance(image, (str, Path)) else ""
+                out.append(QueryResult(qid, uri, [], d))
+        return out
+
+    def options(self, *, k: int | None = None, verify: VerifyMode | str = VerifyMode.BANDED,
+                verify_k: int | None = None) -> MatchConfig:
+        """The engine's `MatchConfig` with a per-call `k`, verification mode and `verify_k`."""
+        config = self.config
+        if k is not None:
+            config = replace(config, k=k, search_k=max(config.search_k, 2 * k))
+        if VerifyMode(verify) is VerifyMode.OFF:
+            return replace(config, verify=None)
+        base = config.verify or VerifyConfig()
+        return replace(config, verify=replace(base, top_k=verify_k or (
+            base.top_k if k is None else k)))
+
+    def embed(self, images: Sequence[QueryImage], *, batch_size: int = 32) -> list[np.ndarray]:
+        """View vectors per query (whole image first), batched over all queries."""
+        return embed_views(images, self.embedder, batch_size=batch_size)
+
+    def rank_images(self, images: Sequence[QueryImage], *, config: MatchConfig | None = None,
+                    verify: VerifyMode | str = VerifyMode.BANDED, batch_size: int = 32,
+                    timings: QueryTimings | None = None) -> list[list[Match]]:
+        """Embed, search, decide / verify and score decoded queries; matches per query."""
+        config = config or self.config
+        timings = timings if timings is not None else QueryTimings()
+        t = time.perf_counter()
+        vectors = self.embed(images, batch_size=batch_size)
+        timings.embed += time.perf_counter() - t
+        timings.views += sum(len(q.views.names) for q in images)
+        sources = [ImageSource(q.query_id, q.uri) for q in images]
+        by_id = self.rank(sources, vectors, [q.views for q in images], config=config,
+                          timings=timings, queries=images, verify_mode=verify)
+        return [by_id[i] for i in range(len(images))]
+
+    def rank(self, sources: Sequence[ImageSource], vectors: Sequence[np.ndarray],
+             views: Sequence[QueryViews], *, config: MatchConfig | None = None,
+             use_ray: bool = False, ray_address: str | None = None,
+             timings: QueryTimings | None = None, pixels: Sequence[np.ndarray] | None = None,
+             exclude_self: bool = False, queries: Sequence[QueryImage] | None = None,
+             verify_mode: VerifyMode | str = VerifyMode.FULL) -> dict:
+        """Search, normalize, verify and score; `vectors[i]` holds the views of `sources[i]`.
+
+        Verification uses `queries[i]` (decoded, keeps its keypoints) when given, else
+        `pixels[i]`, else reads `sources[i].uri`. With `exclude_self`, a query never matches (or
+        normalizes against) its own image id. Keyed by image id, or by position when `queries`
+        is given (ids of uploads may repeat).
+        """
+        config = config or self.config
+        timings = timings if timings is not None else QueryTimings()
+        if not sources:
+            return {}
+        t = time.perf_counter()
+        ranked = candidates(self.index, np.concatenate(list(vectors)), views,
+                            background=self.background(config), config=config,
+                            query_ids=[s.image_id for s in sources] if exclude_self else None)
+        timings.search += time.perf_counter() - t
+        t = time.perf_counter()
+        verified: list[list[Verification | None]] | None = None
+        decisions: list[list[Decision]] | None = None
+        if config.verify is not None:
+            decisions = self._decisions(ranked, config.verify.top_k, VerifyMode(verify_mode))
+            inputs = (list(queries) if queries is not None else
+                      [QueryImage(s.image_id, s.uri, p, p, [], v) for s, p, v in
+                       zip(sources, pixels, views, strict=True)] if pixels is not None else
+                      [_LazyQuery(s) for s in sources])
+            verified = self._verify(inputs, ranked, decisions, config, use_ray=use_ray,
+                                    ray_address=ray_address)
+            wanted = sum(d is Decision.VERIFY for row in decisions for d in row)
+            timings.pairs_verified += wanted
+            timings.pairs_decided += sum(len(row) for row in decisions) - wanted
+        timings.verify += time.perf_counter() - t
+        keys = range(len(sources)) if queries is not None else [s.image_id for s in sources]
+        return {key: finalize(cands, verified[i] if verified is not None else None,
+                              calibration=self.calibration,
+                              decisions=decisions[i] if decisions is not None else None)
+                for i, (key, cands) in enumerate(zip(keys, ranked, strict=True))}
+
+    def query_bytes(self, data: bytes, *, query_id: str = "query", k: int | None = None,
+                    verify: bool | VerifyMode | str = VerifyMode.BANDED) -> QueryResult:
+        """One encoded image in memory (kept for callers of the old service API)."""
+        mode = verify if not isinstance(verify, bool) else (
+            VerifyMode.BANDED if verify else VerifyMode.OFF)
+        return self.query([data], k=k, verify=mode, query_ids=[query_id])[0]
+
+    # -- pieces --------------------------------------------------------------------------------
+
+    def background(self, config: MatchConfig) -> Background | None:
+        if config.normalize is None:
+            return None
+        key = config.normalize
+        if key not in self._backgrounds:
+            self._backgrounds[key] = load_background(
+                self.index.layout.root, model_id=self.index.manifest.model.id,
+                catalog_size=len(self.index), config=config.normalize)
+        return self._backgrounds[key]
+
+    def reference_uris(self, ids: set[str] | Sequence[str]) -> dict[str, str]:
+        """Catalog URIs of reference ids (read from the catalog once per engine)."""
+        if self._uris is None:
+            cat = self.index.catalog().select(["image_id", "uri"])
+            self._uris = dict(zip(cat.column("image_id").to_pylist(),
+                                  cat.column("uri").to_pylist(), strict=True))
+        return {i: self._uris[i] for i in ids if i in self._uris}
+
+    def _decisions(self, ranked: list[list[Candidate]], top_k: int,
+                   mode: VerifyMode) -> list[list[Decision]]:
+        """Per query, the decision for each of its top `top_k` candidates."""
+        band = self.calibration.decision_band()
+        if mode is VerifyMode.FULL:
+            return [[Decision.VERIFY] * len(row[:top_k]) for row in ranked]
+        return [[band.decide(global_score_only(c.global_score, calibration=self.calibration))
+                 for c in row[:top_k]] for row in ranked]
+
+    def _verify(self, queries: Sequence[QueryImage | _LazyQuery], ranked: list[list[Candidate]],
+                decisions: list[list[Decision]], config: MatchConfig, *, use_ray: bool,
+                ray_address: str | None) -> list[list[Verification | None]]:
+        """Verifications aligned with each query's top candidates (None where not verified)."""
+        uris = self.reference_uris({c.reference_id for row, dec in zip(ranked, decisions,
+                                                                        strict=True)
+                                    for c, d in zip(row, dec, strict=False) if d is Decision.VERIFY})
+        jobs, where = [], []
+        for i, (q, row, dec) in enumerate(zip(queries, ranked, decisions, strict=True)):
+            picked = [j for j, d in enumerate(dec) if d is Decision.VERIFY]
+            if not picked:
+                continue
+            image = q.load() if isinstance(q, _LazyQuery) else q
+            if image is None:
+                continue
+            jobs.append(VerifyJob(image, [uris.get(row[j].reference_id, "") for j in picked]))
+            where.append((i, picked))
+        verifier = self._verifier_for(config.verify, use_ray, ray_address)
+        results = verifier.verify(jobs) if jobs else []
+        out: list[list[Verification | None]] = [[None] * len(dec) for dec in decisions]
+        for (i, picked), row in zip(where, results, strict=True):
+            for j, v in zip(picked, row, strict=True):
+                out[i][j] = v
+        return out
+
+    def _verifier_for(self, config: VerifyConfig, use_ray: bool,
+                      ray_address: str | None) -> Verifier:
+        """The engine's verifier, or one for other alignment settings / Ray (same disk cache)."""
+        base = self.verifier
+        backend = VerifyBackend.RAY if use_ray else base.backend
+        settings = replace(config, top_k=0)  # how many are verified is not the verifier's business
+        if replace(base.config, top_k=0) == settings and base.backend is backend:
+            return base
+        key = (settings, backend, ray_address)
+        if key not in self._verifiers:
+            self._verifiers[key] = Verifier(settings, backend=backend, workers=base.workers,
+                                            cache_capacity=base.capacity, disk_cache=base.disk,
+                                            ray_address=ray_address)
+        return self._verifiers[key]
+
+
+@dataclass
+class _LazyQuery:
+    """A query known only by its file (the dedup audit): decoded when it needs verifying."""
+
+    source: ImageSource
+
+    def load(self) -> QueryImage | None:
+        try:
+            pixels = decode_query(self.source.uri, model_size=1, query_id=self.source.image_id
+                                  ).pixels
+        except DecodeError as exc:
+            log.warning("cannot verify query '%s': %s", self.source.uri, exc)
+            return None
+        h, w = pixels.shape[:2]
+        return QueryImage(self.source.image_id, self.source.uri, pixels, pixels, [],
+                          QueryViews(["full"], [(0, 0, w, h)]))
+
+
+def _default_id(image: object) -> str:
+    return Path(image).stem if isinstance(image, (str, Path)) else "query"

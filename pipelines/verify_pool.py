@@ -1,0 +1,169 @@
+"""Keypoint verification of many (query, references) jobs: in-process, a process pool, or Ray.
+
+Reference keypoints are prepared once per process and kept in a bounded LRU
+(`matching.verify.PreparedCache`), optionally backed by an on-disk cache shared by all processes
+(inside the index folder when it is writable). Query keypoints are kept on the `QueryImage`, so
+localization and a second verification reuse them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from copytrace.matching.query_image import QueryImage
+from copytrace.matching.verify import (
+    Prepared,
+    PreparedCache,
+    Verification,
+    VerifyConfig,
+    load_rgb,
+    prepare,
+    verify_prepared,
+)
+
+log = logging.getLogger(__name__)
+
+QUERIES_PER_TASK = 8
+"""Queries per pool/Ray task: enough to reuse prepared references within a task."""
+
+
+class VerifyBackend(str, Enum):
+    """Where verification runs."""
+
+    INLINE = "inline"  # this process, one core
+    PROCESSES = "processes"  # a pool of worker processes kept for the engine's lifetime
+    RAY = "ray"  # Ray tasks (a cluster with --ray-address)
+
+
+@dataclass(frozen=True)
+class VerifyJob:
+    """One query against the reference URIs of its candidates."""
+
+    query: QueryImage
+    references: Sequence[str]
+
+
+_worker_cache: PreparedCache | None = None
+
+
+def _init_worker(config: VerifyConfig, capacity: int, disk: str | None) -> None:
+    global _worker_cache
+    import cv2
+
+    cv2.setNumThreads(1)
+    _worker_cache = PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)
+
+
+def _verify_task(items: list[tuple[Prepared | object, Sequence[str]]], config: VerifyConfig,
+                 capacity: int = 512, disk: str | None = None,
+                 ) -> list[tuple[Prepared | None, list[Verification | None]]]:
+    """Prepare each query (unless prepared already) and verify it against its references."""
+    cache = _worker_cache or PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)
+    out = []
+    for query, refs in items:
+        try:
+            prepared = query if isinstance(query, Prepared) else prepare(
+                query, config=config, with_mirror=config.try_mirror)
+        except Exception as exc:  # noqa: BLE001 - one bad query must not sink the task
+            log.warning("cannot prepare a query for verification: %s", exc)
+            out.append((None, [None] * len(refs)))
+            continue
+        row = []
+        for ref in refs:
+            ref_prepared = cache.get(ref)
+            row.append(None if ref_prepared is None
+                       else verify_prepared(prepared, ref_prepared, config=config))
+        out.append((prepared, row))
+    return out
+
+
+class Verifier:
+    """Runs verification jobs on the chosen backend; open once per engine, `close` at the end."""
+
+    def __init__(self, config: VerifyConfig, *, backend: VerifyBackend = VerifyBackend.PROCESSES,
+                 workers: int | None = None, cache_capacity: int = 1024,
+                 disk_cache: str | Path | None = None, ray_address: str | None = None) -> None:
+        self.config = config
+        self.backend = VerifyBackend(backend)
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.capacity = cache_capacity
+        self.disk = str(disk_cache) if disk_cache is not None else None
+        self.ray_address = ray_address
+        self.cache = PreparedCache(load_rgb, config=config, capacity=cache_capacity,
+                                   disk=disk_cache)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def verify(self, jobs: Sequence[VerifyJob]) -> list[list[Verification | None]]:
+        """Verifications per job, in job and reference order (None: no geometry found)."""
+        if not jobs:
+            return []
+        if self.backend is VerifyBackend.INLINE or (self.workers == 1 and
+                                                     self.backend is VerifyBackend.PROCESSES):
+            return [self._inline(job) for job in jobs]
+        if len(jobs) < self.workers:
+            return self._split_references(jobs)
+        items = [(job.query.prepared or job.query.pixels, list(job.references)) for job in jobs]
+        size = max(1, min(QUERIES_PER_TASK, math.ceil(len(items) / self.workers)))
+        chunks = [items[s : s + size] for s in range(0, len(items), size)]
+        results = [r for part in self._map(chunks) for r in part]
+        for job, (prepared, _) in zip(jobs, results, strict=True):
+            if job.query.prepared is None and prepared is not None:
+                job.query.prepared = prepared
+        return [row for _, row in results]
+
+    def _inline(self, job: VerifyJob) -> list[Verification | None]:
+        try:
+            prepared = job.query.keypoints(self.config)
+        except Exception as exc:  # noqa: BLE001 - one bad query must not sink the batch
+            log.warning("cannot verify query '%s': %s", job.query.query_id, exc)
+            return [None] * len(job.references)
+        out: list[Verification | None] = []
+        for ref in job.references:
+            ref_prepared = self.cache.get(ref)
+            out.append(None if ref_prepared is None
+                       else verify_prepared(prepared, ref_prepared, config=self.config))
+        return out
+
+    def _split_references(self, jobs: Sequence[VerifyJob]) -> list[list[Verification | None]]:
+        """Few queries: prepare them here, spread their references over the workers."""
+        chunks, owners = [], []
+        for j, job in enumerate(jobs):
+            prepared = job.query.keypoints(self.config)
+            refs = list(job.references)
+            per = max(1, math.ceil(len(refs) / self.workers))
+            for s in range(0, len(refs), per):
+                chunks.append([(prepared, refs[s : s + per])])
+                owners.append(j)
+        out: list[list[Verification | None]] = [[] for _ in jobs]
+        for j, part in zip(owners, self._map(chunks), strict=True):
+            out[j].extend(part[0][1])
+        return out
+
+    def _map(self, chunks: list[list]) -> list[list]:
+        if self.backend is VerifyBackend.RAY:
+            import ray
+
+            from copytrace.pipelines.ray_runtime import ensure_ray
+
+            ensure_ray(self.ray_address)
+            task = ray.remote(num_cpus=1)(_verify_task)
+            return ray.get([task.remote(c, self.config, self.capacity, self.disk)
+                            for c in chunks])
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(self.config, self.capacity, self.disk))
+        return list(self._pool.map(_verify_task, chunks, [self.config] * len(chunks)))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,167 @@
+"""The query engine on a real index: decode once, the decision band, cached reference keypoints."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from copytrace.descriptors.augment import random_copy
+from copytrace.matching.calibrate import Decision, DecisionBand, fit_band
+from copytrace.pipelines.build import build_index
+from copytrace.pipelines.engine import KEYPOINT_CACHE_DIR, QueryEngine, QueryTimings, VerifyMode
+from copytrace.pipelines.verify_pool import VerifyBackend
+
+from photos import jpeg_bytes, photo
+
+_opened: list[str] | None = None
+_hook_lock = threading.Lock()
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes, Path)):
+        with _hook_lock:
+            _opened.append(str(Path(args[0] if not isinstance(args[0], bytes) else args[0].decode(
+                errors="replace")).resolve()))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed; it records only while `_opened` is set
+
+
+class count_opens:  # noqa: N801 - used like a function
+    """Every file the interpreter opens (io.open, os.open, C extensions through Python) meanwhile."""
+
+    def __enter__(self) -> list[str]:
+        global _opened
+        _opened = []
+        return _opened
+
+    def __exit__(self, *exc: object) -> None:
+        global _opened
+        _opened = None
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, photos_dir) -> Path:
+    root = tmp_path_factory.mktemp("engine") / "index"
+    build_index(photos_dir, root, use_ray=False, show_progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory) -> Path:
+    """Edited copies of indexed photos, as files."""
+    folder = tmp_path_factory.mktemp("copies")
+    rng = random.Random(7)
+    for name, edits in [("astronaut", ["crop", "text"]), ("chelsea", ["colour", "jpeg"]),
+                        ("coffee", ["flip", "blur"]), ("rocket", ["pad", "shapes"])]:
+        copy, _ = random_copy(Image.fromarray(photo(name)), rng, allowed=edits, min_edits=2,
+                              max_edits=2)
+        (folder / f"{name}-copy.jpg").write_bytes(jpeg_bytes(copy, 85))
+    return folder
+
+
+def test_a_query_file_is_opened_once_per_query(index, copies):
+    files = sorted(copies.glob("*.jpg"))
+    with QueryEngine.open(index, keypoint_cache=False) as engine:
+        engine.query(files[:1], k=3, verify=VerifyMode.FULL)  # warm-up: background, catalog
+        with count_opens() as opened:
+            results = engine.query(files, k=3, verify=VerifyMode.FULL)
+    assert [r.matches[0].reference_id for r in results] == [f.stem[:-5] for f in files]
+    assert all(r.matches[0].evidence["verified"] for r in results)  # keypoints were needed
+    for f in files:
+        assert opened.count(str(f.resolve())) == 1, (f, opened)
+
+
+def test_the_query_job_opens_each_query_file_once(index, copies):
+    from copytrace.pipelines.query import query
+
+    with count_opens() as opened:
+        results = query(copies, index, k=3, verify="full", use_ray=False, show_progress=False,
+                        verify_backend="inline")
+    assert all(r.matches[0].evidence["verified"] for r in results)
+    for f in copies.glob("*.jpg"):
+        assert opened.count(str(f.resolve())) == 1, (f, opened)
+
+
+def test_engine_takes_paths_bytes_and_arrays_alike(index, copies):
+    f = copies / "chelsea-copy.jpg"
+    with QueryEngine.open(index) as engine:
+        pixels = engine.decode(f).pixels
+        results = engine.query([f, f.read_bytes(), pixels, b"not an image"], k=2,
+                               query_ids=["path", "bytes", "array", "junk"])
+    assert [r.query_id for r in results] == ["path", "bytes", "array", "junk"]
+    assert {r.matches[0].reference_id for r in results[:3]} == {"chelsea"}
+    scores = [r.matches[0].score for r in results[:3]]
+    assert max(scores) - min(scores) < 1e-6  # same pixels, same answer
+    assert results[3].error and not results[3].matches
+
+
+def test_band_decides_clear_cases_without_keypoints(index, copies):
+    """An exact copy is accepted and unrelated photos rejected by the global score alone; only
+    candidates inside the band are verified."""
+    exact = photo("coins")
+    with QueryEngine.open(index) as engine:
+        full, banded = QueryTimings(), QueryTimings()
+        r_full = engine.query([exact], k=5, verify="full", timings=full)[0]
+        r_band = engine.query([exact], k=5, verify="banded", timings=banded)[0]
+        band = engine.calibration.decision_band()
+    assert full.pairs_verified == 5 and full.pairs_decided == 0
+    assert banded.pairs_verified + banded.pairs_decided == 5
+    assert banded.pairs_verified < full.pairs_verified
+    assert r_band.matches[0].reference_id == r_full.matches[0].reference_id == "coins"
+    top = r_band.matches[0]
+    assert top.evidence["decided_by_global_score"] == "accept" and top.score >= band.accept
+    for m in r_band.matches[1:]:
+        assert m.score < 0.5
+        assert m.evidence.get("decided_by_global_score", "verify") in ("reject", "verify")
+
+
+def test_fit_band_keeps_the_verified_decisions():
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = rng.random(n) < 0.3
+    g = np.clip(np.where(labels, rng.normal(0.8, 0.2, n), rng.normal(0.2, 0.2, n)), 0, 1)
+    v = np.where(labels, 0.9, 0.1)  # verification is always right here
+    band = fit_band(g, v, labels.astype(int))
+    decided = np.array([band.decide(x).value for x in g])
+    accepted, rejected = decided == "accept", decided == "reject"
+    assert labels[accepted].all() and not labels[rejected].any()
+    assert accepted.sum() > 0 and rejected.sum() > 0 and (decided == "verify").any()
+    # Nothing is left undecided where the classes do not overlap; the band is the overlap.
+    assert band.accept == pytest.approx(g[~labels].max(), abs=0.2)
+    assert DecisionBand(0.1, 0.9).decide(0.95) is Decision.ACCEPT
+
+
+def test_reference_keypoints_are_cached_in_memory_and_on_disk(index, copies):
+    files = sorted(copies.glob("*.jpg"))
+    with QueryEngine.open(index, verify_backend=VerifyBackend.INLINE) as engine:
+        engine.query(files, k=3, verify="full")
+        cache = engine.verifier.cache
+        first = cache.misses
+        engine.query(files, k=3, verify="full")
+        assert cache.misses == first and cache.hits >= first  # second pass: all from memory
+    stored = list((index / KEYPOINT_CACHE_DIR).rglob("*.npz"))
+    assert len(stored) >= first
+    with QueryEngine.open(index, verify_backend=VerifyBackend.INLINE) as engine:
+        again = engine.query(files, k=3, verify="full")
+        assert engine.verifier.cache.misses == first  # loaded from disk, none detected again
+        assert engine.verifier.cache.disk is not None
+    assert all(r.matches[0].evidence["verified"] for r in again)
+
+
+def test_process_pool_verification_matches_inline(index, copies):
+    files = sorted(copies.glob("*.jpg"))
+    out = {}
+    for backend in (VerifyBackend.INLINE, VerifyBackend.PROCESSES):
+        with QueryEngine.open(index, verify_backend=backend, verify_workers=2,
+                              keypoint_cache=False) as engine:
+            out[backend] = engine.query(files, k=3, verify="full")
+    for a, b in zip(out[VerifyBackend.INLINE], out[VerifyBackend.PROCESSES], strict=True):
+        assert [(m.reference_id, round(m.score, 6)) for m in a.matches] == \
+            [(m.reference_id, round(m.score, 6)) for m in b.matches]
