@@ -13,8 +13,14 @@ import pyarrow as pa
 from copytrace.indexing.manifest import IndexLayout
 
 
+class CatalogSQLError(ValueError):
+    """A statement DuckDB refused (syntax, unknown column, ...); the message is one line."""
+
+
 def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
     layout = IndexLayout(Path(index_dir))
+    if not layout.catalog_dir.is_dir():
+        raise FileNotFoundError(f"'{index_dir}' is not a copytrace index (no catalog/ folder)")
     con = duckdb.connect()
     for view, folder in (("catalog", layout.catalog_dir), ("embeddings", layout.embeddings_dir)):
         if any(folder.glob("part-*.parquet")):
@@ -24,8 +30,14 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
 
 
 def sql(index_dir: str | Path, statement: str) -> pa.Table:
+    """Run one statement over the views; DuckDB's errors come back as `CatalogSQLError`."""
     with connect(index_dir) as con:
-        return con.sql(statement).to_arrow_table()
+        try:
+            result = con.sql(statement)
+            return result.to_arrow_table() if result is not None else pa.table({})
+        except duckdb.Error as exc:
+            first = " ".join(str(exc).split("\n")[:1]).strip()
+            raise CatalogSQLError(f"SQL error: {first}") from None
 
 
 def status_summary(index_dir: str | Path) -> dict[str, int]:

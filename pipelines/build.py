@@ -7,7 +7,6 @@ last; an index folder without one is a build in progress.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -26,6 +25,7 @@ from copytrace.indexing.catalog_sql import errors as catalog_errors
 from copytrace.indexing.catalog_sql import status_summary
 from copytrace.indexing.embeddings import embedding_parts, table_vectors
 from copytrace.indexing.index_spec import choose_index
+from copytrace.indexing.lock import clear_folder, writes_index
 from copytrace.indexing.manifest import (
     FaissInfo,
     IndexLayout,
@@ -35,7 +35,7 @@ from copytrace.indexing.manifest import (
     utc_now,
 )
 from copytrace.indexing.shards import build_shards
-from copytrace.indexing.sources import ImageSource, list_sources
+from copytrace.indexing.sources import NoImagesError, absolute_uri, list_sources, listing_digest
 from copytrace.indexing.store import id_map_table
 from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
 from copytrace.pipelines.progress import progress_bar
@@ -57,13 +57,6 @@ class BuildReport:
     index_spec: str
     model_id: str
     error_examples: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _listing_digest(sources: list[ImageSource]) -> str:
-    h = hashlib.sha256()
-    for s in sources:
-        h.update(f"{s.image_id}\t{s.uri}\n".encode())
-    return h.hexdigest()
 
 
 class _EmbeddingReader:
@@ -104,6 +97,7 @@ class _EmbeddingReader:
         return np.concatenate(chunks)[:n]
 
 
+@writes_index("index")
 def build_index(
     images: str | Path,
     index: str | Path,
@@ -121,19 +115,23 @@ def build_index(
     num_workers: int | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    root: str | Path | None = None,
 ) -> BuildReport:
-    """Index every image under `images` (folder, image, or .parquet/.csv listing) into `index`."""
+    """Index every image under `images` (folder, image, or .parquet/.csv listing) into `index`.
+
+    One writer at a time per index folder (`indexing.lock`); `root` refuses inputs outside it.
+    """
     layout = IndexLayout(Path(index))
-    sources = list_sources(images, all_files=True)
+    sources = list_sources(images, all_files=True, root=root)
     if not sources:
-        raise BuildError(f"no files found in '{images}'")
+        raise NoImagesError(f"no files found in '{images}'")
     descriptor = load_descriptor(model)
     model_spec = model if Path(str(model)).exists() else descriptor.name
     if overwrite and layout.root.exists():
-        shutil.rmtree(layout.root)
+        clear_folder(layout.root)
     layout.root.mkdir(parents=True, exist_ok=True)
 
-    state = {"listing_sha256": _listing_digest(sources), "model_id": descriptor.model_id,
+    state = {"listing_sha256": listing_digest(sources), "model_id": descriptor.model_id,
              "chunk_size": chunk_size, "inputs": len(sources)}
     if layout.build_state.exists():
         previous = json.loads(layout.build_state.read_text())
@@ -167,6 +165,11 @@ def build_index(
             advance(sizes[result.chunk])
 
     reader = _EmbeddingReader(layout.embeddings_dir)
+    if reader.total == 0:
+        first = catalog_errors(layout.root, limit=1).to_pylist()
+        example = f" (e.g. '{first[0]['uri']}': {first[0]['error']})" if first else ""
+        raise NoImagesError(f"no images found in '{images}': none of its {len(sources)} "
+                            f"files could be decoded{example}")
     dims = descriptor.model.output_dims
     budget = parse_size(memory_budget)
     choice = choose_index(reader.total, dims, budget)
@@ -187,7 +190,7 @@ def build_index(
                         shard_size, choice.reason if index_spec == "auto" else "user choice"),
         counts={"inputs": len(sources), "indexed": reader.total,
                 "errors": counts.get("error", 0)},
-        source=str(images), versions=software_versions(), created=utc_now(),
+        source=absolute_uri(images), versions=software_versions(), created=utc_now(),
     )
     manifest.write(layout.manifest)
     errs = catalog_errors(layout.root, limit=20)

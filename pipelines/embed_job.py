@@ -46,28 +46,35 @@ class ChunkResult:
 
 def embed_chunk(chunk: int, sources: Sequence[ImageSource], embedder: Embedder,
                 settings: EmbedSettings) -> ChunkResult:
-    rows: list[CatalogRow] = []
+    by_pos: dict[int, CatalogRow] = {}  # by position in `sources`: rows keep the listing order
     ids: list[str] = []
     vectors: list[np.ndarray] = []
-    paths = [s.uri for s in sources]
-    for batch in embed_files(paths, embedder, batch_size=settings.batch_size,
+    for pos, src in enumerate(sources):
+        if src.error is not None:  # known unreadable (broken link, odd name): never opened
+            by_pos[pos] = CatalogRow(src.image_id, src.uri, None, None, None, None, None,
+                                   STATUS_ERROR, src.error)
+    readable = [pos for pos, src in enumerate(sources) if src.error is None]
+    for batch in embed_files([sources[pos].uri for pos in readable], embedder,
+                             batch_size=settings.batch_size,
                              decode_workers=settings.decode_workers,
                              max_pixels=settings.max_pixels):
         for item in batch:
-            src = sources[item.index]
+            pos = readable[item.index]
+            src = sources[pos]
             if item.image is None:
                 log.warning("cannot decode '%s': %s (skipped; see catalog status)", src.uri,
                             item.error)
-                rows.append(CatalogRow(src.image_id, src.uri, None, None, None, None, None,
-                                       STATUS_ERROR, item.error))
+                by_pos[pos] = CatalogRow(src.image_id, src.uri, None, None, None, None, None,
+                                       STATUS_ERROR, item.error)
                 continue
             im = item.image
-            rows.append(CatalogRow(src.image_id, src.uri, im.sha256, im.num_bytes, im.width,
-                                   im.height, im.format, STATUS_OK, None))
+            by_pos[pos] = CatalogRow(src.image_id, src.uri, im.sha256, im.num_bytes, im.width,
+                                   im.height, im.format, STATUS_OK, None)
             ids.append(src.image_id)
             vectors.append(item.vector)
     matrix = np.stack(vectors) if vectors else np.zeros((0, embedder.dims), np.float32)
-    return ChunkResult(chunk, catalog_table(rows), embedding_table(ids, matrix))
+    return ChunkResult(chunk, catalog_table([by_pos[pos] for pos in range(len(sources))]),
+                       embedding_table(ids, matrix))
 
 
 class _Worker:
