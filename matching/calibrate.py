@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from copytrace.indexing.atomic import write_json_atomic
-from copytrace.matching.verify import Verification
+from copytrace.matching.verify import Unavailable, Verification
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,15 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 
-def fused_score(global_score: float, verification: Verification | None, *,
+def fused_score(global_score: float, verification: Verification | Unavailable | None, *,
                 calibration: Calibration | None = None) -> float:
-    """P(copy) for a verified candidate (or a candidate whose verification found no geometry)."""
+    """P(copy) for a verified candidate (or a candidate whose verification found no geometry).
+
+    An unreadable image (`Unavailable`) is no evidence against a copy: global similarity only.
+    """
     c = calibration or DEFAULT_CALIBRATION
+    if isinstance(verification, Unavailable):
+        return global_score_only(global_score, calibration=c)
     if verification is None:
         return _sigmoid(c.unverified_bias + c.unverified_weight * global_score)
     p = _sigmoid(c.bias + float(np.dot(c.weights, features(global_score, verification))))

@@ -19,7 +19,7 @@ from copytrace.matching.calibrate import Calibration, Decision, fused_score, glo
 from copytrace.matching.expand import Box, ExpandConfig
 from copytrace.matching.normalize import Background, NormalizeConfig, background_offsets
 from copytrace.matching.results import Match
-from copytrace.matching.verify import Verification, VerifyConfig
+from copytrace.matching.verify import Unavailable, Verification, VerifyConfig
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,12 @@ def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | 
         if verified and verifications is not None:
             v = verifications[i]
             score = fused_score(c.global_score, v, calibration=calibration)
-            evidence["verified"] = v is not None
-            if v is not None:
-                evidence.update(v.as_evidence())
+            if isinstance(v, Unavailable):  # scored from the global similarity, and said so
+                evidence.update(verified="unavailable", verify_error=v.reason)
+            else:
+                evidence["verified"] = v is not None
+                if v is not None:
+                    evidence.update(v.as_evidence())
         else:
             score = global_score_only(c.global_score, calibration=calibration)
             evidence["verified"] = None  # not attempted

@@ -51,6 +51,15 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class Unavailable:
+    """A pair that could not be checked because an image could not be read (moved, deleted,
+    unreadable). It is no evidence either way: the score falls back to the global similarity
+    and the result says `verified: unavailable` with this reason."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Verification:
     """Geometric and photometric evidence for one (query, reference) pair."""
 
@@ -289,9 +298,12 @@ def _edge_profile(gray: np.ndarray, warped: np.ndarray, p: np.ndarray, q: np.nda
             _ncc(strip, strip_ref))
 
 
-def verify_prepared(query: Prepared, reference: Prepared, *,
-                    config: VerifyConfig = VerifyConfig()) -> Verification | None:
-    """Align query onto reference and measure the fit; None when no geometry is supported."""
+def verify_prepared(query: Prepared, reference: Prepared | Unavailable, *,
+                    config: VerifyConfig = VerifyConfig()) -> Verification | Unavailable | None:
+    """Align query onto reference and measure the fit; None when no geometry is supported, the
+    reference's `Unavailable` when it could not be read."""
+    if isinstance(reference, Unavailable):
+        return reference
     best = align_keypoints(query.keypoints, reference.keypoints, config.align)
     mirrored = False
     if (config.try_mirror and query.mirrored is not None
@@ -376,6 +388,7 @@ class PreparedCache:
                 item = prepare(self.loader(key), config=self.config)
             except Exception as exc:  # noqa: BLE001 - an unreadable reference just cannot be verified
                 log.warning("cannot verify against '%s': %s", key, exc)
+                item = Unavailable(f"cannot read reference '{key}': {exc}")
             else:
                 self._to_disk(key, item)
         with self._lock:
