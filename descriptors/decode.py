@@ -7,8 +7,12 @@ into a `DecodeError` with a message a person can act on.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import logging
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +20,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_PIXELS = 180_000_000
-"""Larger images are refused: beyond this they are almost surely decompression bombs."""
+"""Larger images are refused: beyond this they are almost surely decompression bombs. The check
+reads only the header, so a 60k x 60k PNG costs nothing; this cap bounds decoded memory
+(3 bytes a pixel, plus one working copy for mode conversion)."""
+
+DEFAULT_MAX_BYTES = 256 * 2**20
+"""Larger files are refused before they are read: a file is read whole into memory."""
 
 
 _EXIF_ORIENTATION = 0x0112
@@ -40,19 +51,54 @@ class DecodedImage:
     num_bytes: int
 
 
-def read_bytes(path: str | Path) -> bytes:
+def read_bytes(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The file's bytes, or a `DecodeError` saying why not. Never blocks on a pipe or device
+    and never reads more than `max_bytes`."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with open(p, "rb", opener=lambda f, flags: os.open(f, flags | os.O_NONBLOCK)) as fh:
+            st = os.fstat(fh.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise DecodeError("is a directory, not an image")
+            if not stat.S_ISREG(st.st_mode):
+                raise DecodeError("not a regular file (device, pipe or socket)")
+            if st.st_size > max_bytes:
+                raise DecodeError(f"file too large: {st.st_size / 2**20:.0f} MiB exceeds the "
+                                  f"{max_bytes / 2**20:.0f} MiB limit")
+            data = fh.read(max_bytes + 1)
     except FileNotFoundError:
+        if os.path.islink(p):
+            raise DecodeError("broken symbolic link (its target is missing)") from None
         raise DecodeError("file not found") from None
     except IsADirectoryError:
         raise DecodeError("is a directory, not an image") from None
     except PermissionError:
         raise DecodeError("permission denied") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DecodeError("symbolic link loop") from None
         raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:  # grew while being read
+        raise DecodeError(f"file too large: exceeds the {max_bytes / 2**20:.0f} MiB limit")
     return data
+
+
+def _displayed_size(img: Image.Image, w: int, h: int) -> tuple[int, int]:
+    """Size after EXIF orientation; malformed EXIF is ignored (the pixels are still fine)."""
+    try:
+        if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
+            return h, w
+    except Exception as exc:  # noqa: BLE001 - broken EXIF must never cost the image
+        log.debug("ignoring malformed EXIF: %s", exc)
+    return w, h
+
+
+def _exif_transposed(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception as exc:  # noqa: BLE001 - broken EXIF must never cost the image
+        log.debug("ignoring malformed EXIF orientation: %s", exc)
+        return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -97,7 +143,7 @@ def decode_bytes(
         raise DecodeError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap below
             img = Image.open(io.BytesIO(data))
             fmt = (img.format or "unknown").lower()
             w, h = img.size
@@ -110,9 +156,8 @@ def decode_bytes(
                 img.draft("RGB" if img.mode in ("RGB", "L", "YCbCr") else None,
                           (target_size, target_size))
             img.load()
-            if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
-                w, h = h, w
-            img = ImageOps.exif_transpose(img) or img
+            w, h = _displayed_size(img, w, h)
+            img = _exif_transposed(img)
             img = _to_rgb(img)
             if target_size is not None:
                 img = to_model_square(img, target_size)
@@ -130,12 +175,16 @@ def decode_bytes(
         raise DecodeError(f"corrupt image data: {msg}") from None
     except (ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as exc:
         raise DecodeError(f"corrupt image data: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - hostile input must never crash a build
+        raise DecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise DecodeError(f"unexpected decoded shape {pixels.shape}")
     return DecodedImage(pixels, int(w), int(h), fmt, digest, len(data))
 
 
 def decode_file(
-    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DecodedImage:
-    return decode_bytes(read_bytes(path), max_pixels=max_pixels, target_size=target_size)
+    return decode_bytes(read_bytes(path, max_bytes=max_bytes), max_pixels=max_pixels,
+                        target_size=target_size)

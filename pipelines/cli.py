@@ -20,6 +20,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from copytrace.descriptors.train_config import TrainConfig
+from copytrace.pipelines.cli_help import StyledGroup
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=StyledGroup,  # PATH/INT metavars, no <bool>, two-column help below 110 columns
 )
 index_app = typer.Typer(help="Build and inspect indexes.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
