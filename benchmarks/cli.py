@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from copytrace.pipelines.output import OutputFormat, print_rows
+
 eval_app = typer.Typer(help="Score predictions (DISC2021 matching track, localization).",
                        no_args_is_help=True)
 bench_app = typer.Typer(help="Make benchmark data and measure speed.", no_args_is_help=True)
@@ -18,34 +20,61 @@ out = Console()
 
 @eval_app.command("disc")
 def eval_disc_cmd(
-    ground_truth: Annotated[Path, typer.Option("--ground-truth", "--gt", help="CSV query_id,"
-                                               "reference_id (empty reference = no match).")],
-    predictions: Annotated[Path | None, typer.Option(help="CSV query_id,reference_id,score "
-                                                     "to score.")] = None,
-    queries: Annotated[Path | None, typer.Option(help="Query images (with --references: "
-                                                 "index, query and score in one go).")] = None,
-    references: Annotated[Path | None, typer.Option(help="Reference images.")] = None,
-    work: Annotated[Path | None, typer.Option(help="Folder for the index and predictions "
-                                              "(reused when rerun).")] = None,
-    k: Annotated[int, typer.Option("-k", help="Candidates per query.")] = 10,
-    model: str = "default",
-    ray_address: Annotated[str | None, typer.Option("--ray-address", "--address")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    ground_truth: Annotated[Path, typer.Option("--ground-truth", "--gt", metavar="CSV",
+                                               help="query_id,reference_id (empty reference = "
+                                                    "the query is not a copy).")],
+    predictions: Annotated[Path | None, typer.Option(metavar="CSV", help="query_id,reference_id,"
+                                                     "score to score.")] = None,
+    queries: Annotated[Path | None, typer.Option(metavar="PATH", help="Query images: with "
+                                                 "--references, index + query + score in one go; "
+                                                 "with --predictions, thumbnails for --report.")]
+    = None,
+    references: Annotated[Path | None, typer.Option(metavar="PATH", help="Reference images.")]
+    = None,
+    work: Annotated[Path | None, typer.Option(metavar="DIR", help="Folder for the index and "
+                                              "predictions (reused when rerun).")] = None,
+    k: Annotated[int, typer.Option("-k", metavar="INT", help="Candidates per query.")] = 10,
+    model: Annotated[str, typer.Option(metavar="NAME", help="Descriptor for the index: "
+                                       "'default', a shipped name or a model file.")] = "default",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", metavar="ADDR",
+                                                    help="Ray cluster to join (default: "
+                                                         "local).")] = None,
+    report: Annotated[Path | None, typer.Option(metavar="DIR", help="Write an HTML report: PR "
+                                                "curve, score histograms, worst misses and false "
+                                                "positives with thumbnails.")] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="How to print the "
+                                              "metrics.")] = OutputFormat.TABLE,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Same as --format json.")]
+    = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bars.")]
+    = False,
 ) -> None:
     """DISC2021 matching-track metrics: µAP, recall at precision 0.9, acc@1 (ISC2021 definitions)."""
-    from copytrace.benchmarks.disc_eval import eval_disc, metrics_table
+    from copytrace.benchmarks.disc_eval import eval_disc, metric_rows
 
     result = eval_disc(ground_truth, predictions=predictions, queries=queries,
                        references=references, work=work, k=k, model=model,
                        ray_address=ray_address, show_progress=not quiet)
-    if as_json:
-        out.print_json(json.dumps({**result.metrics.as_dict(),
-                                   "predictions_file": str(result.predictions)}))
-        return
-    out.print(metrics_table({"copytrace": result.metrics}), markup=False, highlight=False)
-    if result.index is not None:
-        out.print(f"index: {result.index}  predictions: {result.predictions}")
+    page = None
+    if report is not None and result.predictions is not None:
+        from copytrace.benchmarks.disc_io import read_predictions
+        from copytrace.benchmarks.eval_report import write_disc_report
+
+        page = write_disc_report(report, ground_truth, read_predictions(result.predictions),
+                                 queries=queries, references=references)
+    fmt = OutputFormat.JSON if as_json else fmt
+    payload = {**result.metrics.as_dict(), "predictions_file": str(result.predictions),
+               **({"report": str(page)} if page else {})}
+    print_rows(*metric_rows({"copytrace": result.metrics}), fmt, console=out, json_payload=payload)
+    if fmt is OutputFormat.TABLE:
+        from copytrace.benchmarks.eval_report import LEGEND
+
+        out.print("; ".join(f"{k}: {v.split(':')[0]}" for k, v in LEGEND.items()), style="dim",
+                  highlight=False)
+        if result.index is not None:
+            out.print(f"index: {result.index}  predictions: {result.predictions}", highlight=False)
+        if page is not None:
+            out.print(f"report: {page}", highlight=False)
 
 
 from copytrace.benchmarks.localize_eval import eval_localize_cmd  # noqa: E402

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from copytrace.benchmarks.disc_io import read_ground_truth, read_predictions
 from copytrace.benchmarks.metrics import Metrics, PredictedMatch, evaluate
+from copytrace.pipelines.output import Column
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +74,12 @@ def metrics_table(rows: dict[str, Metrics]) -> str:
         lines.append(f"{name:<{width}}  {f(m.micro_ap)}  {f(m.recall_at_p90)}  {f(m.acc_at_1)}  "
                      f"{f(m.recall_at_10)}  {m.num_predictions:>5}  {m.num_positives:>9}")
     return "\n".join(lines)
+
+
+def metric_rows(rows: dict[str, Metrics]) -> tuple[list[dict], list[Column]]:
+    """The metrics as rows and columns for `pipelines.output.print_rows` (table, JSON, CSV)."""
+    columns = [Column("method", is_id=True), Column("uAP", "µAP", numeric=True),
+               Column("R@P90", numeric=True), Column("acc@1", numeric=True),
+               Column("recall@10", "R@10", numeric=True), Column("predictions", "preds", numeric=True),
+               Column("positives", numeric=True)]
+    return [{"method": name, **m.as_dict()} for name, m in rows.items()], columns
