@@ -2,8 +2,11 @@
 
 Per image: pixel F1 and IoU of the predicted mask against the ground-truth mask (both empty
 counts as a perfect 1.0; one empty and not the other as 0.0), and region hits: a ground-truth
-region (8-connected component) is found when some predicted region's bounding box overlaps its
-bounding box with IoU >= 0.5, the usual detection criterion, boxes being what `localize` reports.
+region is found when some predicted region's box overlaps its box with IoU >= 0.5, the usual
+detection criterion. Ground-truth regions are the objects of the truth mask: its components
+after a closing by 1 % of the longer side (the letters of one caption are one region), at least
+1e-4 of the image. Predicted regions are the boxes `localize` reports when given, else the
+8-connected components of the predicted mask (what a pixel-only method offers).
 Scores are averaged over images (region hit rate over images that have ground-truth regions).
 """
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 QUERY_COLUMNS = ("query", "forged", "tampered")
 HIT_IOU = 0.5
 MIN_REGION_FRACTION = 1e-4  # ground-truth components smaller than this share of the image are ignored
+TRUTH_GAP = 0.01  # ground-truth fragments closer than this share of the longer side are one object
 
 
 @dataclass(frozen=True)
@@ -78,18 +82,28 @@ def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float
     return inter / union if union > 0 else 0.0
 
 
-def region_hits(pred: np.ndarray, truth: np.ndarray, *, iou: float = HIT_IOU) -> tuple[int, int]:
-    """(found, total) ground-truth regions; predicted regions of any size count."""
-    min_pixels = max(1, round(MIN_REGION_FRACTION * truth.size))
-    gt = _boxes(truth, min_pixels)
-    pr = _boxes(pred, 1)
+def truth_regions(truth: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes of the ground-truth objects (components after a closing by TRUTH_GAP)."""
+    radius = max(1, round(TRUTH_GAP * max(truth.shape)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    closed = cv2.morphologyEx((truth > 0).astype(np.uint8), cv2.MORPH_CLOSE, disk)
+    return _boxes(closed, max(1, round(MIN_REGION_FRACTION * truth.size)))
+
+
+def region_hits(pred: np.ndarray, truth: np.ndarray, *, iou: float = HIT_IOU,
+                boxes: Sequence[tuple[int, int, int, int]] | None = None) -> tuple[int, int]:
+    """(found, total) ground-truth regions; predicted `boxes` (x0, y0, x1, y1, exclusive) or,
+    without them, the predicted mask's components of any size."""
+    gt = truth_regions(truth)
+    pr = list(boxes) if boxes is not None else _boxes(pred, 1)
     found = sum(any(box_iou(g, p) >= iou for p in pr) for g in gt)
     return found, len(gt)
 
 
-def score_mask(name: str, pred: np.ndarray, truth: np.ndarray, seconds: float | None = None) -> MaskScore:
+def score_mask(name: str, pred: np.ndarray, truth: np.ndarray, seconds: float | None = None, *,
+               boxes: Sequence[tuple[int, int, int, int]] | None = None) -> MaskScore:
     f1, iou = pixel_scores(pred, truth)
-    hits, regions = region_hits(pred, truth)
+    hits, regions = region_hits(pred, truth, boxes=boxes)
     return MaskScore(name, f1, iou, regions, hits, seconds)
 
 
@@ -167,13 +181,14 @@ def eval_localize(
                 found = next((c for c in cands if c.is_file()), None)
                 if found is None:
                     raise ValueError(f"no predicted mask for '{t.query.stem}' in '{predictions}'")
-                pred, seconds = read_mask(found), None
+                pred, seconds, boxes = read_mask(found), None, None
             else:
                 q, o = decode_file(t.query).pixels, decode_file(t.original).pixels
                 start = time.perf_counter()
-                pred = localize(q, o, config=config).mask
+                result = localize(q, o, config=config)
                 seconds = time.perf_counter() - start
-            s = score_mask(t.name, pred, truth, seconds)
+                pred, boxes = result.mask, [r.box for r in result.edit_regions]
+            s = score_mask(t.name, pred, truth, seconds, boxes=boxes)
         except (AlignmentError, DecodeError, ValueError) as exc:
             s = failed(t.name, str(exc))
         scores.append(s)

@@ -105,19 +105,29 @@ def _gradient_energy(gray: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Evidence:
-    """What the classifier looks at over one object, at analysis resolution."""
+    """What the classifier looks at, at analysis resolution."""
 
     query_lab: np.ndarray  # H x W x 3 float32 Lab of the copy
+    original_lab: np.ndarray  # ... of the registered original
     query_energy: np.ndarray  # gradient magnitude of the copy (grey 0..255)
     original_energy: np.ndarray  # ... of the registered original
-    strong: np.ndarray  # bool: pixels whose own colour difference is beyond noise
 
     @staticmethod
-    def of(query: np.ndarray, original: np.ndarray, strong: np.ndarray) -> Evidence:
-        q = query.astype(np.float32) / 255.0
+    def of(query: np.ndarray, original: np.ndarray) -> Evidence:
+        lab = [cv2.cvtColor(x.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) for x in (query, original)]
         grey = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float32) for x in (query, original)]
-        return Evidence(cv2.cvtColor(q, cv2.COLOR_RGB2Lab), _gradient_energy(grey[0]),
-                        _gradient_energy(grey[1]), strong)
+        return Evidence(lab[0], lab[1], _gradient_energy(grey[0]), _gradient_energy(grey[1]))
+
+
+def _strokes(obj: np.ndarray, ev: Evidence, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Changed pixels of the object's dominant new colour (lettering is drawn in one colour)."""
+    x0, y0, x1, y1 = box
+    q, o = ev.query_lab[y0:y1, x0:x1], ev.original_lab[y0:y1, x0:x1]
+    changed = obj[y0:y1, x0:x1] & (np.linalg.norm(q - o, axis=2) > 20.0)
+    if changed.sum() < 20:
+        return changed
+    ink = np.median(q[changed], axis=0)
+    return changed & (np.linalg.norm(q - ink, axis=2) < 20.0)
 
 
 def _looks_like_text(obj: np.ndarray, ev: Evidence, box: tuple[int, int, int, int],
@@ -126,12 +136,14 @@ def _looks_like_text(obj: np.ndarray, ev: Evidence, box: tuple[int, int, int, in
     w, h = x1 - x0, y1 - y0
     if h < 6 or w < config.text_min_aspect * h:
         return False
-    strokes = (obj & ev.strong)[y0:y1, x0:x1].astype(np.uint8)
+    strokes = _strokes(obj, ev, box).astype(np.uint8)
     if strokes.sum() < 20:
         return False
     n, _, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
     big = int((stats[1:, cv2.CC_STAT_AREA] >= 4).sum())
-    thickness = 2.0 * float(cv2.distanceTransform(strokes, cv2.DIST_L2, 3).max())
+    contours, _ = cv2.findContours(strokes, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    perimeter = sum(cv2.arcLength(c, True) for c in contours)
+    thickness = 2.0 * float(strokes.sum()) / max(1.0, perimeter / 2.0) / 2.0  # area / half-perimeter
     lightness = ev.query_lab[y0:y1, x0:x1, 0][strokes > 0]
     return (big >= config.text_min_strokes and thickness <= config.text_max_stroke * h
             and float(lightness.std()) <= config.text_max_colour_std)
@@ -142,7 +154,7 @@ def classify(obj: np.ndarray, ev: Evidence, box: tuple[int, int, int, int],
     """The kind of one object (bool mask at analysis resolution, box in the same pixels)."""
     if _looks_like_text(obj, ev, box, config):
         return EditKind.TEXT
-    ratio = (float(ev.query_energy[obj].mean()) + 2.0) / (float(ev.original_energy[obj].mean()) + 2.0)
+    ratio = (float(np.median(ev.query_energy[obj])) + 2.0) / (float(np.median(ev.original_energy[obj])) + 2.0)
     if ratio < config.smoother:
         return EditKind.REMOVED
     if ratio > config.busier:

@@ -264,14 +264,6 @@ def analyze(query: np.ndarray, original: np.ndarray, *, config: LocalizeConfig =
     return Analysis(reg, a, (qw, qh), qa, warped, frame, valid, maps.score, maps.colour)
 
 
-def _strong(colour: np.ndarray, valid: np.ndarray, config: LocalizeConfig) -> np.ndarray:
-    """Pixels whose own colour difference is beyond noise (no spatial pooling)."""
-    v = colour[valid] if valid.any() else colour.ravel()
-    med = float(np.median(v))
-    mad = float(np.median(np.abs(v - med))) * 1.4826
-    return colour >= max(config.refine_floor, med + config.refine_k * mad)
-
-
 def _edit_mask(an: Analysis, config: LocalizeConfig) -> tuple[np.ndarray, int, int]:
     """The cleaned binary edit mask, the smallest region (pixels) and the clean-up radius."""
     wa, ha = an.heat.shape[::-1]
@@ -297,7 +289,7 @@ def _filled(obj: np.ndarray, frame: np.ndarray, rect: tuple[int, int, int, int],
 def _objects(an: Analysis, config: LocalizeConfig) -> tuple[np.ndarray, list[Region]]:
     """Edit objects: the final analysis-resolution mask (object ids) and their regions."""
     edits, min_pixels, _ = _edit_mask(an, config)
-    ev = Evidence.of(an.query, an.warped, _strong(an.colour, an.valid, config))
+    ev = Evidence.of(an.query, an.warped)
     labels, n = group_fragments(edits, ev.query_lab, config=config.objects)
     gap = max(1, round(config.objects.gap * max(edits.shape)))
     out = np.zeros(edits.shape, np.int32)
