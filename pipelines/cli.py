@@ -21,6 +21,7 @@ from rich.table import Table
 
 from copytrace.descriptors.train_config import TrainConfig
 from copytrace.pipelines.cli_help import StyledGroup
+from copytrace.pipelines.output import QUERY_COLUMNS, OutputFormat, print_rows, query_rows
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -159,8 +160,11 @@ def query_cmd(
     k: Annotated[int, typer.Option("-k", min=1, help="Candidates per query.")] = 10,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ISC2021 CSV "
                                                 "(query_id,reference_id,score).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-    = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table (80 columns; "
+                                              "boxes and homography in json), json (every "
+                                              "match with its evidence) or csv.")]
+    = OutputFormat.TABLE,
     model: Annotated[str | None, typer.Option(help="Override the index's model (must be the "
                                                    "same weights).")] = None,
     batch_size: int = 32,
@@ -210,19 +214,8 @@ def query_cmd(
         out.print(f"wrote {sum(len(r.matches) for r in results)} predictions for "
                   f"{len(results)} queries to {output}")
         return
-    if as_json:
-        out.print_json(json.dumps([r.as_json() for r in results]))
-        return
-    table = Table("query", "rank", "reference", "score", "similarity", "inliers", "query box",
-                  "reference box")
-    for r in results:
-        for rank, m in enumerate(r.matches, 1):
-            e = m.evidence
-            table.add_row(r.query_id, str(rank), m.reference_id, f"{m.score:.4f}",
-                          f"{m.similarity:.4f}", str(e.get("inliers", "")),
-                          ",".join(map(str, e.get("query_box", []))),
-                          ",".join(map(str, e.get("reference_box", []))))
-    out.print(table)
+    print_rows(query_rows(results), QUERY_COLUMNS, OutputFormat.JSON if as_json else fmt,
+               console=out, json_payload=[r.as_json() for r in results], group="query_id")
 
 
 def _fail_without_queries(query_path: Path, results: list) -> None:
@@ -410,35 +403,89 @@ def train_cmd(
 
 @app.command("dedup")
 def dedup_cmd(
-    index: Annotated[Path, typer.Argument(help="Index folder to audit.")],
+    images_or_index: Annotated[Path, typer.Argument(
+        help="Folder of images (indexed into AUDIT_DIR/index first) or an index folder; with "
+             "--against, the NEW images to check.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Audit folder: pairs.parquet, "
+                                          "clusters.parquet, report.html.")],
     threshold: Annotated[float, typer.Option(help="Calibrated score from which a pair counts as "
                                                   "a duplicate (0.5 = decision point).")] = 0.5,
-    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours scored per image.")] = 5,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the pairs CSV "
-                                                "(image_a,image_b,kind,score,similarity).")] = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Prove near duplicates "
-                                         "with local features.")] = True,
-    ray: Annotated[bool, typer.Option("--ray/--no-ray", help="Verify as Ray tasks.")] = False,
+    keep: Annotated[str, typer.Option(help="Which image of a cluster to keep: largest, oldest "
+                                      "or first.")] = "largest",
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours looked at per image.")] = 5,
+    against: Annotated[Path | None, typer.Option(help="Index: report which of the new images "
+                                                 "duplicate it (the catalog is not re-audited)."
+                                                 )] = None,
+    match_hashes: Annotated[Path | None, typer.Option(
+        help="PDQ hash list (one 64-hex hash per line, CSV ok): write hash_matches.parquet with "
+             "every image within Hamming distance 31.")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")
+                      ] = True,
+    ray: Annotated[bool | None, typer.Option("--ray/--no-ray", help="Verify as Ray tasks "
+                                             "(default: for large audits).")] = None,
     ray_address: RayAddress = None,
     quiet: Quiet = False,
 ) -> None:
-    """Audit an index for exact (same bytes) and near duplicates, grouped into clusters.
+    """Dedup audit: exact, PDQ and verified near duplicates as clusters, with an HTML report.
 
-    Uses the stored embeddings (nothing is re-embedded) and the same normalization,
-    verification and calibration as `copytrace query`.
+    Evidence must cover the content: pairs that only share a frame, caption band, logo or
+    watermark common in the catalog are not duplicates. Query the results with
+    `copytrace sql AUDIT_DIR "SELECT ..."`.
     """
-    from copytrace.pipelines.dedup import dedup
+    from copytrace.pipelines.dedup import dedup, write_hash_matches
 
-    report = dedup(index, threshold=threshold, k=k, verify=verify, output=output,
-                   use_ray=ray, ray_address=ray_address, show_progress=not quiet)
-    exact = sum(p.kind == "exact" for p in report.pairs)
-    out.print(f"{report.images} images: {len(report.pairs)} duplicate pairs ({exact} exact), "
-              f"{len(report.clusters)} clusters, {report.duplicates_to_drop} images to drop "
-              "to keep one per cluster")
-    for cluster in report.clusters[:20]:
-        out.print("  " + ", ".join(cluster), markup=False, highlight=False)
-    if output is not None:
-        out.print(f"pairs written to {output}")
+    if keep not in ("largest", "oldest", "first"):
+        raise typer.BadParameter("--keep must be largest, oldest or first")
+    if against is not None:
+        from copytrace.pipelines.dedup_incremental import dedup_against
+
+        result = dedup_against(images_or_index, against, out_dir, threshold=threshold, keep=keep,
+                               k=k, report=report, use_ray=ray, ray_address=ray_address,
+                               show_progress=not quiet)
+    else:
+        result = dedup(images_or_index, out_dir, threshold=threshold, keep=keep, k=k,
+                       report=report, use_ray=ray, ray_address=ray_address,
+                       show_progress=not quiet)
+    c = result.counts
+    out.print(f"{result.images} images: {len(result.pairs)} duplicate pairs ({c.get('exact', 0)} "
+              f"exact, {c.get('pdq', 0)} PDQ, {c.get('near', 0)} near), {len(result.clusters)} "
+              f"clusters, {result.duplicates_to_drop} images to drop; "
+              f"{c.get('rejected_template', 0)} pairs rejected as template-only")
+    if match_hashes is not None:
+        n = write_hash_matches(result, match_hashes)
+        out.print(f"{n} images match the hash list ({out_dir / 'hash_matches.parquet'})")
+    out.print(f"audit written to {out_dir}" + (f" (open {out_dir / 'report.html'})" if report
+                                                else ""))
+
+
+@app.command("hash")
+def hash_cmd(
+    images: Annotated[Path, typer.Argument(help="Image, folder or listing to hash.")],
+    format: Annotated[str, typer.Option("--format", help="pdq-hex: CSV pdq_hex,image_id,quality "
+                                        "(ThreatExchange-style hex).")] = "pdq-hex",
+) -> None:
+    """PDQ hashes of images, as CSV on stdout: copytrace hash IMAGES > hashes.csv"""
+    from copytrace.pipelines.pdq_hashes import HashFormat, hash_images, hashes_csv
+
+    HashFormat(format)
+    features, bad = hash_images(images)
+    sys.stdout.write(hashes_csv(features))
+    for image_id in bad:
+        err.print(f"cannot decode '{image_id}' (skipped)", markup=False, highlight=False)
+
+
+@app.command("sql")
+def sql_cmd(audit_dir: Annotated[Path, typer.Argument(help="Dedup audit folder.")],
+            statement: Annotated[str, typer.Argument(help="SQL over pairs, clusters, candidates, "
+                                                     "hash_matches, catalog, pdq.")]) -> None:
+    """DuckDB SQL over a dedup audit and its index's catalog."""
+    from copytrace.pipelines.dedup_sql import audit_sql
+
+    t = audit_sql(audit_dir, statement)
+    table = Table(*t.column_names)
+    for row in t.to_pylist():
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    out.print(table)
 
 
 @app.command("serve")
@@ -448,6 +495,12 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
     model: str | None = None,
     device: str = "auto",
+    token: Annotated[str | None, typer.Option(envvar="COPYTRACE_TOKEN", help="Require "
+                                              "'Authorization: Bearer TOKEN' (all but "
+                                              "/v1/health).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Refuse larger uploads (413).")] = 50,
+    timeout: Annotated[float, typer.Option(help="Seconds per request, queue wait included "
+                                           "(then 503).")] = 30,
 ) -> None:
     """Serve query-by-image over HTTP: POST the image bytes to /v1/query?k=10.
 
@@ -455,8 +508,10 @@ def serve_cmd(
     """
     from copytrace.pipelines.service import serve
 
-    err.print(f"serving '{index}' on http://{host}:{port} (docs at /docs)")
-    serve(index, host=host, port=port, model=model, device=device)
+    err.print(f"serving '{index}' on http://{host}:{port} (docs at /docs"
+              f"{', bearer token required' if token else ''})")
+    serve(index, host=host, port=port, model=model, device=device, token=token,
+          max_upload_mb=max_upload_mb, timeout=timeout)
 
 
 @app.command("models")

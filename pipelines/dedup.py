@@ -1,113 +1,294 @@
-"""`copytrace dedup`: audit an index for exact and near duplicates (copies of each other).
+"""`copytrace dedup`: a dataset dedup audit as clusters, Parquet tables and an HTML report.
 
-Exact duplicates share a sha256 (found with DuckDB over the catalog). Near duplicates are found
-without re-embedding anything: every stored vector is searched against the index itself, scored
-with the same background normalization, verification and calibration as `copytrace query`, and
-a pair is reported when its calibrated score reaches the threshold (0.5 = the decision point).
-Pairs are grouped into clusters: a dataset curator keeps one image per cluster.
+Stages: exact duplicates (same sha256), perceptual (PDQ, Hamming <= 31), descriptor neighbours
+(a chunked self-join through the index with the query engine's search and normalization), then
+local verification of that ambiguous band with the engine's verifier and calibration, and a
+content-not-template check (matching.templates): evidence lying only on a frame, caption band,
+logo or watermark shared by many catalog images does not make two images duplicates. Duplicate
+pairs become clusters (connected components), each with a representative chosen by `keep`.
+
+AUDIT_DIR gets pairs.parquet, clusters.parquet, candidates.parquet (every scored pair, kept or
+not, with the reason), audit.json and report.html with its thumbnails.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from copytrace.indexing.atomic import write_bytes_atomic
-from copytrace.indexing.catalog_sql import sql
-from copytrace.indexing.embeddings import read_embeddings
-from copytrace.indexing.sources import ImageSource
-from copytrace.matching.clusters import connected_groups
-from copytrace.matching.rank import QueryViews
-from copytrace.pipelines.progress import progress_bar
-from copytrace.pipelines.query import QueryEngine, match_config, reference_uris
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic
+from copytrace.indexing.manifest import IndexLayout
+from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
+from copytrace.matching.templates import TemplateConfig, learn_templates
+from copytrace.matching.verify import VerifyConfig
+from copytrace.pipelines.dedup_candidates import (
+    Candidate,
+    descriptor_candidates,
+    exact_pairs,
+    pdq_candidates,
+)
+from copytrace.pipelines.dedup_features import ImageFeatures, catalog_features
+from copytrace.pipelines.dedup_score import Kind, ScoredPair, build_jobs, run_jobs
+from copytrace.pipelines.engine import QueryEngine, match_config
 
 log = logging.getLogger(__name__)
 
-PAIRS_HEADER = ("image_a", "image_b", "kind", "score", "similarity")
+PAIR_SCHEMA = pa.schema([
+    ("image_id_a", pa.string()),
+    ("image_id_b", pa.string()),
+    ("score", pa.float64()),
+    ("kind", pa.string()),  # exact | pdq | near
+    ("similarity", pa.float32()),  # descriptor cosine (0 when not a neighbour)
+    ("pdq_distance", pa.int32()),
+    ("inliers", pa.int32()),
+    ("coverage", pa.float32()),  # agreeing share of the non-template overlap
+    ("template_cells", pa.int32()),  # overlap cells discounted as template
+])
+CANDIDATE_SCHEMA = PAIR_SCHEMA.append(pa.field("duplicate", pa.bool_())).append(
+    pa.field("reason", pa.string()))
+CLUSTER_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("cluster_id", pa.int64()),
+    ("is_representative", pa.bool_()),
+    ("keep", pa.bool_()),  # the keep policy's choice: drop the others
+    ("cluster_size", pa.int32()),
+])
+AUDIT_FILE = "audit.json"
+RAY_MIN_PAIRS = 2000
+"""Below this many candidate pairs, starting Ray costs more than it saves."""
 
 
-@dataclass(frozen=True)
-class DuplicatePair:
-    image_a: str  # a < b
-    image_b: str
-    kind: str  # "exact" (same bytes) or "near" (a verified copy)
-    score: float  # calibrated P(copy); 1.0 for exact duplicates
-    similarity: float  # cosine similarity of the global descriptors
-
-
-@dataclass(frozen=True)
+@dataclass
 class DedupReport:
+    """What an audit found; the same facts as the files in `out`."""
+
+    out: Path
+    index: Path
     images: int
-    pairs: list[DuplicatePair]
+    pairs: list[ScoredPair]  # the duplicates
+    candidates: list[ScoredPair]  # every scored pair
     clusters: list[list[str]]
+    representatives: list[str]
+    counts: dict = field(default_factory=dict)
+    features: ImageFeatures | None = None  # PDQ + thumbnails of the audited images
 
     @property
     def duplicates_to_drop(self) -> int:
-        """Images beyond the first of each cluster."""
         return sum(len(c) - 1 for c in self.clusters)
 
 
-def exact_duplicates(index: str | Path) -> list[DuplicatePair]:
-    t = sql(index, """
-        SELECT a.image_id AS a, b.image_id AS b FROM catalog a JOIN catalog b
-          ON a.sha256 = b.sha256 AND a.image_id < b.image_id
-        WHERE a.status = 'ok' AND b.status = 'ok' ORDER BY a, b""")
-    return [DuplicatePair(a, b, "exact", 1.0, 1.0)
-            for a, b in zip(t.column("a").to_pylist(), t.column("b").to_pylist(), strict=True)]
+def is_index(path: str | Path) -> bool:
+    return IndexLayout(Path(path)).manifest.exists()
+
+
+def resolve_index(images_or_index: str | Path, out: Path, *, model: str, use_ray: bool | None,
+                  ray_address: str | None, show_progress: bool) -> Path:
+    """An existing index as is; a folder of images is indexed into AUDIT_DIR/index first."""
+    if is_index(images_or_index):
+        return Path(images_or_index)
+    from copytrace.pipelines.build import build_index
+
+    index = out / "index"
+    build_index(images_or_index, index, model=model, use_ray=bool(use_ray) or bool(ray_address),
+                ray_address=ray_address, show_progress=show_progress)
+    return index
+
+
+def _decide(c: Candidate, query: str, other: str, score: float, ev: dict,
+            threshold: float) -> ScoredPair:
+    check = ev["check"]
+    pdq_hit = c.pdq_distance is not None
+    if ev["inliers"] is None and pdq_hit:
+        score = 1.0 - c.pdq_distance / 256.0
+    content_ok = check is not None and check.passed
+    if check is None:
+        reason = "no local geometry"
+    elif not content_ok:
+        reason = "evidence on template only" if check.template_cells else "content disagrees"
+    elif not pdq_hit and score < threshold:
+        reason = "below threshold"
+    else:
+        reason = "content match"
+    duplicate = content_ok and (pdq_hit or score >= threshold)
+    return ScoredPair(c.a, c.b, Kind.PDQ if pdq_hit else Kind.NEAR, float(score), c.similarity,
+                      c.pdq_distance, ev["inliers"],
+                      None if check is None else round(check.coverage, 4),
+                      None if check is None else check.template_cells, duplicate, reason,
+                      query, ev["homography"])
+
+
+def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, str],
+                     features: ImageFeatures, *, engine: QueryEngine, threshold: float,
+                     template_config: TemplateConfig, use_ray: bool | None,
+                     ray_address: str | None) -> list[ScoredPair]:
+    """Verify each candidate (a -> b, then b -> a when that failed) and decide it."""
+    model = learn_templates(features.thumbs, config=template_config)
+    rows = features.rows()
+    need = sorted({x for key in cands for x in key if x in rows})
+    cells = model.template_cells(features.thumbs[[rows[i] for i in need]]) if need else []
+    templates = dict(zip(need, cells, strict=True))
+    use_ray = len(cands) >= RAY_MIN_PAIRS if use_ray is None else use_ray
+    kwargs = dict(use_ray=use_ray or bool(ray_address), ray_address=ray_address,
+                  verify_config=engine.config.verify or VerifyConfig(),
+                  calibration=engine.calibration, template_config=template_config)
+    best: dict[tuple[str, str], ScoredPair] = {}
+    todo = list(cands.values())
+    for reverse in (False, True):
+        for q, o, score, ev in run_jobs(build_jobs(todo, uris, reverse=reverse), templates,
+                                        **kwargs):
+            key = (q, o) if q < o else (o, q)
+            pair = _decide(cands[key], q, o, score, ev, threshold)
+            prev = best.get(key)
+            if prev is None or (pair.duplicate, pair.score) > (prev.duplicate, prev.score):
+                best[key] = pair
+        todo = [c for c in todo if not best.get((c.a, c.b)) or not best[(c.a, c.b)].duplicate]
+    return sorted(best.values(), key=lambda p: (-p.score, p.a, p.b))
+
+
+def image_facts(catalog: pa.Table, ids: set[str], policy: KeepPolicy) -> dict[str, ImageFacts]:
+    rows = [r for r in catalog.to_pylist() if r["image_id"] in ids]
+    order = {r: n for n, r in enumerate(catalog.column("image_id").to_pylist())}
+    return {r["image_id"]: ImageFacts((r["width"] or 0) * (r["height"] or 0), r["bytes"] or 0,
+                                      taken_time(r["uri"]) if policy is KeepPolicy.OLDEST
+                                      else float("inf"), order[r["image_id"]]) for r in rows}
+
+
+def taken_time(uri: str) -> float:
+    """EXIF DateTimeOriginal (or DateTime) as epoch seconds, else the file's modification time."""
+    import datetime
+
+    from PIL import Image
+
+    try:
+        with Image.open(uri) as img:
+            exif = img.getexif()
+            stamp = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+        if stamp:
+            return datetime.datetime.strptime(str(stamp), "%Y:%m:%d %H:%M:%S").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.path.getmtime(uri)
+    except OSError:
+        return float("inf")
+
+
+def exact_scored(pairs: list[tuple[str, str]]) -> list[ScoredPair]:
+    return [ScoredPair(a, b, Kind.EXACT, 1.0, 1.0, 0, None, 1.0, None, True, "same bytes")
+            for a, b in pairs]
+
+
+def pairs_table(pairs: list[ScoredPair], schema: pa.Schema = PAIR_SCHEMA) -> pa.Table:
+    names = set(schema.names)
+    rows = [{k: v for k, v in {
+        "image_id_a": p.a, "image_id_b": p.b, "score": p.score, "kind": str(p.kind),
+        "similarity": p.similarity, "pdq_distance": p.pdq_distance, "inliers": p.inliers,
+        "coverage": p.coverage, "template_cells": p.template_cells, "duplicate": p.duplicate,
+        "reason": p.reason}.items() if k in names} for p in pairs]
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def clusters_table(clusters: list[list[str]], reps: list[str]) -> pa.Table:
+    rows = [{"image_id": m, "cluster_id": n, "is_representative": m == rep, "keep": m == rep,
+             "cluster_size": len(c)}
+            for n, (c, rep) in enumerate(zip(clusters, reps, strict=True)) for m in c]
+    return pa.Table.from_pylist(rows, schema=CLUSTER_SCHEMA)
+
+
+def finish(out: Path, index: Path, catalog: pa.Table, pairs: list[ScoredPair],
+           candidates: list[ScoredPair], *, keep: KeepPolicy, threshold: float,
+           report: bool, extra: dict | None = None, listing: pa.Table | None = None,
+           keep_only: set[str] | None = None, features: ImageFeatures | None = None
+           ) -> DedupReport:
+    """Clusters, Parquet tables, audit.json and the HTML report.
+
+    `listing` (image_id, uri) names images beyond the catalog (incremental runs); `keep_only`
+    limits which images may be a cluster's representative."""
+    clusters = connected_groups((p.a, p.b) for p in pairs)
+    facts = image_facts(catalog, {m for c in clusters for m in c}, keep)
+    reps = [representative([m for m in c if keep_only is None or m in keep_only] or c, facts, keep)
+            for c in clusters]
+    write_parquet_atomic(out / "pairs.parquet", pairs_table(pairs))
+    write_parquet_atomic(out / "candidates.parquet", pairs_table(candidates, CANDIDATE_SCHEMA))
+    write_parquet_atomic(out / "clusters.parquet", clusters_table(clusters, reps))
+    counts = {k: sum(1 for p in pairs if p.kind == k) for k in (Kind.EXACT, Kind.PDQ, Kind.NEAR)}
+    counts["rejected_template"] = sum(1 for p in candidates if p.reason.startswith("evidence on"))
+    result = DedupReport(out, index, catalog.num_rows, pairs, candidates, clusters, reps,
+                         {str(k): v for k, v in counts.items()}, features)
+    write_json_atomic(out / AUDIT_FILE, {
+        "index": str(Path(index).resolve()), "images": catalog.num_rows, "threshold": threshold,
+        "keep": keep.value, "pairs": len(pairs), "clusters": len(clusters),
+        "duplicates_to_drop": result.duplicates_to_drop, "counts": result.counts,
+        **(extra or {})})
+    if report:
+        from copytrace.pipelines.dedup_report import write_report
+
+        write_report(result, listing if listing is not None else catalog, threshold=threshold)
+    return result
 
 
 def dedup(
-    index: str | Path,
+    images_or_index: str | Path,
+    out: str | Path,
     *,
     threshold: float = 0.5,
+    keep: KeepPolicy | str = KeepPolicy.LARGEST,
     k: int = 5,
-    verify: bool = True,
-    output: str | Path | None = None,
-    batch: int = 256,
-    use_ray: bool = False,
+    band: float = 0.02,
+    model: str = "default",
+    template_config: TemplateConfig | None = None,
+    report: bool = True,
+    use_ray: bool | None = None,
     ray_address: str | None = None,
     show_progress: bool = True,
 ) -> DedupReport:
-    """Find the duplicate pairs and clusters of an index; optionally write the pairs CSV.
+    """Audit a folder (indexed into `out/index` first) or an existing index for duplicates.
 
-    `k` neighbours of every image are scored; `threshold` is on the calibrated score.
+    `threshold` is on the calibrated score (0.5 = the decision point); `band` is the global-only
+    score from which a descriptor neighbour is verified; `k` neighbours per image are looked at.
     """
-    config = match_config(k=k, expand=False, verify=verify)
-    engine = QueryEngine.open(index, config=config)
-    ids, vectors = read_embeddings(engine.index.layout.embeddings_dir)
-    uris = reference_uris(engine.index, set(ids))
-    found = {(p.image_a, p.image_b): p for p in exact_duplicates(index)}
-    with progress_bar("dedup", total=len(ids), enabled=show_progress) as advance:
-        for start in range(0, len(ids), batch):
-            block = ids[start : start + batch]
-            sources = [ImageSource(i, uris[i]) for i in block]
-            views = [QueryViews(["full"], [(0, 0, 0, 0)]) for _ in block]
-            ranked = engine.rank(sources, [v[None] for v in vectors[start : start + batch]],
-                                 views, use_ray=use_ray, ray_address=ray_address,
-                                 exclude_self=True)
-            for qid, matches in ranked.items():
-                for m in matches:
-                    if m.score < threshold:
-                        continue
-                    key = (min(qid, m.reference_id), max(qid, m.reference_id))
-                    prev = found.get(key)
-                    if prev is None or (prev.kind == "near" and m.score > prev.score):
-                        found[key] = DuplicatePair(*key, "near", m.score, m.similarity)
-            advance(len(block))
-    pairs = sorted(found.values(), key=lambda p: (-p.score, p.image_a, p.image_b))
-    report = DedupReport(len(ids), pairs, connected_groups((p.image_a, p.image_b) for p in pairs))
-    if output is not None:
-        write_pairs(report.pairs, output)
-    return report
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keep = KeepPolicy(keep)
+    template_config = template_config or TemplateConfig()
+    index = resolve_index(images_or_index, out, model=model, use_ray=use_ray,
+                          ray_address=ray_address, show_progress=show_progress)
+    engine = QueryEngine.open(index, config=match_config(k=k, expand=False, verify=True))
+    catalog = engine.index.catalog()
+    catalog = catalog.filter(pc.equal(catalog.column("status"), "ok"))
+    uris = dict(zip(catalog.column("image_id").to_pylist(), catalog.column("uri").to_pylist(),
+                    strict=True))
+    features = catalog_features(index, sorted(uris.items()), fallback_dir=out,
+                                show_progress=show_progress)
+    exact = exact_pairs(index)
+    found: dict[tuple[str, str], Candidate] = {}
+    pdq_candidates(features, found)
+    descriptor_candidates(engine, found, k=k, min_score=band, show_progress=show_progress)
+    for key in exact:
+        found.pop(key, None)
+    log.info("dedup: %d exact pairs, %d candidates to verify", len(exact), len(found))
+    scored = score_candidates(found, uris, features, engine=engine, threshold=threshold,
+                              template_config=template_config, use_ray=use_ray,
+                              ray_address=ray_address)
+    pairs = exact_scored(exact) + [p for p in scored if p.duplicate]
+    return finish(out, index, catalog, pairs, scored, keep=keep, threshold=threshold,
+                  report=report, features=features, extra={"band": band, "k": k,
+                                        "template_config": asdict(template_config)})
 
 
-def write_pairs(pairs: list[DuplicatePair], path: str | Path) -> Path:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(PAIRS_HEADER)
-    for p in pairs:
-        writer.writerow((p.image_a, p.image_b, p.kind, f"{p.score:.6f}", f"{p.similarity:.6f}"))
-    return write_bytes_atomic(path, buf.getvalue().encode())
+def write_hash_matches(audit: DedupReport, hash_list: str | Path) -> int:
+    """hash_matches.parquet: audited images within PDQ distance 31 of a listed hash; returns how
+    many images matched."""
+    from copytrace.pipelines.pdq_hashes import match_hash_list
+
+    if audit.features is None:
+        raise ValueError("this audit has no PDQ features to match")
+    table = match_hash_list(audit.features, hash_list)
+    write_parquet_atomic(audit.out / "hash_matches.parquet", table)
+    return len(set(table.column("image_id").to_pylist()))

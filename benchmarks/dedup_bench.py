@@ -1,0 +1,257 @@
+"""Dedup benchmark: copytrace vs imagededup (PHash, CNN) and fastdup on a planted folder, plus a
+scaling row for the candidate self-joins at >= 100k images.
+
+    python -m copytrace.benchmarks.dedup_bench --data ../shared/data --work /tmp/dedup-bench \\
+        --peer-python /tmp/peers-imagededup/bin/python [--fastdup-python /tmp/fastdup/bin/python]
+
+Every tool runs in its own process on the same folder (benchmarks.dedup_planted): wall time and
+peak RSS come from that process (wait4 rusage); pair precision / recall against groups.csv.
+Peers live in separate virtual environments (their pins clash with ours); a peer that cannot run
+offline (imagededup's CNN downloads torchvision weights) is reported with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from copytrace.benchmarks.dedup_planted import make_planted
+
+
+@dataclass
+class Row:
+    method: str
+    seconds: float | None
+    peak_rss_mib: float | None
+    pairs: int | None
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    note: str = ""
+
+
+def run_measured(cmd: list[str], *, env: dict | None = None, timeout: float = 7200
+                 ) -> tuple[int, float, float, str]:
+    """(exit code, wall seconds, peak RSS MiB of the process, stderr tail)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    import threading
+
+    tail: list[str] = []
+    reader = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
+    reader.start()
+    deadline = time.time() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.time() > deadline:
+            proc.kill()
+        time.sleep(0.2)
+    reader.join(timeout=5)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - t, usage.ru_maxrss / 1024, "".join(tail[-5:])
+
+
+def truth(folder: Path) -> tuple[dict[str, str], set[frozenset]]:
+    with open(folder / "groups.csv", newline="") as fh:
+        group = {Path(r["file"]).stem: r["group"] for r in csv.DictReader(fh)}
+    members: dict[str, list[str]] = {}
+    for i, g in group.items():
+        members.setdefault(g, []).append(i)
+    pairs = {frozenset((a, b)) for m in members.values() for n, a in enumerate(m) for b in m[n + 1:]}
+    return group, pairs
+
+
+def score(predicted: set[frozenset], group: dict[str, str], true_pairs: set[frozenset]
+          ) -> tuple[float, float, float]:
+    tp = sum(1 for p in predicted if len({group.get(x) for x in p}) == 1)
+    precision = tp / len(predicted) if predicted else 1.0
+    recall = len(predicted & true_pairs) / len(true_pairs) if true_pairs else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+PEER_SCRIPT = """
+import json, sys
+from imagededup.methods import CNN, PHash
+method, folder, out = sys.argv[1:4]
+if method == "phash":
+    hasher = PHash()
+    dups = hasher.find_duplicates(image_dir=folder, max_distance_threshold=10)
+else:
+    cnn = CNN()
+    dups = cnn.find_duplicates(image_dir=folder, min_similarity_threshold=0.9)
+pairs = sorted({tuple(sorted((a.rsplit(".", 1)[0], b.rsplit(".", 1)[0])))
+                for a, found in dups.items() for b in found})
+json.dump(pairs, open(out, "w"))
+"""
+
+FASTDUP_SCRIPT = """
+import json, sys
+import fastdup
+folder, work, out = sys.argv[1:4]
+fd = fastdup.create(work_dir=work, input_dir=folder)
+fd.run(overwrite=True, threshold=0.9)
+sim = fd.similarity()
+pairs = sorted({tuple(sorted((str(a).rsplit("/", 1)[-1].rsplit(".", 1)[0],
+                              str(b).rsplit("/", 1)[-1].rsplit(".", 1)[0])))
+                for a, b, d in zip(sim["filename_from"], sim["filename_to"], sim["distance"])
+                if d >= 0.96})
+json.dump(pairs, open(out, "w"))
+"""
+
+
+def run_copytrace(folder: Path, work: Path, group: dict, true_pairs: set) -> list[Row]:
+    audit = work / "copytrace-audit"
+    code, secs, rss, tail = run_measured(
+        [sys.executable, "-m", "copytrace.pipelines.cli", "dedup", str(folder / "images"),
+         "--out", str(audit), "--no-ray", "--quiet"],
+        env={"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})
+    if code != 0:
+        return [Row("copytrace", secs, rss, None, None, None, None, f"failed: {tail.strip()}")]
+    cands = pq.read_table(audit / "candidates.parquet").to_pylist()
+    pairs = pq.read_table(audit / "pairs.parquet").to_pylist()
+    full = {frozenset((p["image_id_a"], p["image_id_b"])) for p in pairs}
+    exact = {frozenset((p["image_id_a"], p["image_id_b"])) for p in pairs if p["kind"] == "exact"}
+    verified_only = exact | {frozenset((c["image_id_a"], c["image_id_b"])) for c in cands
+                             if c["score"] >= 0.5 or c["kind"] == "pdq"}
+    rows = [Row("copytrace (index + dedup, default)", secs, rss, len(full),
+                *score(full, group, true_pairs),
+                note="index build included; content-not-template check on")]
+    rows.append(Row("copytrace, same run without the content check", None, None,
+                    len(verified_only), *score(verified_only, group, true_pairs),
+                    note="ablation from candidates.parquet of the run above"))
+    return rows
+
+
+def run_peer(name: str, python: str, script: str, args: list[str], work: Path, group: dict,
+             true_pairs: set) -> Row:
+    out = work / f"{name.replace(' ', '_')}.json"
+    script_file = work / f"{name.replace(' ', '_')}.py"
+    script_file.write_text(script)
+    code, secs, rss, tail = run_measured([python, str(script_file), *args, str(out)],
+                                         env={"HF_HUB_OFFLINE": "1"})
+    if code != 0 or not out.exists():
+        last = [line for line in tail.strip().splitlines() if line.strip()]
+        return Row(name, secs, rss, None, None, None, None,
+                   f"failed: {last[-1][:160] if last else code}")
+    predicted = {frozenset(p) for p in json.loads(out.read_text())}
+    return Row(name, secs, rss, len(predicted), *score(predicted, group, true_pairs))
+
+
+def scaling_rows(work: Path, sizes: tuple[int, ...]) -> list[dict]:
+    """Peak RSS of the two candidate self-joins (descriptor kNN in chunks, PDQ range search in
+    chunks) at growing N, each size in a fresh process; vectors/hashes are real ones from the
+    planted index, repeated with noise (synthetic-from-real)."""
+    rows = []
+    for n in sizes:
+        code, secs, rss, tail = run_measured(
+            [sys.executable, "-m", "copytrace.benchmarks.dedup_bench", "--scale-worker", str(n),
+             "--work", str(work)])
+        rows.append({"images": n, "seconds": round(secs, 1), "peak_rss_mib": round(rss),
+                     "ok": code == 0, "note": tail.strip()[-160:] if code else ""})
+    return rows
+
+
+def scale_worker(n: int, work: Path) -> None:
+    """One scaling measurement (run in its own process by `scaling_rows`)."""
+    import faiss
+    import numpy as np
+
+    from copytrace.indexing.embeddings import read_embeddings
+    from copytrace.matching.pdq import range_pairs
+
+    index_dir = work / "copytrace-audit" / "index"
+    _, real = read_embeddings(index_dir / "embeddings")
+    feats = pq.read_table(index_dir / "dedup-features.parquet").column("pdq").to_pylist()
+    codes = np.frombuffer(b"".join(c for c in feats if c), np.uint8).reshape(-1, 32)
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(real), n)
+    vectors = real[pick] + rng.normal(0, 0.03, (n, real.shape[1])).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    hashes = codes[rng.integers(0, len(codes), n)].copy()
+    flips = rng.integers(0, 256, (n, 40))
+    for j in range(flips.shape[1]):  # ~40 random bit flips per hash
+        np.bitwise_xor.at(hashes, (np.arange(n), flips[:, j] // 8),
+                          (1 << (flips[:, j] % 8)).astype(np.uint8))
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    near = 0
+    for s in range(0, n, 2048):
+        sims, _ = index.search(vectors[s : s + 2048], 6)
+        near += int((sims[:, 1:] > 0.9).sum())
+    close = sum(1 for _ in range_pairs(hashes, hashes, self_join=True))
+    print(json.dumps({"images": n, "descriptor_pairs": near, "pdq_pairs": close}))
+
+
+def table(rows: list[Row]) -> str:
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = ["| method | wall s | peak RSS MiB | pairs | precision | recall | F1 | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.method} | {f(r.seconds, '.0f')} | {f(r.peak_rss_mib, '.0f')} | "
+              f"{f(r.pairs, 'd')} | {f(r.precision, '.3f')} | {f(r.recall, '.3f')} | "
+              f"{f(r.f1, '.3f')} | {r.note} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--work", default="/tmp/dedup-bench")
+    ap.add_argument("--peer-python", default="/tmp/peers-imagededup/bin/python")
+    ap.add_argument("--fastdup-python", default="/tmp/peers-fastdup/bin/python")
+    ap.add_argument("--scale", default="25000,50000,100000")
+    ap.add_argument("--skip", default="", help="comma list: copytrace,phash,cnn,fastdup,scale")
+    ap.add_argument("--scale-worker", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    if args.scale_worker:
+        scale_worker(args.scale_worker, work)
+        return
+    skip = set(filter(None, args.skip.split(",")))
+    folder = work / "planted"
+    if not (folder / "groups.csv").exists():
+        make_planted(args.data, folder)
+    group, true_pairs = truth(folder)
+    rows: list[Row] = []
+    if "copytrace" not in skip:
+        rows += run_copytrace(folder, work, group, true_pairs)
+    images = str(folder / "images")
+    for name, python, script, extra, key in (
+            ("imagededup PHash (d<=10)", args.peer_python, PEER_SCRIPT, ["phash", images], "phash"),
+            ("imagededup CNN (cos>=0.9)", args.peer_python, PEER_SCRIPT, ["cnn", images], "cnn"),
+            ("fastdup (sim>=0.96)", args.fastdup_python, FASTDUP_SCRIPT,
+             [images, str(work / "fastdup-work")], "fastdup")):
+        if key in skip:
+            continue
+        if not Path(python).exists():
+            rows.append(Row(name, None, None, None, None, None, None, f"not installed ({python})"))
+            continue
+        rows.append(run_peer(name, python, script, extra, work, group, true_pairs))
+    scaling = [] if "scale" in skip else scaling_rows(work, tuple(int(s) for s in
+                                                                  args.scale.split(",")))
+    print(json.dumps({"images": len(group), "true_pairs": len(true_pairs),
+                      "rows": [asdict(r) for r in rows], "scaling": scaling}, indent=1))
+    print(f"\nplanted folder: {len(group)} images, {len(true_pairs)} true duplicate pairs\n")
+    print(table(rows))
+    if scaling:
+        print("\n| images (synthetic-from-real) | self-join s | peak RSS MiB |\n|---|---|---|")
+        for s in scaling:
+            print(f"| {s['images']} | {s['seconds']} | {s['peak_rss_mib']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""A dedup benchmark folder with planted copies and planted look-alikes that are NOT duplicates.
+
+Duplicates: held-out references with one edited copy each (the project's edit generator), and
+some references re-shared as a social-media screenshot (the photo inside a UI frame).
+Non-duplicates that fool naive dedup: different photos inside the same screenshot frame, different
+photos carrying the same watermark, and UKBench other-viewpoint photos of one object.
+Ground truth: `groups.csv` (file, group); two files are duplicates iff they share a group.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from copytrace.descriptors.augment import EditContext, random_copy
+from copytrace.descriptors.decode import DecodeError, decode_file
+from copytrace.indexing.atomic import write_bytes_atomic
+from copytrace.indexing.sources import scan_folder
+
+FRAME_SIZE = (480, 640)
+PHOTO_BOX = (16, 84, 464, 500)  # where the photo sits inside the frame
+
+
+@dataclass(frozen=True)
+class PlantedSet:
+    folder: Path
+    images: int
+    true_pairs: int
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def social_frame(photo: Image.Image, style: int = 0) -> Image.Image:
+    """`photo` letterboxed inside a fixed screenshot frame: header (avatar, handle), footer
+    (icons, likes, caption) and a logo; the frame is identical for every photo of one style."""
+    dark = style % 2 == 1
+    bg, fg = ((18, 18, 18), (235, 235, 235)) if dark else ((255, 255, 255), (20, 20, 20))
+    out = Image.new("RGB", FRAME_SIZE, bg)
+    draw = ImageDraw.Draw(out)
+    accent = [(225, 48, 108), (29, 161, 242), (255, 170, 0)][style % 3]
+    draw.ellipse((16, 16, 64, 64), fill=accent)
+    draw.ellipse((28, 28, 52, 52), fill=bg)
+    draw.text((78, 20), ["@daily_pictures", "@world.news.now", "@pets_of_town"][style % 3],
+              fill=fg, font=_font(20))
+    draw.text((78, 46), "Sponsored · 2 h", fill=(128, 128, 128), font=_font(14))
+    draw.text((430, 26), "···", fill=fg, font=_font(22))
+    x0, y0, x1, y1 = PHOTO_BOX
+    fitted = photo.copy()
+    fitted.thumbnail((x1 - x0, y1 - y0), Image.BILINEAR)
+    out.paste(fitted, (x0 + (x1 - x0 - fitted.width) // 2, y0 + (y1 - y0 - fitted.height) // 2))
+    for i, cx in enumerate((36, 86, 136)):
+        draw.rounded_rectangle((cx - 14, 514, cx + 14, 542), radius=6 + i * 4, outline=fg, width=3)
+    draw.polygon([(430, 514), (452, 528), (430, 542)], outline=fg, fill=None)
+    draw.text((20, 556), "Liked by 12,408 people and others", fill=fg, font=_font(16))
+    draw.text((20, 582), "View all 1,024 comments", fill=(128, 128, 128), font=_font(15))
+    draw.rectangle((360, 600, 470, 632), fill=accent)
+    draw.text((370, 604), "FOLLOW", fill=(255, 255, 255), font=_font(20))
+    return out
+
+
+def watermark(photo: Image.Image) -> Image.Image:
+    """The same stock-photo watermark (text and a badge) stamped in the lower right."""
+    out = photo.convert("RGBA")
+    layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    w, h = out.size
+    size = max(14, w // 18)
+    draw.rounded_rectangle((w - 11 * size, h - 2 * size, w - 6, h - 6), radius=size // 3,
+                           fill=(255, 255, 255, 150))
+    draw.text((w - 10 * size, h - 1.8 * size), "© STOCKPIX", fill=(30, 30, 30, 230),
+              font=_font(int(size * 1.2)))
+    return Image.alpha_composite(out, layer).convert("RGB")
+
+
+def _load(path: str | Path, max_side: int = 640) -> Image.Image | None:
+    try:
+        img = Image.fromarray(decode_file(path).pixels)
+    except DecodeError:
+        return None
+    img.thumbnail((max_side, max_side), Image.BILINEAR)
+    return img
+
+
+def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _per_category(folder: Path, take: int) -> list[list[Path]]:
+    """The first `take` photos of each category folder (distinct photos, no web near-dups)."""
+    out = []
+    for cat in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(p for p in cat.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if len(files) >= take:
+            out.append(files[:take])
+    return out
+
+
+def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references: int = 300,
+                 screenshots: int = 50, framed_others: int = 60, watermarked: int = 40,
+                 ukbench_groups: int = 50, distractors: int = 100) -> PlantedSet:
+    """Write `out/images/*.jpg` and `out/groups.csv` from the dev data folder `data`."""
+    data, out = Path(data), Path(out)
+    rng = random.Random(seed)
+    imagenet = [s.uri for s in scan_folder(data / "photos" / "imagenet-sample")][-references:]
+    cats = _per_category(data / "photos" / "caltech101", 3)
+    rng.shuffle(cats)
+    others = [c[0] for c in cats] + [c[1] for c in cats]
+    context = EditContext(others=[i for c in cats[:40] if (i := _load(c[2])) is not None])
+    rows: list[tuple[str, str]] = []
+
+    def put(name: str, img: Image.Image, group: str, quality: int = 90) -> None:
+        write_bytes_atomic(out / "images" / f"{name}.jpg", _jpeg(img, quality))
+        rows.append((f"{name}.jpg", group))
+
+    true_pairs = 0
+    for i, path in enumerate(imagenet):
+        img = _load(path)
+        if img is None:
+            continue
+        put(f"ref{i:04d}", img, f"g{i}", 95)
+        copy = (social_frame(img, rng.randrange(3)) if i < screenshots
+                else random_copy(img, rng, context=context)[0])
+        put(f"copy{i:04d}", copy, f"g{i}")
+        true_pairs += 1
+    pool = iter(others)
+    for kind, count, make in (("framed", framed_others, lambda im, j: social_frame(im, j % 3)),
+                              ("wm", watermarked, lambda im, j: watermark(im)),
+                              ("plain", distractors, lambda im, j: im)):
+        for j in range(count):
+            img = _load(next(pool))
+            if img is not None:
+                put(f"{kind}{j:04d}", make(img, j), f"{kind}{j}")
+    groups: dict[str, list[str]] = {}
+    with open(data / "ukbench" / "groups.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            groups.setdefault(row["group"], []).append(row["file"])
+    for g in sorted(groups, key=int)[:ukbench_groups]:
+        for f in groups[g]:
+            img = _load(data / "ukbench" / f)
+            if img is not None:
+                put(f"ukb{Path(f).stem}", img, f"ukb{Path(f).stem}")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("file", "group"))
+    writer.writerows(rows)
+    write_bytes_atomic(out / "groups.csv", buf.getvalue().encode())
+    return PlantedSet(out, len(rows), true_pairs)

@@ -1,0 +1,142 @@
+"""Content, not templates: is a verified pair's evidence on the content or only on a shared frame?
+
+Two different photos posted in the same social-media screenshot frame, under the same caption
+band, logo or watermark match each other geometrically: the frame lines up. A frame is whatever
+recurs, at the same place, across many images of a catalog; so template cells are learned from
+a sample of catalog thumbnails (a cell of image A is template when >= `min_recurrence` sampled
+images show the same pixels there). A pair then counts as a duplicate only when the aligned
+pixels agree over the part of the overlap that is NOT template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import faiss
+import numpy as np
+
+GRID = 16  # cells per side, in normalized image coordinates
+THUMB = 64  # template thumbnails: THUMB x THUMB grey, aspect ignored
+ALIGN = 128  # side of the grey images compared for agreement
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    sample: int = 2000  # catalog thumbnails the recurrence counts are taken over
+    cell_rms: float = 7.0  # grey levels: two cells closer than this (RMS) show the same thing
+    min_recurrence: int = 8  # a cell seen in this many sampled images is template
+    recurrence_fraction: float = 0.004  # ... or in this share of the sample, if larger
+    texture_std: float = 5.0  # flatter cells carry no evidence either way
+    agree_ncc: float = 0.5  # aligned cells with at least this correlation agree
+    min_content_cells: int = 6  # fewer non-template cells: judge on the whole overlap
+    min_coverage: float = 0.35  # share of content cells that must agree
+    whole_image_coverage: float = 0.8  # agreement needed when (almost) everything is template
+
+
+@dataclass(frozen=True)
+class ContentCheck:
+    """How much of the non-template overlap of A agrees with B once aligned."""
+
+    overlap_cells: int  # textured cells of A that B covers
+    template_cells: int  # of those, template
+    agreeing_content: int  # non-template cells that agree
+    agreeing_all: int  # cells that agree, template or not
+    passed: bool
+
+    @property
+    def coverage(self) -> float:
+        """Agreeing share of the content (non-template) overlap; of the whole overlap when the
+        overlap is nearly all template."""
+        content = self.overlap_cells - self.template_cells
+        if content > 0:
+            return self.agreeing_content / content
+        return self.agreeing_all / self.overlap_cells if self.overlap_cells else 0.0
+
+
+def thumbnail(pixels: np.ndarray, side: int = THUMB) -> np.ndarray:
+    """side x side grey uint8 (aspect ignored: cells are in normalized coordinates)."""
+    grey = pixels if pixels.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(pixels),
+                                                        cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _cells(thumbs: np.ndarray) -> np.ndarray:
+    """N x side x side -> GRID*GRID x N x (cell pixels) float32, one block per grid position."""
+    n, side = thumbs.shape[0], thumbs.shape[1]
+    c = side // GRID
+    blocks = thumbs.reshape(n, GRID, c, GRID, c).transpose(1, 3, 0, 2, 4)
+    return np.ascontiguousarray(blocks.reshape(GRID * GRID, n, c * c).astype(np.float32))
+
+
+@dataclass
+class TemplateModel:
+    """Recurrence of every grid cell across a sample of the catalog."""
+
+    sample: np.ndarray  # S x THUMB x THUMB uint8
+    config: TemplateConfig
+
+    @property
+    def min_count(self) -> int:
+        return max(self.config.min_recurrence,
+                   int(np.ceil(self.config.recurrence_fraction * len(self.sample))))
+
+    def template_cells(self, thumbs: np.ndarray) -> np.ndarray:
+        """K x GRID x GRID bool: cells of each thumbnail that recur in the sample."""
+        k = len(thumbs)
+        if k == 0 or len(self.sample) == 0:
+            return np.zeros((k, GRID, GRID), bool)
+        q, s = _cells(thumbs), _cells(self.sample)
+        radius = self.config.cell_rms ** 2 * q.shape[2]
+        counts = np.zeros((GRID * GRID, k), np.int64)
+        for p in range(GRID * GRID):
+            index = faiss.IndexFlatL2(q.shape[2])
+            index.add(s[p])
+            lims, _, _ = index.range_search(q[p], radius)
+            counts[p] = np.diff(lims)
+        return (counts >= self.min_count).T.reshape(k, GRID, GRID)
+
+
+def learn_templates(thumbs: np.ndarray, *, config: TemplateConfig = TemplateConfig(),
+                    seed: int = 0) -> TemplateModel:
+    """A recurrence model from (a random sample of) the catalog's thumbnails."""
+    if len(thumbs) > config.sample:
+        pick = np.random.default_rng(seed).choice(len(thumbs), config.sample, replace=False)
+        thumbs = thumbs[np.sort(pick)]
+    return TemplateModel(np.ascontiguousarray(thumbs), config)
+
+
+def _scale(w: int, h: int) -> np.ndarray:
+    return np.diag([ALIGN / w, ALIGN / h, 1.0])
+
+
+def content_check(a: np.ndarray, b: np.ndarray, homography: np.ndarray, template: np.ndarray,
+                  *, config: TemplateConfig = TemplateConfig()) -> ContentCheck:
+    """Align B onto A with `homography` (A pixels -> B pixels, full resolution) and count the
+    cells of A where they agree, separating A's `template` cells (GRID x GRID bool) from content.
+
+    `a`, `b`: RGB or grey uint8 at full resolution (any size; both are resampled to ALIGN).
+    """
+    (ha, wa), (hb, wb) = a.shape[:2], b.shape[:2]
+    small_h = _scale(wb, hb) @ homography @ np.linalg.inv(_scale(wa, ha))
+    ga = cv2.GaussianBlur(thumbnail(a, ALIGN), (3, 3), 0).astype(np.float32)
+    gb = cv2.GaussianBlur(thumbnail(b, ALIGN), (3, 3), 0).astype(np.float32)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpPerspective(gb, small_h, (ALIGN, ALIGN), flags=flags)
+    valid = cv2.warpPerspective(np.ones_like(gb), small_h, (ALIGN, ALIGN), flags=flags)
+    ca, cb = _cells(ga[None])[:, 0], _cells(warped[None])[:, 0]
+    cv = _cells(valid[None])[:, 0]
+    da, db = ca - ca.mean(1, keepdims=True), cb - cb.mean(1, keepdims=True)
+    sa, sb = da.std(1), db.std(1)
+    ncc = (da * db).mean(1) / (sa * sb + 1e-6)
+    overlap = (cv.min(1) > 0.99) & (sa >= config.texture_std)
+    agree = overlap & (ncc >= config.agree_ncc)
+    tmpl = template.reshape(-1) & overlap
+    content = overlap & ~tmpl
+    n_content = int(content.sum())
+    if n_content >= config.min_content_cells:
+        passed = (agree & content).sum() >= config.min_coverage * n_content
+    else:  # (nearly) all template: only a whole-image match is a duplicate
+        passed = bool(overlap.sum()) and agree.sum() >= config.whole_image_coverage * overlap.sum()
+    return ContentCheck(int(overlap.sum()), int(tmpl.sum()), int((agree & content).sum()),
+                        int(agree.sum()), bool(passed))

@@ -1,0 +1,139 @@
+"""Score dedup candidates: local verification (the query engine's verifier and calibration) and
+the content-not-template check, in one pass per query image (in-process or as Ray tasks)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from copytrace.matching.calibrate import Calibration, fused_score
+from copytrace.matching.templates import ContentCheck, TemplateConfig, content_check
+from copytrace.matching.verify import PreparedCache, Verification, VerifyConfig, load_rgb, verify_batch
+from copytrace.pipelines.dedup_candidates import Candidate
+
+log = logging.getLogger(__name__)
+
+PAIRS_PER_TASK = 48
+
+
+class Kind(str, Enum):
+    """What proves a duplicate pair: the same bytes, a PDQ match, or a verified near copy."""
+
+    EXACT = "exact"
+    PDQ = "pdq"
+    NEAR = "near"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ScoredPair:
+    """A candidate after scoring; `duplicate` is the decision at the audit's threshold."""
+
+    a: str
+    b: str
+    kind: str
+    score: float  # calibrated P(copy); 1 for exact; PDQ similarity for unverified PDQ matches
+    similarity: float
+    pdq_distance: int | None
+    inliers: int | None
+    coverage: float | None  # agreeing share of the non-template overlap (content check)
+    template_cells: int | None  # overlap cells discounted as template
+    duplicate: bool
+    reason: str  # why kept or rejected, for the audit trail
+    query: str = ""  # which of a/b was the verification query (homography goes query -> other)
+    homography: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    query: str
+    query_uri: str
+    others: list[tuple[str, str, float]]  # (image id, uri, normalized global score)
+
+
+def _best(query_uri: str, others: Sequence[tuple[str, str, float]], config: VerifyConfig,
+          calibration: Calibration, cache: PreparedCache) -> list[tuple[Verification | None, float]]:
+    row = verify_batch([(query_uri, [u for _, u, _ in others])], config=config, cache=cache)[0]
+    return [(v, fused_score(g, v, calibration=calibration)) for v, (_, _, g) in zip(row, others,
+                                                                                    strict=True)]
+
+
+def score_jobs(jobs: Sequence[ScoreJob], templates: dict[str, np.ndarray], *,
+               verify_config: VerifyConfig, calibration: Calibration,
+               template_config: TemplateConfig) -> list[tuple[str, str, float, dict]]:
+    """(query, other, score, evidence) for every pair of every job. Runs as one Ray task."""
+    cache = PreparedCache(load_rgb, config=verify_config, capacity=64)
+    out = []
+    for job in jobs:
+        try:
+            scored = _best(job.query_uri, job.others, verify_config, calibration, cache)
+        except Exception as exc:  # noqa: BLE001 - one unreadable image must not sink the audit
+            log.warning("dedup: cannot verify '%s': %s", job.query_uri, exc)
+            continue
+        pixels = None
+        for (other, uri, _), (v, score) in zip(job.others, scored, strict=True):
+            ev: dict = {"inliers": None, "check": None, "homography": ()}
+            if v is not None:
+                ev["inliers"] = v.inliers
+                ev["homography"] = tuple(float(x) for x in v.homography.reshape(-1))
+                try:
+                    pixels = load_rgb(job.query_uri) if pixels is None else pixels
+                    check: ContentCheck = content_check(
+                        pixels, load_rgb(uri), v.homography,
+                        templates.get(job.query, np.zeros((16, 16), bool)),
+                        config=template_config)
+                    ev["check"] = check
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("dedup: content check of '%s' vs '%s' failed: %s", job.query,
+                                other, exc)
+            out.append((job.query, other, score, ev))
+    return out
+
+
+def build_jobs(cands: Sequence[Candidate], uris: dict[str, str], *, reverse: bool = False
+               ) -> list[ScoreJob]:
+    """One job per query image: a (or b when `reverse`) against the others of its pairs."""
+    groups: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    for c in cands:
+        q, o = (c.b, c.a) if reverse else (c.a, c.b)
+        g = (c.global_ba if reverse else c.global_ab)
+        g = g if g is not None else (c.global_ab if reverse else c.global_ba)
+        groups[q].append((o, uris[o], g if g is not None else 0.0))
+    return [ScoreJob(q, uris[q], others) for q, others in sorted(groups.items())]
+
+
+def run_jobs(jobs: list[ScoreJob], templates: dict[str, np.ndarray], *, use_ray: bool,
+             ray_address: str | None, verify_config: VerifyConfig, calibration: Calibration,
+             template_config: TemplateConfig) -> list[tuple[str, str, float, dict]]:
+    kwargs = dict(verify_config=verify_config, calibration=calibration,
+                  template_config=template_config)
+    if not use_ray:
+        return score_jobs(jobs, templates, **kwargs)
+    import ray
+
+    from copytrace.pipelines.ray_runtime import ensure_ray
+
+    ensure_ray(ray_address)
+    task = ray.remote(num_cpus=1)(score_jobs)
+    chunks, size, current = [], 0, []
+    for job in jobs:
+        current.append(job)
+        size += len(job.others)
+        if size >= PAIRS_PER_TASK:
+            chunks.append(current)
+            current, size = [], 0
+    if current:
+        chunks.append(current)
+    futures = [task.remote(c, {j.query: templates.get(j.query) for j in c if j.query in templates},
+                           **kwargs) for c in chunks]
+    out = []
+    for part in ray.get(futures):
+        out.extend(part)
+    return out

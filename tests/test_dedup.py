@@ -1,0 +1,247 @@
+"""Dedup audit on real photos: exact, PDQ and verified near duplicates, content-not-template,
+Parquet outputs, clusters with a keep policy, the report, DuckDB SQL, incremental runs, PDQ
+hash lists and the CLI as a real process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from devtools import CHROMIUM, DevTools, console_errors
+from PIL import Image
+
+from copytrace.benchmarks.dedup_planted import social_frame
+from copytrace.descriptors.augment import random_copy
+from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
+from copytrace.matching.pdq import from_hex, pdq_hash, range_pairs, read_hash_list, to_hex
+from copytrace.matching.templates import TemplateConfig, content_check, learn_templates, thumbnail
+from copytrace.matching.verify import verify_batch
+from copytrace.pipelines.dedup import CLUSTER_SCHEMA, PAIR_SCHEMA, dedup
+from copytrace.pipelines.dedup_incremental import dedup_against
+from copytrace.pipelines.dedup_sql import audit_sql
+
+from photos import PHOTO_NAMES, jpeg_bytes, photo
+
+FRAMED = PHOTO_NAMES[:9]  # each also posted inside the same screenshot frame
+
+
+def test_connected_groups_and_keep_policies():
+    assert connected_groups([("b", "c"), ("a", "b"), ("x", "y")]) == [["a", "b", "c"], ["x", "y"]]
+    facts = {"a": ImageFacts(100, 10, 50.0, 2), "b": ImageFacts(400, 5, 90.0, 1),
+             "c": ImageFacts(400, 9, 10.0, 0)}
+    assert representative(["a", "b", "c"], facts, KeepPolicy.LARGEST) == "c"  # ties: more bytes
+    assert representative(["a", "b", "c"], facts, KeepPolicy.OLDEST) == "c"
+    assert representative(["a", "b"], facts, KeepPolicy.OLDEST) == "a"
+    assert representative(["a", "b"], facts, KeepPolicy.FIRST) == "b"
+
+
+def test_pdq_hex_round_trip_and_matching(tmp_path):
+    a, _ = pdq_hash(photo("chelsea"))
+    again = np.asarray(Image.open(io.BytesIO(jpeg_bytes(photo("chelsea"), 60))))
+    b, _ = pdq_hash(again[::2, ::2])  # re-encoded and halved: still a PDQ match
+    c, _ = pdq_hash(photo("rocket"))
+    assert from_hex(to_hex(a)) == a and len(to_hex(a)) == 64
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"hash,label\n{to_hex(a)},cat-known\n{to_hex(c)}\n")
+    codes, labels = read_hash_list(listing)
+    assert codes == [a, c] and labels[0] == "cat-known"
+    found = list(range_pairs(np.frombuffer(b, np.uint8)[None], np.stack(
+        [np.frombuffer(x, np.uint8) for x in codes])))
+    assert [(p.b, p.distance <= 31) for p in found] == [(0, True)]
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """Nine different photos in the same screenshot frame, and the raw photos."""
+    return {n: np.asarray(social_frame(Image.fromarray(photo(n)), 0)) for n in FRAMED}
+
+
+def test_content_check_rejects_shared_frame_accepts_screenshot(frames):
+    model = learn_templates(np.stack([thumbnail(f) for f in frames.values()]
+                                     + [thumbnail(photo(n)) for n in PHOTO_NAMES]))
+    cfg = TemplateConfig()
+    a, b = frames["astronaut"], frames["coffee"]
+    tmpl = model.template_cells(thumbnail(a)[None])[0]
+    assert tmpl[:4].mean() > 0.5 and tmpl[6:10, 4:12].mean() < 0.2  # header template, photo not
+    same_frame = np.eye(3)  # identical frame geometry: the frame lines up exactly
+    assert not content_check(a, b, same_frame, tmpl, config=cfg).passed
+    # without template knowledge the shared frame alone is taken as evidence
+    no_template = np.zeros_like(tmpl)
+    assert content_check(a, b, same_frame, no_template, config=cfg).coverage > \
+        content_check(a, b, same_frame, tmpl, config=cfg).coverage
+    v = verify_batch([(a, [_as_file(photo("astronaut"))])])[0][0]
+    assert v is not None
+    assert content_check(a, photo("astronaut"), v.homography, tmpl, config=cfg).passed
+
+
+def _as_file(arr: np.ndarray) -> str:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "x.png"
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dup_folder(tmp_path_factory, photos_dir, frames):
+    folder = tmp_path_factory.mktemp("dupfolder")
+    for p in photos_dir.iterdir():
+        shutil.copy(p, folder / p.name)
+    shutil.copy(photos_dir / "coffee.jpg", folder / "coffee-again.jpg")
+    copy, _ = random_copy(Image.fromarray(photo("astronaut")), random.Random(0),
+                          allowed=["crop", "text"], min_edits=2, max_edits=2)
+    (folder / "astronaut-edited.jpg").write_bytes(jpeg_bytes(copy, 85))
+    for n, framed in frames.items():
+        (folder / f"post-{n}.jpg").write_bytes(jpeg_bytes(framed, 90))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def audit(dup_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit")
+    return dedup(dup_folder, out, keep="largest", use_ray=False, show_progress=False)
+
+
+def test_dedup_finds_copies_not_shared_frames(audit):
+    pairs = {(p.a, p.b): p for p in audit.pairs}
+    assert pairs[("coffee", "coffee-again")].kind == "exact"
+    assert ("astronaut", "astronaut-edited") in pairs
+    framed_pairs = [k for k in pairs if k[0].startswith("post-") and k[1].startswith("post-")]
+    assert framed_pairs == []  # different photos in one frame are not duplicates
+    screenshots = [k for k in pairs if {k[0], k[1]} in ({n, f"post-{n}"} for n in FRAMED)]
+    assert len(screenshots) >= 6  # a photo and its screenshot are
+    wrong = [k for k in pairs if k[0].replace("post-", "").split("-")[0]
+             != k[1].replace("post-", "").split("-")[0]]
+    assert wrong == []
+    rejected = [p for p in audit.candidates if p.reason == "evidence on template only"]
+    assert rejected, "the shared frame should have produced (rejected) candidates"
+
+
+def test_dedup_outputs(audit, dup_folder):
+    out = audit.out
+    pairs = pq.read_table(out / "pairs.parquet")
+    clusters = pq.read_table(out / "clusters.parquet")
+    assert pairs.schema.equals(PAIR_SCHEMA) and clusters.schema.equals(CLUSTER_SCHEMA)
+    assert pairs.num_rows == len(audit.pairs)
+    rows = clusters.to_pylist()
+    by_cluster: dict[int, list[dict]] = {}
+    for r in rows:
+        by_cluster.setdefault(r["cluster_id"], []).append(r)
+    for members in by_cluster.values():
+        keep = [m for m in members if m["keep"]]
+        assert len(keep) == 1 and keep[0]["is_representative"]
+    coffee = next(m for m in by_cluster.values() if {r["image_id"] for r in m} >= {"coffee"})
+    # largest: the raw photo beats its screenshot (more pixels) and the byte copy ties on pixels
+    kept = next(r["image_id"] for r in coffee if r["keep"])
+    assert kept in ("coffee", "coffee-again")
+    html = (out / "report.html").read_text()
+    assert "Threshold sweep" in html and "Cluster sizes" in html
+    for src in re.findall(r'src="([^"]+)"', html):
+        assert (out / src).is_file(), src
+    assert json.loads((out / "audit.json").read_text())["pairs"] == len(audit.pairs)
+
+
+def test_sql_over_audit(audit):
+    t = audit_sql(audit.out, "SELECT p.kind, count(*) n, min(c.width) w FROM pairs p "
+                  "JOIN catalog c ON c.image_id = p.image_id_a GROUP BY 1 ORDER BY 1")
+    kinds = dict(zip(t.column("kind").to_pylist(), t.column("n").to_pylist(), strict=True))
+    assert kinds["exact"] == 1 and sum(kinds.values()) == len(audit.pairs)
+    pdq = audit_sql(audit.out, "SELECT pdq_hex FROM pdq WHERE image_id = 'coffee'")
+    assert len(pdq.column("pdq_hex")[0].as_py()) == 64
+    with pytest.raises(ValueError, match="SQL error"):
+        audit_sql(audit.out, "SELECT nope FROM pairs")
+
+
+def test_incremental_against_index(audit, dup_folder, tmp_path):
+    new = tmp_path / "new"
+    new.mkdir()
+    copy, _ = random_copy(Image.fromarray(photo("chelsea")), random.Random(3),
+                          allowed=["crop", "colour"], min_edits=2, max_edits=2)
+    (new / "chelsea-repost.jpg").write_bytes(jpeg_bytes(copy, 85))
+    shutil.copy(dup_folder / "rocket.jpg", new / "rocket-same-bytes.jpg")
+    framed = social_frame(Image.fromarray(photo("brick")), 0)  # brick: never framed before
+    (new / "post-brick.jpg").write_bytes(jpeg_bytes(framed, 90))
+    result = dedup_against(new, audit.index, tmp_path / "inc", use_ray=False, show_progress=False)
+    found = {(p.a, p.b, str(p.kind)) for p in result.pairs}
+    assert ("rocket-same-bytes", "rocket", "exact") in found
+    assert any(a == "chelsea-repost" and b == "chelsea" for a, b, _ in found)
+    partners = {b for a, b, _ in found if a == "post-brick"}
+    assert not any(b.startswith("post-") for b in partners)
+    clusters = pq.read_table(tmp_path / "inc" / "clusters.parquet").to_pylist()
+    assert all(not r["keep"] for r in clusters if r["image_id"] == "chelsea-repost")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "copytrace.pipelines.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_cli_hash_match_hashes_and_sql(audit, dup_folder, tmp_path):
+    r = _cli("hash", str(dup_folder / "chelsea.jpg"), "--format", "pdq-hex", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "pdq_hex,image_id,quality" and len(lines[1].split(",")[0]) == 64
+    (tmp_path / "hashes.csv").write_text(r.stdout)
+    r = _cli("dedup", str(audit.index), "--out", str(tmp_path / "a2"), "--no-report",
+             "--match-hashes", str(tmp_path / "hashes.csv"), "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    matched = pq.read_table(tmp_path / "a2" / "hash_matches.parquet").column("image_id").to_pylist()
+    assert "chelsea" in matched and "rocket" not in matched
+    r = _cli("sql", str(tmp_path / "a2"), "SELECT count(*) AS n FROM clusters WHERE keep",
+             cwd=tmp_path)
+    assert r.returncode == 0 and str(len(audit.clusters)) in r.stdout
+    r = _cli("sql", str(tmp_path / "a2"), "SELEC broken", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+SCREENSHOT_ENV = "COPYTRACE_REPORT_SCREENSHOT"  # where to keep the screenshot (default: tmp)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it)")
+def test_report_loads_in_chromium_without_errors(audit, tmp_path):
+    report = Path(audit.out) / "report.html"
+    tools = DevTools(tmp_path / "profile")
+    try:
+        target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = tools.send("Target.attachToTarget", {"targetId": target,
+                                                       "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            tools.send(f"{domain}.enable", session=session)
+        tools.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 1600,
+                                                          "deviceScaleFactor": 1,
+                                                          "mobile": False}, session=session)
+        tools.send("Page.navigate", {"url": report.resolve().as_uri()}, session=session)
+        tools.wait_event("Page.loadEventFired", timeout=120)
+        images = json.loads(tools.send("Runtime.evaluate", {
+            "expression": "JSON.stringify(Array.from(document.images).map(i => "
+                          "[i.getAttribute('src'), i.complete && i.naturalWidth > 0]))",
+            "returnByValue": True}, session=session)["result"]["value"])
+        heading = tools.send("Runtime.evaluate", {"expression": "document.querySelector('h1')"
+                                                  ".textContent", "returnByValue": True},
+                             session=session)["result"]["value"]
+        shot = tools.send("Page.captureScreenshot", {"format": "png"}, session=session)
+        time.sleep(0.5)  # late console / network events
+        tools.send("Runtime.evaluate", {"expression": "1"}, session=session)
+    finally:
+        tools.close()
+    path = Path(os.environ.get(SCREENSHOT_ENV, tmp_path / "report.png"))
+    path.write_bytes(base64.b64decode(shot["data"]))
+    assert heading == "copytrace dedup audit"
+    assert console_errors(tools.events) == []
+    assert len(images) >= 2 * len(audit.clusters)  # every cluster shows its members
+    broken = [src for src, ok in images if not ok]
+    assert broken == [], f"thumbnails that did not load: {broken[:5]}"
+    assert path.stat().st_size > 10_000
