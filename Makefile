@@ -35,6 +35,10 @@ _demo:
 	$(RUN) -m copytrace.benchmarks.demo
 
 test: install
+	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+		{ echo "installing chromium (headless-browser test of the dedup report)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+		|| echo "chromium not installed; the browser test will skip"; }
 	$(MAKE) --no-print-directory _test TCMALLOC="$(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))"
 
 _test:
