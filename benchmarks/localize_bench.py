@@ -52,10 +52,10 @@ from copytrace.benchmarks.localize_eval import (
     Summary,
     box_iou,
     failed,
+    mask_box,
     score_mask,
     summarize,
     summary_table,
-    truth_regions,
 )
 from copytrace.matching.edit_objects import ObjectConfig
 from copytrace.matching.localize import Analysis, Localization, LocalizeConfig, analyze, segment
@@ -193,9 +193,17 @@ def fit_confidence(rows: list[tuple[float, float, int]], steps: int = 500) -> tu
     return tuple(round(float(v), 4) for v in w)
 
 
-def _kind_tally(loc: Localization, truth: np.ndarray, kind: str, tally: Counter) -> None:
+def _truth_boxes(pair: Pair, truth: np.ndarray) -> list[tuple[int, int, int, int]] | None:
+    """A made edit is one object (a caption of two words is one region); dev sets: None."""
+    if pair.case.kind is None:
+        return None
+    box = mask_box(truth)
+    return [box] if box is not None else []
+
+
+def _kind_tally(loc: Localization, truth_boxes: list, kind: str, tally: Counter) -> None:
     """Per made edit: was it hit (box IoU >= 0.5), and did the hitting region name its kind?"""
-    for g in truth_regions(truth):
+    for g in truth_boxes:
         best = max(((box_iou(g, r.box), r) for r in loc.edit_regions), key=lambda t: t[0],
                    default=(0.0, None))
         tally[(kind, "regions")] += 1
@@ -250,11 +258,12 @@ def _score_copytrace(pair: Pair, which: str, an: Analysis | None, seconds: float
             t.scores.append(failed(pair.case.name, error))
             t.registration["failed"] += 1
             continue
+        truth_boxes = _truth_boxes(pair, truth)
         t.scores.append(score_mask(pair.case.name, loc.mask, truth, seconds + extra,
-                                   boxes=[r.box for r in loc.edit_regions]))
+                                   boxes=[r.box for r in loc.edit_regions], truth_boxes=truth_boxes))
         t.registration[loc.registration.method] += 1
         if pair.case.kind:
-            _kind_tally(loc, truth, pair.case.kind, t.kinds)
+            _kind_tally(loc, truth_boxes, pair.case.kind, t.kinds)
     if verbose:
         s = tallies[(next(iter(pair.truths)), "copytrace")].scores[-1]
         method = loc.registration.method if loc else "FAILED"
@@ -270,7 +279,7 @@ def _baselines(pair: Pair, tallies: dict, alarms: dict, verbose: bool) -> None:
         seconds = time.perf_counter() - start
         for variant, truth in pair.truths.items():
             tallies.setdefault((variant, m), Tally()).scores.append(
-                score_mask(pair.case.name, pred, truth, seconds))
+                score_mask(pair.case.name, pred, truth, seconds, truth_boxes=_truth_boxes(pair, truth)))
         if pair.clean is not None:
             flagged = float((fn(pair.clean, pair.original) > 0).mean())
             alarms.setdefault((pair.case.dataset, m), []).append(flagged)

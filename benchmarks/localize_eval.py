@@ -90,20 +90,29 @@ def truth_regions(truth: np.ndarray) -> list[tuple[int, int, int, int]]:
     return _boxes(closed, max(1, round(MIN_REGION_FRACTION * truth.size)))
 
 
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box of all of a mask's pixels (one object), None when it is empty."""
+    ys, xs = np.nonzero(mask)
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else None
+
+
 def region_hits(pred: np.ndarray, truth: np.ndarray, *, iou: float = HIT_IOU,
-                boxes: Sequence[tuple[int, int, int, int]] | None = None) -> tuple[int, int]:
-    """(found, total) ground-truth regions; predicted `boxes` (x0, y0, x1, y1, exclusive) or,
-    without them, the predicted mask's components of any size."""
-    gt = truth_regions(truth)
+                boxes: Sequence[tuple[int, int, int, int]] | None = None,
+                truth_boxes: Sequence[tuple[int, int, int, int]] | None = None) -> tuple[int, int]:
+    """(found, total) ground-truth regions (`truth_boxes` when the objects are known, else
+    `truth_regions`); predicted `boxes` (x0, y0, x1, y1, exclusive) or, without them, the
+    predicted mask's components of any size."""
+    gt = list(truth_boxes) if truth_boxes is not None else truth_regions(truth)
     pr = list(boxes) if boxes is not None else _boxes(pred, 1)
     found = sum(any(box_iou(g, p) >= iou for p in pr) for g in gt)
     return found, len(gt)
 
 
 def score_mask(name: str, pred: np.ndarray, truth: np.ndarray, seconds: float | None = None, *,
-               boxes: Sequence[tuple[int, int, int, int]] | None = None) -> MaskScore:
+               boxes: Sequence[tuple[int, int, int, int]] | None = None,
+               truth_boxes: Sequence[tuple[int, int, int, int]] | None = None) -> MaskScore:
     f1, iou = pixel_scores(pred, truth)
-    hits, regions = region_hits(pred, truth, boxes=boxes)
+    hits, regions = region_hits(pred, truth, boxes=boxes, truth_boxes=truth_boxes)
     return MaskScore(name, f1, iou, regions, hits, seconds)
 
 

@@ -8,8 +8,10 @@ gets a tight box from its pixels, a kind where the pixels can tell it, and a con
 
 Kinds, from the copy vs the registered original over the object:
 - `text`: many small, thin, single-coloured strokes laid out in a wide box (captions, watermarks);
-- `removed`: the copy is much smoother than the original there (inpainting, clone-out);
-- `added`: the copy carries much more structure than the original there (a pasted object);
+- `removed`: the copy is what inpainting its surroundings predicts there, much more so than the
+  original is (inpainting, clone-out leave content that continues the surroundings);
+- `added`: the copy carries much more structure there, or content that its surroundings do
+  not predict at all (a pasted object);
 - `replaced`: different content of similar texture (copy-move, swapped patches).
 """
 
@@ -34,8 +36,9 @@ class ObjectConfig:
     gap: float = 0.012  # fragments closer than 2 x this x longer side are one object
     colour_gap: float = 0.04  # ... or closer than 2 x this and of the same colour model
     colour_tolerance: float = 12.0  # Delta E between the fragments' mean colours in the copy
-    smoother: float = 0.55  # copy gradient energy / original's below this: removed
-    busier: float = 1.8  # ... above this: added
+    predicted: float = 0.75  # copy / original inpainting residual below this: removed
+    busier: float = 1.8  # copy / original gradient energy above this: added ...
+    unpredicted: float = 2.5  # ... or inpainting residual ratio above this
     text_min_strokes: int = 3  # text: at least this many stroke components ...
     text_max_stroke: float = 0.22  # ... no thicker than this share of the box height ...
     text_min_aspect: float = 1.4  # ... in a box at least this much wider than high ...
@@ -107,6 +110,8 @@ def _gradient_energy(gray: np.ndarray) -> np.ndarray:
 class Evidence:
     """What the classifier looks at, at analysis resolution."""
 
+    query: np.ndarray  # RGB uint8 copy
+    original: np.ndarray  # RGB uint8 registered original
     query_lab: np.ndarray  # H x W x 3 float32 Lab of the copy
     original_lab: np.ndarray  # ... of the registered original
     query_energy: np.ndarray  # gradient magnitude of the copy (grey 0..255)
@@ -116,7 +121,7 @@ class Evidence:
     def of(query: np.ndarray, original: np.ndarray) -> Evidence:
         lab = [cv2.cvtColor(x.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) for x in (query, original)]
         grey = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float32) for x in (query, original)]
-        return Evidence(lab[0], lab[1], _gradient_energy(grey[0]), _gradient_energy(grey[1]))
+        return Evidence(query, original, lab[0], lab[1], _gradient_energy(grey[0]), _gradient_energy(grey[1]))
 
 
 def _strokes(obj: np.ndarray, ev: Evidence, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -149,15 +154,35 @@ def _looks_like_text(obj: np.ndarray, ev: Evidence, box: tuple[int, int, int, in
             and float(lightness.std()) <= config.text_max_colour_std)
 
 
+def inpainting_residual(image: np.ndarray, obj: np.ndarray, side: int = 96) -> float:
+    """Mean absolute difference between an image and its own inpainting over the object: how
+    little of the object its surroundings predict (small for inpainted content)."""
+    x, y, w, h = cv2.boundingRect(obj.astype(np.uint8))
+    p = max(4, w // 4, h // 4)
+    x0, y0 = max(0, x - p), max(0, y - p)
+    x1, y1 = min(obj.shape[1], x + w + p), min(obj.shape[0], y + h + p)
+    sub, m = image[y0:y1, x0:x1], obj[y0:y1, x0:x1].astype(np.uint8) * 255
+    s = min(1.0, side / max(sub.shape[:2]))
+    if s < 1:
+        sub = cv2.resize(sub, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        m = cv2.resize(m, (sub.shape[1], sub.shape[0]), interpolation=cv2.INTER_NEAREST)
+    if not m.any():
+        return 0.0
+    filled = cv2.inpaint(np.ascontiguousarray(sub), m, 3, cv2.INPAINT_TELEA)
+    return float(np.abs(sub.astype(np.float32) - filled)[m > 0].mean())
+
+
 def classify(obj: np.ndarray, ev: Evidence, box: tuple[int, int, int, int],
              config: ObjectConfig = ObjectConfig()) -> EditKind:
     """The kind of one object (bool mask at analysis resolution, box in the same pixels)."""
     if _looks_like_text(obj, ev, box, config):
         return EditKind.TEXT
-    ratio = (float(np.median(ev.query_energy[obj])) + 2.0) / (float(np.median(ev.original_energy[obj])) + 2.0)
-    if ratio < config.smoother:
+    residual = (inpainting_residual(ev.query, obj) + 1.0) / (inpainting_residual(ev.original, obj) + 1.0)
+    if residual < config.predicted:
         return EditKind.REMOVED
-    if ratio > config.busier:
+    energy = ((float(np.median(ev.query_energy[obj])) + 2.0)
+              / (float(np.median(ev.original_energy[obj])) + 2.0))
+    if energy > config.busier or residual > config.unpredicted:
         return EditKind.ADDED
     return EditKind.REPLACED
 

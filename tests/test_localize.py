@@ -169,7 +169,7 @@ def test_cli_localize_writes_mask_overlay_and_json(tmp_path):
     assert mask.shape == query.shape[:2] and set(np.unique(mask)) <= {0, 255}
     assert _iou(mask, truth) >= 0.5
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["edited"] > 0.5
+    assert report["edited"] > 0.5 and report["registration"]["method"] == "keypoints"
     assert report["regions"][0]["kind"] != OUTSIDE and len(report["regions"][0]["box"]) == 4
     from copytrace.benchmarks.localize_eval import box_iou
 
@@ -258,3 +258,102 @@ def test_batch_runs_as_a_ray_job(tmp_path):
                             chunk_size=1, use_ray=True)
     assert (report.pairs, report.done, report.edited) == (3, 3, 3)
     assert len(list((tmp_path / "out").glob("*.mask.png"))) == 3
+
+
+# --- edit objects, registration fallbacks (issue 14) -------------------------------------------
+
+def _box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+@pytest.mark.parametrize(("name", "centre"), [("astronaut", (420, 90)), ("chelsea", (300, 120)),
+                                              ("coffee", (430, 300))])
+def test_two_percent_inpainted_patch_is_one_removed_region(name, centre):
+    from copytrace.benchmarks.localize_eval import box_iou
+
+    original = getattr(data, name)()
+    h, w = original.shape[:2]
+    side = round(np.sqrt(0.02 * h * w))  # 2 % of the photo
+    truth = np.zeros((h, w), np.uint8)
+    cv2.ellipse(truth, centre, (side // 2, side // 2), 0, 0, 360, 255, -1)
+    edited = cv2.inpaint(original, truth, 7, cv2.INPAINT_TELEA)
+    query, truth = _travel(edited, truth, scale=0.7, crop=(6, 3, 8, 4), quality=75)
+    result = localize(query, original)
+    edits = result.edit_regions
+    assert len(edits) == 1, edits
+    assert box_iou(edits[0].box, _box_of(truth)) >= 0.5
+    assert edits[0].kind == "removed" and edits[0].confidence > 0.5
+
+
+@pytest.mark.parametrize(("name", "colour"), [("astronaut", (255, 255, 255)), ("coffee", (255, 230, 0)),
+                                              ("chelsea", (0, 0, 0))])
+def test_caption_is_one_text_region(name, colour):
+    from copytrace.benchmarks.localize_eval import box_iou
+
+    original = getattr(data, name)()
+    edited = original.copy()
+    truth = np.zeros(original.shape[:2], np.uint8)
+    for img, c in ((edited, colour), (truth, 255)):
+        cv2.putText(img, "BREAKING NEWS", (30, original.shape[0] - 40), cv2.FONT_HERSHEY_DUPLEX, 1.3, c, 3,
+                    cv2.LINE_AA)
+    query, truth = _travel(edited, truth, scale=0.8, crop=(4, 4, 4, 4), quality=80)
+    result = localize(query, original)
+    edits = result.edit_regions
+    assert len(edits) == 1, edits
+    assert edits[0].kind == "text"
+    assert box_iou(edits[0].box, _box_of(truth > 0)) >= 0.5
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket"])
+def test_unedited_reencoded_copy_yields_no_region(name):
+    original = getattr(data, name)()
+    query, _ = _travel(original, np.zeros(original.shape[:2], np.uint8), scale=0.65, crop=(9, 2, 3, 11),
+                       quality=72)
+    result = localize(query, original)
+    assert result.edit_regions == () and not result.mask.any()
+
+
+def _no_keypoints():
+    """A configuration whose keypoint stage never holds, so the fallbacks are what registers."""
+    from copytrace.matching.align import AlignConfig
+    from copytrace.matching.localize import LocalizeConfig
+    from copytrace.matching.register import RegisterConfig
+
+    return LocalizeConfig(register=RegisterConfig(align=AlignConfig(max_side=640, min_matches=10 ** 6)))
+
+
+def test_crop_resize_search_registers_when_keypoints_fail():
+    original, edited, truth = _pasted("coffee", (330, 60, 90, 120))
+    query, truth = _travel(edited, truth, scale=0.62, crop=(14, 3, 9, 17), quality=72)
+    result = localize(query, original, config=_no_keypoints())
+    reg = result.registration
+    assert reg.method == "similarity" and reg.tried == ("keypoints",)
+    assert reg.confidence > 0.7
+    assert _iou(result.mask, truth) >= 0.5
+
+
+def test_dense_matching_registers_a_large_crop_when_keypoints_fail():
+    original, edited, truth = _pasted("astronaut", (250, 170, 110, 90))
+    crop = (120, 40, 130, 60)  # a third of each axis gone: beyond what the crop/resize search tries
+    query, truth = _travel(edited, truth, scale=0.8, crop=crop, quality=80)
+    result = localize(query, original, config=_no_keypoints())
+    assert result.registration.method == "dense"
+    assert _iou(result.mask, truth) >= 0.5
+
+
+def test_known_copy_always_gets_a_mask_with_low_confidence_when_nothing_registers():
+    query = data.coffee()
+    result = localize(query, data.astronaut(), assume_copy=True)
+    assert result.registration.method == "best-guess" and result.registration.confidence < 0.3
+    assert result.mask.shape == query.shape[:2]
+    assert all(r.confidence < 0.65 for r in result.edit_regions)
+
+
+def test_given_homography_is_used_first():
+    original, edited, truth = _pasted("chelsea", (40, 150, 100, 80))
+    query, truth = _travel(edited, truth, scale=0.5, crop=(0, 0, 0, 0), quality=85)
+    H = np.diag([2.0, 2.0, 1.0])  # query pixels -> original pixels, as the verifier reports it
+    result = localize(query, original, initial=H)
+    assert result.registration.method == "given" and result.registration.tried == ()
+    assert _iou(result.mask, truth) >= 0.5
