@@ -16,7 +16,10 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+
+from copytrace.matching.results import QueryResult
 
 
 class OutputFormat(str, Enum):
@@ -33,6 +36,7 @@ class Column:
     header: str | None = None
     is_id: bool = False
     numeric: bool = False
+    optional: bool = False  # left out of a table that would not fit otherwise (still in CSV/JSON)
 
     @property
     def title(self) -> str:
@@ -47,17 +51,43 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def rows_table(rows: Sequence[dict], columns: Sequence[Column], *, title: str | None = None) -> Table:
-    """A compact rich table (no vertical rules) whose id columns keep their full width."""
-    table = Table(box=box.SIMPLE_HEAD, title=title, pad_edge=False, collapse_padding=True)
+def _table(rows: Sequence[dict], columns: Sequence[Column], title: str | None, group: str | None,
+           *, fold_ids: bool = False) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title=title, show_edge=False, pad_edge=False, collapse_padding=True)
     for c in columns:
         longest = max([len(c.title), *(len(_cell(r.get(c.key))) for r in rows)])
-        table.add_column(c.title, justify="right" if c.numeric else "left",
-                         no_wrap=c.is_id or c.numeric, overflow="fold",
-                         min_width=longest if (c.is_id or c.numeric) else None)
+        whole = c.numeric or (c.is_id and not fold_ids)
+        table.add_column(c.title, justify="right" if c.numeric else "left", no_wrap=whole,
+                         overflow="fold", min_width=longest if whole else None)
+    previous = None
     for r in rows:
-        table.add_row(*(_cell(r.get(c.key)) for c in columns))
+        cells = [_cell(r.get(c.key)) for c in columns]
+        if group is not None:
+            if previous is not None and r.get(group) != previous:
+                table.add_section()
+            elif previous is not None:  # the group's id is printed once, on its first row
+                cells = ["" if c.key == group else v for c, v in zip(columns, cells, strict=True)]
+            previous = r.get(group)
+        table.add_row(*cells)
     return table
+
+
+def rows_table(rows: Sequence[dict], columns: Sequence[Column], *, width: int = 80,
+               title: str | None = None, group: str | None = None) -> Table:
+    """A compact rich table (no vertical rules) whose id columns keep their full width; optional
+    columns are left out, last first, until it fits `width`; ids too long for even that fold onto
+    more lines (never cut). `group`: a column printed once per run of equal values."""
+    columns = list(columns)
+    table = _table(rows, columns, title, group)
+    console = Console(width=max(width, 1000))
+
+    def too_wide(t: Table) -> bool:
+        return Measurement.get(console, console.options, t).minimum > width
+
+    while too_wide(table) and any(c.optional for c in columns):
+        columns.pop(max(i for i, c in enumerate(columns) if c.optional))
+        table = _table(rows, columns, title, group)
+    return _table(rows, columns, title, group, fold_ids=True) if too_wide(table) else table
 
 
 def rows_csv(rows: Sequence[dict], columns: Sequence[Column]) -> str:
@@ -71,15 +101,30 @@ def rows_csv(rows: Sequence[dict], columns: Sequence[Column]) -> str:
 
 def print_rows(rows: Sequence[dict], columns: Sequence[Column], fmt: OutputFormat | str, *,
                console: Console | None = None, json_payload: Any = None,
-               title: str | None = None) -> None:
+               title: str | None = None, group: str | None = None) -> None:
     """Print `rows` as a table, CSV (the table's columns) or JSON (`json_payload` when given:
     the full records with their evidence, else the rows)."""
     console = console or Console()
     fmt = OutputFormat(fmt)
     if fmt is OutputFormat.JSON:
-        text = json.dumps(list(rows) if json_payload is None else json_payload, default=str)
+        text = json.dumps(list(rows) if json_payload is None else json_payload, indent=2, default=str)
         console.print(text, markup=False, highlight=False, soft_wrap=True)
     elif fmt is OutputFormat.CSV:
         console.print(rows_csv(rows, columns), end="", markup=False, highlight=False, soft_wrap=True)
     else:
-        console.print(rows_table(rows, columns, title=title))
+        console.print(rows_table(rows, columns, width=console.width, title=title, group=group))
+
+
+QUERY_COLUMNS = (Column("query_id", "query", is_id=True), Column("rank", numeric=True),
+                 Column("reference_id", "reference", is_id=True), Column("score", numeric=True),
+                 Column("copy"), Column("inliers", numeric=True, optional=True),
+                 Column("similarity", numeric=True, optional=True))
+
+
+def query_rows(results: Sequence[QueryResult], *, threshold: float = 0.5) -> list[dict]:
+    """One row per (query, match): ids, rank, calibrated score, the verdict at `threshold`, and
+    the two evidence numbers that fit a table (boxes and homography stay in JSON)."""
+    return [{"query_id": r.query_id, "rank": rank, "reference_id": m.reference_id,
+             "score": round(m.score, 4), "copy": "yes" if m.score >= threshold else "no",
+             "inliers": m.evidence.get("inliers"), "similarity": round(m.similarity, 4)}
+            for r in results for rank, m in enumerate(r.matches, 1)]
