@@ -77,16 +77,46 @@ def eval_disc_cmd(
             out.print(f"report: {page}", highlight=False)
 
 
-from copytrace.benchmarks.localize_eval import eval_localize_cmd  # noqa: E402
+@eval_app.command("localize")
+def eval_localize_report_cmd(
+    triples: Annotated[Path, typer.Argument(help="CSV: query (or forged/tampered), original, mask "
+                                            "[, kind].")],
+    root: Annotated[Path | None, typer.Option(metavar="DIR", help="Paths are relative to this "
+                                              "(default: the CSV's folder).")] = None,
+    predictions: Annotated[Path | None, typer.Option(metavar="DIR", help="Score these masks (<query "
+                                                     "stem>[.mask].png) instead of running "
+                                                     "localize.")] = None,
+    max_side: Annotated[int, typer.Option(help="Analysis resolution (query's longer side).")] = 1024,
+    report: Annotated[Path | None, typer.Option(metavar="DIR", help="Write an HTML report: F1 per "
+                                                "kind, overlays of the worst pairs.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (summary + per image).")] = False,
+) -> None:
+    """Pixel F1, IoU and region hit rate (box IoU >= 0.5) of edit masks, averaged over images."""
+    from copytrace.benchmarks.localize_eval import eval_localize, summary_table
 
-eval_app.command("localize")(eval_localize_cmd)
+    summary, scores = eval_localize(triples, root=root, predictions=predictions, max_side=max_side)
+    page = None
+    if report is not None:
+        from copytrace.benchmarks.localize_report import write_localize_report
+
+        page = write_localize_report(report, triples, scores, root=root, max_side=max_side)
+    if as_json:
+        typer.echo(json.dumps({"summary": summary.as_dict(), "images": [s.__dict__ for s in scores],
+                               **({"report": str(page)} if page else {})}))
+        return
+    for s in scores:
+        if s.error:
+            typer.echo(f"failed {s.name}: {s.error}", err=True)
+    out.print(summary_table({"copytrace localize": summary}), markup=False, highlight=False)
+    if page is not None:
+        out.print(f"report: {page}", highlight=False)
 
 
 @bench_app.command("make-disc")
 def make_disc_cmd(
     images: Annotated[Path, typer.Option(help="Folder of photos (sorted by path).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Benchmark folder to write.")],
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random edits and splits.")] = 0,
     skip: Annotated[int, typer.Option(help="Skip the first N photos.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Use at most N photos.")] = None,
     reference_fraction: Annotated[float, typer.Option(help="Share of photos that become "

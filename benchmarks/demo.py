@@ -19,13 +19,14 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from copytrace.benchmarks.demo_set import DemoSet, make_demo_set
+from copytrace.benchmarks.demo_set import DEMO_PHOTOS, DemoSet, make_demo_set
 from copytrace.benchmarks.demo_story import THRESHOLD, Verdict, judge
 from copytrace.benchmarks.disc_eval import metrics_table, score_predictions
 from copytrace.benchmarks.disc_io import read_predictions
 from copytrace.benchmarks.eval_report import LEGEND, write_disc_report
 from copytrace.benchmarks.metrics import PredictedMatch
 from copytrace.matching.results import QueryResult
+from copytrace.pipelines.progress import progress_bar
 
 STEPS = 6
 LOCAL_EDITS = ("text", "shapes", "paste_other", "stripes", "meme")  # edits a mask can show
@@ -151,7 +152,8 @@ def main() -> None:
     story = Story(console)
     console.rule("copytrace demo")
     story.step("Make a test set: photos as references, edited copies as queries")
-    demo = make_demo_set(out, seed=args.seed)
+    with progress_bar("making copies", total=len(DEMO_PHOTOS)) as advance:
+        demo = make_demo_set(out, seed=args.seed, advance=advance)
     describe_set(console, demo)
 
     from copytrace.pipelines.build import build_index

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,8 +97,10 @@ def _load_photos() -> dict[str, Image.Image]:
     return photos
 
 
-def make_demo_set(out: str | Path, *, seed: int = 0, copies: int = 2) -> DemoSet:
-    """references/, queries/ and gt.csv from scikit-image's photos, reproducible from `seed`."""
+def make_demo_set(out: str | Path, *, seed: int = 0, copies: int = 2,
+                  advance: Callable[[int], None] | None = None) -> DemoSet:
+    """references/, queries/ and gt.csv from scikit-image's photos, reproducible from `seed`;
+    `advance(1)` is called after each reference photo and its copies are written."""
     out = Path(out)
     refs, queries = out / "references", out / "queries"
     photos = _load_photos()
@@ -115,6 +117,8 @@ def make_demo_set(out: str | Path, *, seed: int = 0, copies: int = 2) -> DemoSet
             write_bytes_atomic(queries / f"{qid}.jpg", _jpeg(copy))
             used = [e for e in recipe.edits if e in EDITS_WITH_OTHER]
             made.append(DemoCopy(qid, name, i, recipe.edits, dict(zip(used, others.taken, strict=False))))
+        if advance is not None:
+            advance(1)
     write_bytes_atomic(queries / f"{HARD_NEGATIVE}.jpg", _jpeg(demo_photo(HARD_NEGATIVE)))
     made.append(DemoCopy(HARD_NEGATIVE, "", 0, ()))
     gt = out / "gt.csv"

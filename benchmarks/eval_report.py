@@ -87,7 +87,8 @@ def worst_false_positives(gt: Sequence[GroundTruthMatch], predictions: Sequence[
                  else "not a copy of anything indexed") for p in wrong[:n]]
 
 
-def _figure():
+def pyplot():  # noqa: ANN201
+    """matplotlib's pyplot on the Agg backend: files only, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,7 +100,7 @@ def _figure():
 def plot_pr_curves(curves: dict[str, tuple[Sequence[GroundTruthMatch], Sequence[PredictedMatch]]],
                    path: Path, *, threshold: float = THRESHOLD) -> Path:
     """Precision against recall for each method, with its decision point at `threshold`."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     for i, (name, (gt, preds)) in enumerate(curves.items()):
         labels, scores = _pairs(gt, preds)
@@ -125,7 +126,7 @@ def plot_pr_curves(curves: dict[str, tuple[Sequence[GroundTruthMatch], Sequence[
 def plot_score_histograms(gt: Sequence[GroundTruthMatch], predictions: Sequence[PredictedMatch],
                           path: Path, *, threshold: float = THRESHOLD) -> Path:
     """Scores of true pairs vs false pairs, with the decision threshold marked."""
-    plt = _figure()
+    plt = pyplot()
     labels, scores = _pairs(gt, predictions)
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     bins = np.linspace(min(0.0, float(scores.min(initial=0))), max(1.0, float(scores.max(initial=1))), 41)

@@ -110,3 +110,50 @@ def test_cli_eval_disc_report(disc, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "rep" / "index.html").is_file() and "index.html" in proc.stdout
     assert len(list((tmp_path / "rep" / "thumbs").glob("*.jpg"))) == 6
+
+
+def _triples(root: Path) -> Path:
+    """Two photos with another photo's patch pasted in (kind 'splice'), one untouched ('none')."""
+    import cv2
+    import numpy as np
+
+    rows = [("query", "original", "mask", "kind")]
+    for name, kind in (("astronaut", "splice"), ("coffee", "splice"), ("chelsea", "none")):
+        original = photo(name)
+        edited, truth = original.copy(), np.zeros(original.shape[:2], np.uint8)
+        if kind == "splice":
+            edited[100:200, 150:260] = cv2.resize(photo("rocket")[100:300, 200:400], (110, 100))
+            truth[100:200, 150:260] = 255
+        Image.fromarray(original).save(root / f"{name}.png")
+        (root / f"{name}_q.jpg").write_bytes(jpeg_bytes(edited, 85))
+        Image.fromarray(truth).save(root / f"{name}_gt.png")
+        rows.append((f"{name}_q.jpg", f"{name}.png", f"{name}_gt.png", kind))
+    (root / "triples.csv").write_text("".join(",".join(r) + "\n" for r in rows))
+    return root / "triples.csv"
+
+
+def test_eval_localize_report(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from copytrace.pipelines.cli import app
+
+    triples = _triples(tmp_path)
+    res = CliRunner().invoke(app, ["eval", "localize", str(triples), "--report", str(tmp_path / "rep"),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["summary"]["images"] == 3 and data["report"].endswith("index.html")
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert set(summary) == {"splice", "none", "all"} and summary["splice"]["images"] == 2
+    assert summary["splice"]["iou"] > 0.5  # the pasted patch is found
+    page = Path(data["report"])
+    sources = re.findall(r'src="([^"]+)"', page.read_text())
+    assert "kind_f1.png" in sources and sum(s.startswith("overlays/") for s in sources) == 3
+    for src in sources:
+        with Image.open(page.parent / src) as img:
+            assert min(img.size) > 0
+    if browser.chromium() is not None:
+        check = browser.check_page(page.resolve().as_uri())
+        assert check.errors == [] and check.broken_images == [] and len(check.images) == len(sources)
