@@ -62,7 +62,7 @@ def embed_chunk(chunk: int, sources: Sequence[ImageSource], embedder: Embedder,
             pos = readable[item.index]
             src = sources[pos]
             if item.image is None:
-                log.warning("cannot decode '%s': %s (skipped; see catalog status)", src.uri,
+                log.info("cannot decode '%s': %s (skipped; see catalog status)", src.uri,
                             item.error)
                 by_pos[pos] = CatalogRow(src.image_id, src.uri, None, None, None, None, None,
                                        STATUS_ERROR, item.error)
