@@ -12,7 +12,7 @@ import io
 import math
 import random
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -287,8 +287,14 @@ def random_copy(
     max_edits: int = 3,
     allowed: Sequence[str] | None = None,
     final_jpeg: bool = True,
+    edits: Mapping[str, Edit] | None = None,
 ) -> tuple[Image.Image, CopyRecipe]:
-    """Apply 1-3 weighted-random edits (no edit twice), then usually a JPEG re-encode."""
+    """Apply 1-3 weighted-random edits (no edit twice), then usually a JPEG re-encode.
+
+    `edits` swaps in other implementations of the same edits (the training views' cheaper
+    ones); the choice of edits and their probabilities stay those of `EDITS`/`EDIT_WEIGHTS`.
+    """
+    impl = EDITS if edits is None else edits
     names = [n for n in EDITS if allowed is None or n in allowed]
     weights = [EDIT_WEIGHTS[n] for n in names]
     k = rng.randint(min_edits, max_edits)
@@ -299,10 +305,10 @@ def random_copy(
             chosen.append(name)
     out = img.convert("RGB")
     for name in chosen:
-        out = EDITS[name](out, rng, context)
+        out = impl[name](out, rng, context)
         if out.width < 8 or out.height < 8:
             out = out.resize((max(8, out.width), max(8, out.height)))
     if final_jpeg and "jpeg" not in chosen and rng.random() < 0.7:
-        out = jpeg(out, rng, EditContext(strength=0.3))
+        out = impl["jpeg"](out, rng, EditContext(strength=0.3))
         chosen.append("jpeg")
     return out, CopyRecipe(tuple(chosen))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from copytrace.descriptors.batch_augment import augment_edited, make_batch_augment
+from copytrace.descriptors.batch_augment import apply_deferred, augment_edited, make_batch_augment
 from copytrace.descriptors.losses import LossConfig, copy_descriptor_loss
 from copytrace.descriptors.model import (
     CopyDescriptor,
@@ -38,7 +38,8 @@ from copytrace.descriptors.train_cache import (
     top_pooled,
 )
 from copytrace.descriptors.train_config import TrainConfig
-from copytrace.descriptors.train_data import CopyViewDataset, list_images, one_thread_worker
+from copytrace.descriptors.train_data import list_images, one_thread_worker
+from copytrace.descriptors.train_views import make_view_dataset, resolve_pipeline
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -104,6 +105,8 @@ def _build_module_class() -> type:
                 b, v = views.shape[:2]
                 x = views.flatten(0, 1).float().div_(255.0)
                 clean = batch["clean"].flatten()
+                if "deferred" in batch:  # split view pipeline: the workers' recorded edits
+                    x = apply_deferred(x, batch["deferred"].flatten(0, 1))
                 if self.batch_augment is not None:
                     x = augment_edited(x, clean, self.batch_augment)
             ids = torch.arange(b, device=x.device).repeat_interleave(v)
@@ -337,11 +340,17 @@ def train(
             module.model, files, out / "view_cache.pt", trunk_blocks=config.freeze_blocks,
             views=config.cache_views, view_config=view_cfg, seed=config.seed,
             siblings=config.siblings, workers=config.workers, show_progress=show_progress)
+        views_made_by = "trunk-cache"
         loader = cached_loader(module.view_cache, config.batch_size,
                                group_size=config.group_size, seed=config.seed)
     else:
-        dataset = CopyViewDataset(files, views_per_image=config.views, view_config=view_cfg,
-                                  seed=config.seed)
+        pipeline = resolve_pipeline(config.view_pipeline, gpu=use_gpu)
+        views_made_by = pipeline.value
+        log.info("view pipeline: %s", views_made_by)
+        dataset = make_view_dataset(files, pipeline=pipeline, view_config=view_cfg,
+                                    views_per_image=config.views, seed=config.seed,
+                                    cache_folder=out / "image_cache", workers=config.workers,
+                                    show_progress=show_progress)
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                             num_workers=config.workers, persistent_workers=config.workers > 0,
                             prefetch_factor=4 if config.workers > 0 else None,
@@ -381,7 +390,7 @@ def train(
         "data": {"folders": [str(f) for f in folders], "limits": limits, "images": len(files)},
         "steps": trainer.global_step, "train_seconds_this_session": round(seconds, 1),
         "train_images_per_second": round(ips, 2), "accelerator": "gpu" if use_gpu else "cpu",
-        "precision": precision, "val_proxy": val,
+        "precision": precision, "view_pipeline": views_made_by, "val_proxy": val,
     }
     model_file = out / f"{name}.pt"
     sha = save_descriptor(model, model_file, name=name, card=card)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from copytrace.descriptors.augment import EditContext, jpeg, random_copy
+from copytrace.descriptors.augment import Edit, EditContext, jpeg, random_copy
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,33 @@ def make_view(
     *,
     others: Sequence[Image.Image] = (),
     config: ViewConfig = ViewConfig(),
+    edits: Mapping[str, Edit] | None = None,
 ) -> np.ndarray:
-    """One training view of `img` as uint8 S x S x 3."""
-    if rng.random() < config.clean_probability:
-        out = jpeg(img, rng, EditContext(strength=0.2)) if rng.random() < 0.5 else img
-    else:
-        strength = rng.uniform(config.min_strength, config.max_strength)
-        out, _ = random_copy(img, rng, context=EditContext(others=others, strength=strength),
-                             max_edits=config.max_edits)
+    """One training view of `img` as uint8 S x S x 3.
+
+    `edits`: implementations of the copy edits (default `augment.EDITS`; the fast pipeline's
+    `train_edits.FAST_EDITS` draw the same edits with the same parameters, cheaper).
+    """
+    out = make_view_image(img, rng, others=others, config=config, edits=edits)
     return to_square(out, config.image_size)
+
+
+def make_view_image(
+    img: Image.Image,
+    rng: random.Random,
+    *,
+    others: Sequence[Image.Image] = (),
+    config: ViewConfig = ViewConfig(),
+    edits: Mapping[str, Edit] | None = None,
+) -> Image.Image:
+    """The edited image of a view before it is squashed to the model input."""
+    if rng.random() < config.clean_probability:
+        encode = jpeg if edits is None else edits["jpeg"]
+        return encode(img, rng, EditContext(strength=0.2)) if rng.random() < 0.5 else img
+    strength = rng.uniform(config.min_strength, config.max_strength)
+    out, _ = random_copy(img, rng, context=EditContext(others=others, strength=strength),
+                         max_edits=config.max_edits, edits=edits)
+    return out
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,21 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from copytrace.descriptors.augment import Edit
 from copytrace.descriptors.decode import DecodeError, decode_file
-from copytrace.descriptors.train_augment import ViewConfig, make_view
+from copytrace.descriptors.train_augment import ViewConfig, make_view_image, to_square
+
+if TYPE_CHECKING:
+    from copytrace.descriptors.train_image_cache import ImageCache
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +118,9 @@ class CopyViewDataset(Dataset):
     def __init__(self, files: Sequence[str | Path], *, views_per_image: int = 2,
                  view_config: ViewConfig | None = None, seed: int = 0,
                  max_side: int | None = None, others_pool: int = 16,
-                 siblings: bool = False) -> None:
+                 siblings: bool = False, image_cache: ImageCache | None = None,
+                 edits: Mapping[str, Edit] | None = None,
+                 square: Callable[[Image.Image, int], np.ndarray] = to_square) -> None:
         if views_per_image < 2:
             raise ValueError("views_per_image must be >= 2: positives come from repeated views")
         self.files = [str(f) for f in files]
@@ -122,6 +129,9 @@ class CopyViewDataset(Dataset):
         self.view_config = view_config or ViewConfig()
         self.seed = seed
         self.max_side = max_side or 2 * self.view_config.image_size
+        self.image_cache = image_cache  # images decoded once (train_image_cache), by file index
+        self.edits = edits  # None: augment.EDITS (PIL); train_edits.FAST_EDITS: same, cheaper
+        self.square = square  # edited image -> uint8 S x S x 3 model input
         self._others: deque[Image.Image] = deque(maxlen=others_pool)
         self._calls = 0
 
@@ -137,13 +147,25 @@ class CopyViewDataset(Dataset):
         self._calls += 1
         return random.Random(hash((self.seed, index, worker, self._calls, torch.initial_seed())))
 
+    def make_view(self, img: Image.Image, rng: random.Random, others: list[Image.Image],
+                  config: ViewConfig) -> np.ndarray:
+        out = make_view_image(img, rng, others=others, config=config, edits=self.edits)
+        return self.square(out, config.image_size)
+
+    def _load(self, file: int) -> Image.Image | None:
+        if self.image_cache is not None:
+            return self.image_cache.image(file)
+        try:
+            return load_for_training(self.files[file], max_side=self.max_side)
+        except DecodeError as exc:
+            log.warning("training image '%s' skipped: %s", self.files[file], exc)
+            return None
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
         file = self.source_file(index)
-        try:
-            img = load_for_training(self.files[file], max_side=self.max_side)
-        except DecodeError as exc:
-            log.warning("training image '%s' skipped: %s", self.files[file], exc)
+        img = self._load(file)
+        if img is None:
             img = self._others[-1] if self._others else Image.new("RGB", (64, 64), (127, 127, 127))
         if self.siblings:  # both siblings must cut the same two windows
             img = sibling_windows(img, random.Random(hash((self.seed, file))))[index % 2]
@@ -157,7 +179,7 @@ class CopyViewDataset(Dataset):
                 cfg = ViewConfig(**{**cfg.__dict__, "clean_probability": 1.0})
             else:
                 cfg = ViewConfig(**{**cfg.__dict__, "clean_probability": 0.0})
-            views.append(make_view(img, rng, others=others, config=cfg))
+            views.append(self.make_view(img, rng, others, cfg))
             clean.append(is_clean)
         self._others.append(img)
         arr = np.stack(views).transpose(0, 3, 1, 2)
