@@ -175,7 +175,9 @@ def _hypotheses(query: np.ndarray, original: np.ndarray, config: RegisterConfig,
     if initial is not None:
         H = np.asarray(initial, np.float64).reshape(3, 3)
         if np.isfinite(H).all() and abs(np.linalg.det(H[:2, :2])) > 1e-9:
-            return _Hypothesis(Method.GIVEN, H / H[2, 2]), tried
+            # the verifier composes a mirror into its homography: a reflection has det < 0
+            H = H / H[2, 2]
+            return _Hypothesis(Method.GIVEN, H, mirrored=bool(np.linalg.det(H[:2, :2]) < 0)), tried
         tried.append(Method.GIVEN.value)
     hyp = _keypoint_hypothesis(query, original, config)
     if hyp is not None:

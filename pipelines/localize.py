@@ -95,6 +95,8 @@ class PairOutcome:
     json: str | None
     overlay: str | None
     error: str | None
+    method: str | None = None  # how the pair was registered (keypoints, similarity, ...)
+    confidence: float | None = None  # the registration's confidence, 0..1
 
 
 def _safe(name: str) -> str:
@@ -134,7 +136,8 @@ def localize_pair(
                            None, None, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return PairOutcome(qid, rid, str(query), str(reference), score, result.edited, result.edited_fraction,
                        result.added_fraction, len(result.edit_regions),
-                       paths["mask"], paths["json"], paths["overlay"], None)
+                       paths["mask"], paths["json"], paths["overlay"], None, result.registration.method,
+                       result.registration.confidence)
 
 
 @dataclass(frozen=True)

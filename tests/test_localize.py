@@ -198,6 +198,7 @@ def test_batch_localizes_predicted_pairs_and_records_failures(tmp_path):
     with open(report.summary, newline="") as fh:
         rows = {r["query_id"]: r for r in csv.DictReader(fh)}
     assert rows["Q1"]["reference_id"] == "R1" and float(rows["Q1"]["edited"]) > 0.5
+    assert rows["Q1"]["method"] == "keypoints" and float(rows["Q1"]["confidence"]) > 0.7
     assert Path(rows["Q1"]["mask"]).is_file()
     assert "register" in rows["Q2"]["error"] and "no file" in rows["Q3"]["error"]
 

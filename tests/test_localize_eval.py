@@ -59,3 +59,17 @@ def test_cli_eval_localize_on_made_triples(tmp_path):
     report = json.loads(res.output)
     assert report["summary"]["images"] == 2 and report["summary"]["failed"] == 0
     assert report["summary"]["iou"] > 0.5 and report["summary"]["region_hit_rate"] == 1.0
+
+
+def test_truth_fragments_within_one_percent_are_one_object():
+    from copytrace.benchmarks.localize_eval import truth_regions
+
+    truth = _mask((400, 400), (100, 100, 110, 130), (114, 100, 124, 130), (300, 300, 340, 340))
+    assert sorted(truth_regions(truth)) == [(100, 100, 124, 130), (300, 300, 340, 340)]
+
+
+def test_region_hits_use_reported_boxes_and_known_objects():
+    truth = _mask((200, 200), (10, 10, 50, 50), (60, 10, 100, 50))  # one edit in two pieces
+    pred = truth.copy()
+    assert region_hits(pred, truth, truth_boxes=[(10, 10, 100, 50)]) == (0, 1)  # pieces are not the object
+    assert region_hits(pred, truth, truth_boxes=[(10, 10, 100, 50)], boxes=[(11, 10, 99, 50)]) == (1, 1)
