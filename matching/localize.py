@@ -54,6 +54,7 @@ class LocalizeConfig:
     border: int = 3  # pixels along the original's frame edge that are not compared
     min_area: float = 3e-4  # smallest edit region, as a fraction of the query
     min_added_area: float = 5e-3  # smallest added-outside region, as a fraction of the query
+    outside_band: int = 8  # analysis pixels next to added-outside content that are not edits (a JPEG block)
     fill_objects: bool = True  # close each (non-text) object over its own gaps and fill it
     refine: bool = True  # tighten each region to where the pixel-level colour difference is real
     refine_k: float = 4.0  # pixel colour difference >= median + refine_k * robust sigma ...
@@ -286,9 +287,14 @@ def _filled(obj: np.ndarray, frame: np.ndarray, rect: tuple[int, int, int, int],
     return out
 
 
-def _objects(an: Analysis, config: LocalizeConfig) -> tuple[np.ndarray, list[Region]]:
-    """Edit objects: the final analysis-resolution mask (object ids) and their regions."""
+def _objects(an: Analysis, config: LocalizeConfig, outside: np.ndarray) -> tuple[np.ndarray, list[Region]]:
+    """Edit objects: the final analysis-resolution mask (object ids) and their regions.
+
+    Pixels next to added-outside content are left out: JPEG blocks straddling a pad or a border
+    ring inside the picture, which is the pad's doing, not an edit of the original."""
     edits, min_pixels, _ = _edit_mask(an, config)
+    if outside.any():
+        edits &= cv2.dilate(outside.astype(np.uint8), _disk(config.outside_band)) == 0
     ev = Evidence.of(an.query, an.warped)
     labels, n = group_fragments(edits, ev.query_lab, config=config.objects)
     gap = max(1, round(config.objects.gap * max(edits.shape)))
@@ -335,8 +341,8 @@ def _outside(an: Analysis, config: LocalizeConfig) -> tuple[np.ndarray, list[Reg
 
 def segment(an: Analysis, *, config: LocalizeConfig = LocalizeConfig()) -> Localization:
     """Threshold an analysis into edit objects and added-outside regions."""
-    labels, edits = _objects(an, config)
     added, outside = _outside(an, config)
+    labels, edits = _objects(an, config, added)
     edited = max((r.score for r in edits), default=0.0)
     log.debug("localize: %d edit objects, edited %.3f, registered by %s", len(edits), edited,
               an.registration.method)

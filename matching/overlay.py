@@ -28,12 +28,20 @@ def _fit(img: np.ndarray, height: int) -> tuple[np.ndarray, float]:
 
 
 def _label(img: np.ndarray, text: str, org: tuple[int, int], colour: tuple[int, int, int],
-           scale: float) -> None:
-    """Text on a filled box in the kind's colour, kept inside the image."""
+           scale: float, taken: list | None = None) -> None:
+    """Text on a filled box in the kind's colour, kept inside the image and clear of the labels
+    already placed (`taken`: their rectangles, appended to)."""
     thick = max(1, round(scale * 2))
     (tw, th), base = cv2.getTextSize(text, FONT, scale, thick)
     x = int(np.clip(org[0], 0, max(0, img.shape[1] - tw - 4)))
     y = int(np.clip(org[1], th + base + 4, img.shape[0] - 1))
+    for _ in range(8 if taken is not None else 0):
+        rect = (x, y - th - base - 4, x + tw + 4, y)
+        if not any(rect[0] < r[2] and r[0] < rect[2] and rect[1] < r[3] and r[1] < rect[3] for r in taken):
+            break
+        y = y - th - base - 6 if y + th + base + 6 > img.shape[0] - 1 else y + th + base + 6
+    if taken is not None:
+        taken.append((x, y - th - base - 4, x + tw + 4, y))
     cv2.rectangle(img, (x, y - th - base - 4), (x + tw + 4, y), colour, -1)
     luma = 0.3 * colour[0] + 0.59 * colour[1] + 0.11 * colour[2]
     cv2.putText(img, text, (x + 2, y - base - 1), FONT, scale, (0, 0, 0) if luma > 140 else (255, 255, 255),
@@ -75,6 +83,7 @@ def overlay(query: np.ndarray, original: np.ndarray, result: Localization, *,
     added = cv2.resize(result.added, (q.shape[1], q.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
     panel[added] = (0.5 * panel[added] + 0.5 * np.array(KIND_COLOURS[OUTSIDE])).astype(np.uint8)
     labels = result.labels
+    taken: dict[str, list] = {"o": [], "q": [], "p": []}
     for n, r in enumerate(result.regions, start=1):
         c = KIND_COLOURS.get(r.kind, (255, 255, 255))
         x0, y0, x1, y1 = (round(v * sq) for v in r.box)
@@ -85,13 +94,13 @@ def overlay(query: np.ndarray, original: np.ndarray, result: Localization, *,
             cv2.drawContours(panel, contours, -1, c, 2, cv2.LINE_AA)
         cv2.rectangle(q, (x0, y0), (x1, y1), c, 2)
         text = f"{n} {r.kind} {r.confidence:.2f}" if r.is_edit else f"{n} outside frame"
-        _label(q, text, (x0, y0 - 2 if y0 > 30 else y1 + 30), c, font)
-        _label(panel, str(n), (x0, y0 - 2 if y0 > 30 else y1 + 30), c, font)
+        _label(q, text, (x0, y0 - 2 if y0 > 30 else y1 + 30), c, font, taken["q"])
+        _label(panel, str(n), (x0, y0 - 2 if y0 > 30 else y1 + 30), c, font, taken["p"])
         if r.is_edit:
             back = np.round(cv2.perspectiveTransform(_quad(r.box), H) * so).astype(np.int32)
             cv2.polylines(o, [back], True, c, 2, cv2.LINE_AA)
             bx, by = back.reshape(-1, 2).min(axis=0)
-            _label(o, str(n), (int(bx), int(by) - 2 if by > 30 else int(by) + 30), c, font)
+            _label(o, str(n), (int(bx), int(by) - 2 if by > 30 else int(by) + 30), c, font, taken["o"])
     reg = result.registration
     edits = len(result.edit_regions)
     o = _caption(o, "original (yellow: the copy's frame)", font)
