@@ -61,17 +61,19 @@ def apply_deferred(images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """
     from copytrace.descriptors.train_deferred import DEFERRED, KIND, MAX_DEFERRED, SLOT
 
-    x = images.clone()
+    x = images.float().clone()
     rows = rows.to(device=x.device, dtype=torch.float32)
+    kinds_cpu = rows[:, : MAX_DEFERRED * SLOT : SLOT].round().long().cpu()  # one host sync
     wh = rows[:, -2:].clone()  # size of the (virtual) full-resolution image, changed by warps
-    for slot in range(MAX_DEFERRED):
-        kinds = rows[:, slot * SLOT].round().long()
-        params = rows[:, slot * SLOT + 1 : (slot + 1) * SLOT]
-        for name in DEFERRED:
-            idx = (kinds == KIND[name]).nonzero().flatten()
-            if len(idx):
-                x[idx], wh[idx] = _DEVICE_EDITS[name](x[idx], params[idx], wh[idx])
-    return x.clamp_(0.0, 1.0)
+    with torch.autocast(x.device.type, enabled=False):  # augmentation maths stays fp32
+        for slot in range(MAX_DEFERRED):
+            params = rows[:, slot * SLOT + 1 : (slot + 1) * SLOT]
+            for name in DEFERRED:
+                idx = (kinds_cpu[:, slot] == KIND[name]).nonzero().flatten()
+                if len(idx):
+                    idx = idx.to(x.device)
+                    x[idx], wh[idx] = _DEVICE_EDITS[name](x[idx], params[idx], wh[idx])
+    return x.clamp_(0.0, 1.0).to(images.dtype)
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
@@ -120,9 +122,10 @@ def _blur(x: torch.Tensor, p: torch.Tensor, wh: torch.Tensor) -> tuple[torch.Ten
     of its squashed square."""
     size = x.shape[-1]
     out = torch.empty_like(x)
+    pc, whc = p.cpu(), wh.cpu()
     for i in range(len(x)):
-        w, h = float(wh[i, 0]), float(wh[i, 1])
-        radius = float(p[i, 0]) * max(w, h)
+        w, h = float(whc[i, 0]), float(whc[i, 1])
+        radius = float(pc[i, 0]) * max(w, h)
         kx, ky = _gauss(radius * size / w, x.device), _gauss(radius * size / h, x.device)
         v = F.pad(x[i : i + 1], (len(kx) // 2,) * 2 + (len(ky) // 2,) * 2, mode="replicate")
         v = F.conv2d(v, kx.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
@@ -134,10 +137,11 @@ def _noise(x: torch.Tensor, p: torch.Tensor, wh: torch.Tensor) -> tuple[torch.Te
     """Noise drawn at the full image's resolution, then squashed like the image was."""
     size = x.shape[-1]
     out = torch.empty_like(x)
+    pc, whc = p.cpu(), wh.cpu()
     for i in range(len(x)):
-        w, h = (min(2048, max(1, round(float(v)))) for v in wh[i])
-        g = torch.Generator(device=x.device).manual_seed(int(p[i, 1]))
-        n = torch.randn(1, 3, h, w, generator=g, device=x.device) * (float(p[i, 0]) / 255.0)
+        w, h = (min(2048, max(1, round(float(v)))) for v in whc[i])
+        g = torch.Generator(device=x.device).manual_seed(int(pc[i, 1]))
+        n = torch.randn(1, 3, h, w, generator=g, device=x.device) * (float(pc[i, 0]) / 255.0)
         n = F.interpolate(n, size=(size, size), mode="bilinear", antialias=True,
                           align_corners=False)
         out[i] = (x[i] + n[0]).clamp(0, 1)
@@ -178,9 +182,10 @@ def _pixelize(x: torch.Tensor, p: torch.Tensor, wh: torch.Tensor
     """Blocks of the full image (nearest-neighbour up to its size), then squashed like it."""
     size = x.shape[-1]
     out = torch.empty_like(x)
+    pc, whc = p.cpu(), wh.cpu()
     for i in range(len(x)):
-        f = float(p[i, 0])
-        w, h = (min(2048, max(1, round(float(v)))) for v in wh[i])
+        f = float(pc[i, 0])
+        w, h = (min(2048, max(1, round(float(v)))) for v in whc[i])
         small = F.interpolate(x[i : i + 1], size=(max(4, round(h * f)), max(4, round(w * f))),
                               mode="bilinear", antialias=True, align_corners=False)
         full = F.interpolate(small, size=(h, w), mode="nearest")
@@ -193,9 +198,10 @@ def _rescale(x: torch.Tensor, p: torch.Tensor, wh: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
     size = x.shape[-1]
     out, new = torch.empty_like(x), wh.clone()
+    pc, whc = p.cpu(), wh.cpu()
     for i in range(len(x)):
-        nw = max(16, round(float(wh[i, 0]) * float(p[i, 0])))
-        nh = max(16, round(float(wh[i, 1]) * float(p[i, 1])))
+        nw = max(16, round(float(whc[i, 0]) * float(pc[i, 0])))
+        nh = max(16, round(float(whc[i, 1]) * float(pc[i, 1])))
         out[i] = _resample(x[i : i + 1], nh, nw, size)[0] if nw < size or nh < size \
             else x[i]  # enlarging, then squashing to the square, keeps the square's pixels
         new[i, 0], new[i, 1] = nw, nh
@@ -224,8 +230,9 @@ def _rotate(x: torch.Tensor, p: torch.Tensor, wh: torch.Tensor) -> tuple[torch.T
     size = x.shape[-1]
     out, new = torch.empty_like(x), wh.clone()
     right = torch.isin(p[:, 0], torch.tensor([90.0, 180.0, 270.0], device=x.device))
+    angles = p[:, 0].cpu()
     for i in right.nonzero().flatten().tolist():
-        k = round(float(p[i, 0]) / 90)
+        k = round(float(angles[i]) / 90)
         out[i] = torch.rot90(x[i], k, dims=(-2, -1))
         if k % 2:
             new[i] = wh[i].flip(0)

@@ -354,7 +354,7 @@ def train(
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                             num_workers=config.workers, persistent_workers=config.workers > 0,
                             prefetch_factor=4 if config.workers > 0 else None,
-                            worker_init_fn=one_thread_worker)
+                            worker_init_fn=one_thread_worker, pin_memory=use_gpu)
     trainer = L.Trainer(
         accelerator="gpu" if use_gpu else "cpu", devices=1, precision=precision,
         max_steps=config.steps, max_epochs=-1, logger=False, enable_progress_bar=False,

@@ -172,3 +172,15 @@ def test_split_pipeline_trains_on_cpu(files, tmp_path) -> None:
     report = train([files[0].parent], tmp_path / "run", config=cfg, name="s", accelerator="cpu")
     assert report.steps == 2
     assert json.loads(report.card_file.read_text())["view_pipeline"] == "split"
+
+
+def test_train_throughput_benchmark_runs_every_pipeline(files, tmp_path) -> None:
+    """A smoke run of benchmarks/train_throughput.py so it cannot rot (no speed asserted)."""
+    from copytrace.benchmarks.train_throughput import run
+
+    rows = run(files[:4], pipelines=list(ViewPipeline)[:3], image_size=48, rounds=1, seed=0,
+               cache_root=tmp_path)
+    assert set(rows) == {"legacy", "fast", "split"}
+    for row in rows.values():
+        assert row["views"] == 8 and row["views_per_cpu_s"] > 0
+    assert rows["split"]["device_stage_views_per_s"] > 0 and rows["legacy"]["speedup_per_core"] == 1
