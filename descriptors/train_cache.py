@@ -108,8 +108,10 @@ def build_view_cache(
             log.info("using the cached trunk features in %s", path)
             return ViewCache(payload["features"], payload["clean"], payload["groups"], meta)
         log.info("%s was built from other files or settings: rebuilding it", path)
+    from copytrace.descriptors.train_edits import FAST_EDITS, to_square
+
     dataset = CopyViewDataset(files, views_per_image=views, view_config=view_config, seed=seed,
-                              siblings=siblings)
+                              siblings=siblings, edits=FAST_EDITS, square=to_square)
     n = len(dataset)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         worker_init_fn=one_thread_worker, prefetch_factor=4 if workers else None)

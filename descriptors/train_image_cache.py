@@ -72,7 +72,7 @@ class _Decode(Dataset):
 
     def __getitem__(self, i: int) -> np.ndarray:
         try:
-            return np.asarray(load_for_training(self.files[i], max_side=self.max_side))
+            return np.array(load_for_training(self.files[i], max_side=self.max_side))
         except DecodeError as exc:
             log.warning("training image '%s' skipped: %s", self.files[i], exc)
             return np.zeros((0, 0, 3), np.uint8)
