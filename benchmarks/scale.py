@@ -1,123 +1,256 @@
-"""Index scale benchmark: build time, size, query speed and recall of the FAISS choices.
+"""Scale benchmark: exact search vs copytrace's budgeted index vs autofaiss, on real copy queries.
 
-Real descriptors of real photos are planted among synthetic distractors that share the real
-descriptors' mean and covariance (random unit vectors would be far too easy: real descriptors
-crowd a small cone). Queries are real descriptors of edited copies, so "recall" means what a
-user sees: does the approximate index still return the true original that exact search returns.
+    python -m copytrace.benchmarks.scale --n 1000000 --json OUT.json
+    python -m copytrace.benchmarks.scale --sweep 10000,100000,1000000 --json SWEEP.json
 
-    python -m copytrace.benchmarks.scale --bench /tmp/copytrace-dev/disc-dev --sizes 100000,1000000
+References: the shipped model's descriptors of every dev photo (../shared/data), planted among
+distractors drawn from a Gaussian fitted to those descriptors (`scale_data`; the output sets
+their similarity to real queries beside that of real non-matching photos). Queries: copies of
+held-out photos made with `descriptors.augment`. recall_at_10 = share of copy queries whose
+original is in the top 10. Each index gets the same memory budget (default: a quarter of what
+Flat takes) and is timed the same way (all queries as one batch, FAISS threads = cores).
+copytrace's index is chosen by `choose_index` and tuned by `tune_search` on separate copy
+queries (of other catalog photos) to keep 0.97 of exact recall; autofaiss runs in its own venv
+(its pins clash with ours) with `max_index_memory_usage` = the budget and its defaults otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import tempfile
+import logging
+import math
+import shutil
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from copytrace.descriptors.embed import Embedder, embed_files
-from copytrace.descriptors.model import load_descriptor
+from copytrace.benchmarks.scale_data import (
+    RealSet,
+    load_real_set,
+    load_tuning_set,
+    make_distractors,
+    similarity_quantiles,
+)
 from copytrace.indexing.budget import parse_size
 from copytrace.indexing.index_spec import choose_index
-from copytrace.indexing.shards import ShardedIndex, build_shards
-from copytrace.indexing.sources import scan_folder
+from copytrace.indexing.shards import ShardedIndex, index_bytes, train_template
+from copytrace.indexing.tuning import exact_top_k, recall_at_k, tune_search
+
+log = logging.getLogger(__name__)
+
+AUTOFAISS_PYTHON = Path("/tmp/autofaiss-venv/bin/python")
+_AUTOFAISS_SCRIPT = """
+import json, sys
+from autofaiss import build_index
+emb, index_path, infos_path, budget, cores = sys.argv[1:6]
+build_index(embeddings=emb, index_path=index_path, index_infos_path=infos_path,
+            max_index_memory_usage=budget, current_memory_available="4G", metric_type="ip",
+            nb_cores=int(cores), save_on_disk=True, verbose=30)
+"""
 
 
-def _embed_folder(folder: Path, embedder: Embedder) -> dict[str, np.ndarray]:
-    sources = scan_folder(folder)
-    out: dict[str, np.ndarray] = {}
-    for batch in embed_files([s.uri for s in sources], embedder):
-        for item in batch:
-            if item.vector is not None:
-                out[sources[item.index].image_id] = item.vector
-    return out
+@dataclass(frozen=True)
+class Result:
+    index_spec: str
+    recall_at_10: float
+    qps: float
+    index_bytes: int
+    build_seconds: float
+
+    def as_dict(self) -> dict:
+        return {"index_spec": self.index_spec, "recall_at_10": self.recall_at_10,
+                "qps": self.qps, "index_bytes": self.index_bytes,
+                "build_seconds": self.build_seconds}
 
 
-def synthetic_like(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors drawn from a Gaussian with the real descriptors' mean and covariance."""
-    rng = np.random.default_rng(seed)
-    mean = real.mean(axis=0)
-    centred = real - mean
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    scales = s / np.sqrt(max(1, len(real) - 1))
-    out = np.empty((n, real.shape[1]), np.float32)
-    for start in range(0, n, 100_000):
-        m = min(100_000, n - start)
-        z = rng.standard_normal((m, len(scales))).astype(np.float32) * scales
-        x = mean + z @ vt
-        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+def _timed_search(index, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, float]:
+    index.search(queries[:16], k)
+    t = time.perf_counter()
+    _, ids = index.search(queries, k)
+    return ids, len(queries) / (time.perf_counter() - t)
 
 
-def _build(spec: str, data: np.ndarray, folder: Path) -> list[Path]:
-    sample = data[np.random.default_rng(0).permutation(len(data))[:200_000]]
-    return build_shards(spec, data.shape[1], len(data), lambda a, b: data[a:b], lambda: sample,
-                        folder, shard_size=len(data))
+def _exact(data: np.ndarray, real: RealSet) -> Result:
+    t = time.perf_counter()
+    index = faiss.IndexFlatIP(data.shape[1])
+    index.add(data)
+    build = time.perf_counter() - t
+    ids, qps = _timed_search(index, real.queries)
+    return Result("Flat", round(recall_at_k(ids, real.truth), 4), round(qps, 1),
+                  index_bytes(index), round(build, 2))
 
 
-def run(bench: Path, sizes: list[int], *, model: str, budget: str, k: int = 10) -> list[dict]:
-    embedder = Embedder(load_descriptor(model))
-    refs = _embed_folder(bench / "references", embedder)
-    queries = _embed_folder(bench / "queries", embedder)
-    with open(bench / "gt.csv", newline="") as fh:
-        gt = {r["query_id"]: r["reference_id"] for r in csv.DictReader(fh) if r["reference_id"]}
-    qids = [q for q in gt if q in queries and gt[q] in refs]
-    ref_ids = list(refs)
-    real = np.stack([refs[r] for r in ref_ids])
-    qmat = np.stack([queries[q] for q in qids])
-    truth = np.array([ref_ids.index(gt[q]) for q in qids])
-    rows = []
+def _copytrace(data: np.ndarray, real: RealSet, tune: tuple[np.ndarray, np.ndarray],
+               budget: int, target: float) -> tuple[Result, dict]:
+    choice = choose_index(len(data), data.shape[1], budget)
+    rng = np.random.default_rng(0)
+    t = time.perf_counter()
+    template = train_template(choice.spec, data.shape[1],
+                              lambda: data[rng.permutation(len(data))[:200_000]])
+    template.add(data)
+    index = ShardedIndex([template], [0])
+    tq, ttruth = tune
+    exact = recall_at_k(exact_top_k(tq, len(data), lambda a, b: data[a:b]), ttruth)
+    tuned = tune_search(index, tq, ttruth, exact_recall=exact, target=target)
+    build = time.perf_counter() - t  # tuning is part of building the index
+    ids, qps = _timed_search(index, real.queries)
+    spec = choice.spec + (f" nprobe={tuned.nprobe}" if tuned.nprobe else "") + (
+        f" k_factor={tuned.k_factor}" if tuned.k_factor else "")
+    return (Result(spec, round(recall_at_k(ids, real.truth), 4), round(qps, 1),
+                   index_bytes(template), round(build, 2)),
+            {"choice_reason": choice.reason, "tuning": tuned.as_dict()})
+
+
+def _autofaiss(data: np.ndarray, real: RealSet, budget: int, work: Path,
+               python: Path) -> tuple[Result | None, dict]:
+    if not python.exists():
+        return None, {"error": f"autofaiss venv not found at {python}"}
+    folder = work / f"autofaiss-{len(data)}"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "emb").mkdir(parents=True)
+    np.save(folder / "emb" / "part-0.npy", data)
+    index_path, infos_path = folder / "knn.index", folder / "infos.json"
+    t = time.perf_counter()
+    proc = subprocess.run([str(python), "-c", _AUTOFAISS_SCRIPT, str(folder / "emb"),
+                           str(index_path), str(infos_path), f"{budget}B",
+                           str(faiss.omp_get_max_threads())], capture_output=True, text=True)
+    build = time.perf_counter() - t
+    if proc.returncode != 0 or not index_path.exists():
+        return None, {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
+    infos = json.loads(infos_path.read_text())
+    index = faiss.read_index(str(index_path))
+    if infos.get("index_param"):
+        faiss.ParameterSpace().set_index_parameters(index, infos["index_param"])
+    ids, qps = _timed_search(index, real.queries)
+    size = index_path.stat().st_size
+    shutil.rmtree(folder, ignore_errors=True)
+    spec = f"{infos.get('index_key')} {infos.get('index_param', '')}".strip()
+    return (Result(spec, round(recall_at_k(ids, real.truth), 4), round(qps, 1), size,
+                   round(build, 2)),
+            {"index_infos": {k: infos[k] for k in ("index_key", "index_param", "avg_search_speed_ms",
+                                                    "size in bytes") if k in infos}})
+
+
+def run_one(n: int, real: RealSet, tune: tuple[np.ndarray, np.ndarray], *, budget: int | None,
+            target: float, work: Path, autofaiss_python: Path) -> dict:
+    """One size: n references (the real ones + n - real distractors), three indexes."""
+    distractors = make_distractors(real.refs, max(0, n - len(real.refs)))
+    data = np.ascontiguousarray(np.concatenate([real.refs, distractors])[:n])
+    del distractors
+    budget = budget or len(data) * data.shape[1] * 4 // 4
+    exact = _exact(data, real)
+    ours, ours_extra = _copytrace(data, real, tune, budget, target)
+    theirs, theirs_extra = _autofaiss(data, real, budget, work, autofaiss_python)
+    return {
+        "n": len(data), "dims": int(data.shape[1]), "queries": len(real.queries),
+        "exact": exact.as_dict(), "copytrace": ours.as_dict(),
+        "autofaiss": theirs.as_dict() if theirs else None,
+        "memory_budget_bytes": budget, "copytrace_details": ours_extra,
+        "autofaiss_details": theirs_extra, "faiss_threads": faiss.omp_get_max_threads(),
+    }
+
+
+def projection(rows: list[dict], sizes: tuple[int, ...] = (100_000_000, 1_000_000_000), *,
+               machine_ram: int = 64 * 2**30, shard_ram: int = 16 * 2**30) -> list[dict]:
+    """Extrapolate copytrace's index from the measured sizes: bytes and build time grow linearly
+    with n (measured slope between the two largest runs), query cost grows like sqrt(n) at fixed
+    nprobe (lists of n/nlist vectors, nlist ~ 4 sqrt(n)), shards of `shard_ram`."""
+    rows = sorted(rows, key=lambda r: r["n"])
+    a, b = (rows[-2], rows[-1]) if len(rows) > 1 else (None, rows[-1])
+    ours = b["copytrace"]
+    per_vec = ours["index_bytes"] / b["n"]
+    if a:
+        build_slope = (ours["build_seconds"] - a["copytrace"]["build_seconds"]) / (b["n"] - a["n"])
+    else:
+        build_slope = ours["build_seconds"] / b["n"]
+    out = []
     for n in sizes:
-        data = np.concatenate([real, synthetic_like(real, max(0, n - len(real)))])
-        choice = choose_index(len(data), data.shape[1], parse_size(budget))
-        specs = ["Flat"] + ([choice.spec] if choice.spec != "Flat" else [])
-        exact_top = None
-        for spec in specs:
-            with tempfile.TemporaryDirectory() as tmp:
-                t = time.perf_counter()
-                paths = _build(spec, data, Path(tmp))
-                build_s = time.perf_counter() - t
-                size_mb = sum(p.stat().st_size for p in paths) / 2**20
-                index = ShardedIndex.load(paths, nprobe=choice.nprobe)
-                index.search(qmat[:8], k)
-                t = time.perf_counter()
-                _, ids = index.search(qmat, k)
-                qps = len(qmat) / (time.perf_counter() - t)
-            if exact_top is None:
-                exact_top = ids[:, 0]
-            rows.append({
-                "vectors": len(data), "dims": int(data.shape[1]), "spec": spec,
-                "build_s": round(build_s, 1), "size_mib": round(size_mb, 1),
-                "queries_per_s": round(qps, 1),
-                "original_in_top10": round(float(np.mean([t in r for t, r in zip(truth, ids,
-                                                                                 strict=True)])), 4),
-                "top1_same_as_exact": round(float(np.mean(ids[:, 0] == exact_top)), 4),
-                "faiss_threads": faiss.omp_get_max_threads(),
-            })
-    return rows
+        ram = per_vec * n
+        shards = max(1, math.ceil(ram / shard_ram))
+        out.append({
+            "n": n, "index_bytes": int(ram), "shards": shards,
+            "machines": max(1, math.ceil(ram * 1.3 / machine_ram)),
+            "build_seconds_one_machine": round(build_slope * n),
+            "qps_one_machine": round(ours["qps"] / math.sqrt(n / b["n"]), 1),
+            "raw_vectors_bytes": n * b["dims"] * 4,
+        })
+    return out
+
+
+def _table(rows: list[dict]) -> str:
+    head = f"{'n':>9} {'index':<10} {'spec':<46} {'recall@10':>9} {'q/s':>9} {'MiB':>8} {'build s':>8}"
+    lines = [head]
+    for r in rows:
+        for name in ("exact", "copytrace", "autofaiss"):
+            x = r[name]
+            if x is None:
+                lines.append(f"{r['n']:>9} {name:<10} (not run: {r['autofaiss_details']})")
+                continue
+            lines.append(f"{r['n']:>9} {name:<10} {x['index_spec'][:46]:<46} {x['recall_at_10']:>9.4f} "
+                         f"{x['qps']:>9.0f} {x['index_bytes'] / 2**20:>8.1f} {x['build_seconds']:>8.1f}")
+        e, c = r["exact"], r["copytrace"]
+        lines.append(f"{'':>9} copytrace / exact: recall {c['recall_at_10'] / e['recall_at_10']:.3f}, "
+                     f"bytes {c['index_bytes'] / e['index_bytes']:.3f}, q/s {c['qps'] / e['qps']:.1f}x")
+    return "\n".join(lines)
+
+
+def _quantile_table(q: dict) -> str:
+    keys = list(q["real_non_matching"])
+    lines = [f"{'query-to-reference cosine':<26}" + "".join(f"{k:>12}" for k in keys)]
+    for name, row in q.items():
+        lines.append(f"{name:<26}" + "".join(f"{row[k]:>12.4f}" for k in keys))
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", type=Path, required=True,
-                        help="a make-disc folder (references/, queries/, gt.csv)")
-    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--sweep", default=None, help="sizes, e.g. 10000,100000,1000000")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--memory-budget", default=None,
+                        help="e.g. 256MB; default: a quarter of the Flat index's bytes")
+    parser.add_argument("--target-recall", type=float, default=0.97)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--cache", type=Path, default=Path("out/scale-cache"))
     parser.add_argument("--model", default="default")
-    parser.add_argument("--memory-budget", default="4GB")
+    parser.add_argument("--autofaiss-python", type=Path, default=AUTOFAISS_PYTHON)
     args = parser.parse_args()
-    rows = run(args.bench, [int(s) for s in args.sizes.split(",")], model=args.model,
-               budget=args.memory_budget)
-    print(json.dumps(rows, indent=2))
-    print(f"\n{'vectors':>9} {'spec':<22} {'build s':>8} {'MiB':>8} {'q/s':>9} "
-          f"{'orig@10':>8} {'top1=exact':>10}")
-    for r in rows:
-        print(f"{r['vectors']:>9} {r['spec']:<22} {r['build_s']:>8} {r['size_mib']:>8} "
-              f"{r['queries_per_s']:>9} {r['original_in_top10']:>8} {r['top1_same_as_exact']:>10}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    real = load_real_set(args.data, args.cache, model=args.model)
+    tune = load_tuning_set(args.data, args.cache, real, model=args.model)
+    quantiles = similarity_quantiles(real, make_distractors(real.refs, len(real.refs)))
+    budget = parse_size(args.memory_budget) if args.memory_budget else None
+    sizes = [int(s) for s in args.sweep.split(",")] if args.sweep else [args.n]
+    rows = []
+    for n in sizes:
+        rows.append(run_one(n, real, tune, budget=budget, target=args.target_recall,
+                            work=args.cache, autofaiss_python=args.autofaiss_python))
+        print(_table(rows[-1:]), flush=True)
+    out = dict(rows[-1])
+    out["similarity_quantiles"] = quantiles
+    out["real_references"] = len(real.refs)
+    out["tuning_queries"] = len(tune[0])
+    if len(rows) > 1:
+        out["sweep"] = rows
+        out["projection"] = projection(rows)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print(_quantile_table(quantiles))
+    print(_table(rows))
+    if "projection" in out:
+        for p in out["projection"]:
+            print(f"projected n={p['n']:.0e}: {p['index_bytes'] / 2**30:.1f} GiB index, "
+                  f"{p['shards']} shards, {p['machines']} machines of 64 GiB, build "
+                  f"{p['build_seconds_one_machine'] / 3600:.1f} h on one such machine, "
+                  f"{p['qps_one_machine']:.0f} q/s per replica")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""Choose a FAISS index from the catalog size and a memory budget.
+"""Choose a FAISS index from the catalog size, the descriptor width and a memory budget.
 
 Small catalogs get exact search (Flat): below ~200k vectors it is fast enough and never loses a
-match. Larger ones get IVF; the vectors stay uncompressed (IVF,Flat) while they fit the budget,
-otherwise they are product-quantised with fast-scan PQ (after a PCA reduction for wide
-descriptors). All specs use inner product on unit
-vectors, i.e. cosine similarity.
+match. Larger ones get IVF (with an HNSW coarse quantizer once there are too many lists to scan
+the centroids exhaustively, FAISS's advice from 10M up); the vectors stay uncompressed (IVF,Flat)
+while they fit the budget. Otherwise they are product-quantised with fast-scan PQ (after a PCA
+reduction for wide descriptors) and the PQ shortlist is re-ranked with scalar-quantised copies of
+the vectors (`Refine(SQ8|SQ6|SQ4)`), the most precise ones that still fit: PQ alone ranks the
+true original of a copy well enough to shortlist it, not always well enough to put it in the top
+10. All specs use inner product on unit vectors, i.e. cosine similarity. The search parameters
+(nprobe, re-ranking depth) are then tuned on copy queries (`indexing.tuning`).
 """
 
 from __future__ import annotations
@@ -14,21 +18,28 @@ from dataclasses import dataclass
 
 FLAT_MAX_VECTORS = 200_000
 MIN_TRAIN_POINTS_PER_LIST = 39
+HNSW_QUANTIZER_MIN_LISTS = 16_384
 PQ_MAX_DIMS = 256
 """Wider descriptors are PCA-rotated and reduced to this before PQ: PQ with hundreds of
 sub-quantizers trains for many minutes and, measured on real 1280-d descriptors, lost recall."""
+BUDGET_SHARE = 0.9  # leave room for centroids, block padding and the process itself
+ID_BYTES = 8  # IVF lists store one int64 id per vector
+REFINE_BITS = (8, 6, 4)  # scalar quantizers tried for re-ranking, most precise first
+PQ_M = (64, 32, 16, 8)
 
 
 @dataclass(frozen=True)
 class IndexChoice:
     spec: str  # a faiss.index_factory string
-    nprobe: int | None  # for IVF specs
+    nprobe: int | None  # for IVF specs; a starting point, tuning refines it
     needs_training: bool
     estimated_bytes: int
     reason: str
+    k_factor: int | None = None  # re-ranking depth (x k) for Refine specs
 
 
-def _nlist(n: int) -> int:
+def nlist_for(n: int) -> int:
+    """About 4 sqrt(n) lists (a power of two), with enough training points per list."""
     target = 4 * math.sqrt(n)
     nlist = 2 ** max(4, round(math.log2(target)))
     while nlist > 16 and n < nlist * MIN_TRAIN_POINTS_PER_LIST:
@@ -36,12 +47,26 @@ def _nlist(n: int) -> int:
     return nlist
 
 
-def _pq_m(dims: int, n: int, budget: int) -> int:
-    """Fast-scan PQ codes take m/2 bytes: the largest m (<= 128, dividing dims) that fits."""
-    for m in (128, 64, 32, 16, 8):
-        if m <= dims and dims % m == 0 and n * (m // 2 + 8) <= budget * 0.8:
-            return m
-    return 8
+def _ivf(nlist: int) -> str:
+    return f"IVF{nlist}_HNSW32" if nlist >= HNSW_QUANTIZER_MIN_LISTS else f"IVF{nlist}"
+
+
+def bytes_per_vector(dims: int, pq_m: int, refine_bits: int | None) -> float:
+    refine = 0 if refine_bits is None else dims * refine_bits / 8
+    return pq_m / 2 + refine + ID_BYTES
+
+
+def _compressed(n: int, dims: int, budget: int) -> tuple[int, int | None]:
+    """(PQ sub-quantizers, refine bits or None): the most precise pair that fits the budget."""
+    fits = [(m, bits) for bits in REFINE_BITS for m in PQ_M
+            if m <= dims and dims % m == 0 and m >= 16
+            and n * bytes_per_vector(dims, m, bits) <= budget * BUDGET_SHARE]
+    if fits:
+        return fits[0]
+    for m in (128, *PQ_M):
+        if m <= dims and dims % m == 0 and n * bytes_per_vector(dims, m, None) <= budget * BUDGET_SHARE:
+            return m, None
+    return 8, None
 
 
 def choose_index(n: int, dims: int, memory_budget: int) -> IndexChoice:
@@ -49,15 +74,19 @@ def choose_index(n: int, dims: int, memory_budget: int) -> IndexChoice:
     if n <= FLAT_MAX_VECTORS and flat_bytes <= memory_budget:
         return IndexChoice("Flat", None, False, flat_bytes,
                            f"{n} vectors: exact search is fast enough and fits the budget")
-    nlist = _nlist(n)
+    nlist = nlist_for(n)
     nprobe = max(8, min(256, nlist // 32))
-    if flat_bytes * 1.1 <= memory_budget:
-        return IndexChoice(f"IVF{nlist},Flat", nprobe, True, int(flat_bytes * 1.1),
+    ivf = _ivf(nlist)
+    if (flat_bytes + n * ID_BYTES) <= memory_budget * BUDGET_SHARE:
+        return IndexChoice(f"{ivf},Flat", nprobe, True, flat_bytes + n * ID_BYTES,
                            f"{n} vectors: inverted lists over uncompressed vectors fit the budget")
     reduced = min(dims, PQ_MAX_DIMS)
     prefix = f"PCAR{reduced}," if reduced < dims else ""
-    m = _pq_m(reduced, n, memory_budget)
-    code_bytes = n * (m // 2 + 8)
-    return IndexChoice(f"{prefix}IVF{nlist},PQ{m}x4fs", nprobe, True, code_bytes,
+    m, bits = _compressed(n, reduced, memory_budget)
+    refine = f",Refine(SQ{bits})" if bits else ""
+    estimated = int(n * bytes_per_vector(reduced, m, bits))
+    how = f"fast-scan PQ{m}" + (f" re-ranked with {bits}-bit scalar codes" if bits else "")
+    return IndexChoice(f"{prefix}{ivf},PQ{m}x4fs{refine}", nprobe, True, estimated,
                        f"{n} vectors x {dims} floats exceed the budget: "
-                       f"{'PCA to ' + str(reduced) + ' dims, ' if prefix else ''}fast-scan PQ{m}")
+                       f"{'PCA to ' + str(reduced) + ' dims, ' if prefix else ''}{how}",
+                       k_factor=8 if bits else None)

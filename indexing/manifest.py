@@ -62,10 +62,15 @@ class FaissInfo:
     shards: list[str]
     shard_size: int
     reason: str
+    k_factor: int | None = None  # re-ranking depth of Refine specs
+    tuning: dict | None = None  # what the search parameters were tuned on and reached
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """`version` grows with every change (add, remove, compact); the files a version reads are
+    named in it (shards, `id_map`, `tombstones`), so swapping this one file swaps the version."""
+
     model: ModelInfo
     index: FaissInfo
     counts: dict[str, int]
@@ -73,6 +78,14 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format: str = INDEX_FORMAT
+    version: int = 1
+    id_map: str = "ids.parquet"
+    tombstones: str | None = None  # Parquet of removed image ids, honoured at search
+    updated: str = ""
+
+    def files(self) -> set[str]:
+        """Paths (relative to the index root) this version's search reads."""
+        return {*self.index.shards, self.id_map, *([self.tombstones] if self.tombstones else [])}
 
     def write(self, path: Path) -> None:
         write_json_atomic(path, asdict(self))
@@ -91,6 +104,8 @@ class Manifest:
         return cls(
             model=ModelInfo(**d["model"]), index=FaissInfo(**d["index"]), counts=d["counts"],
             source=d["source"], versions=d.get("versions", {}), created=d.get("created", ""),
+            version=d.get("version", 1), id_map=d.get("id_map", "ids.parquet"),
+            tombstones=d.get("tombstones"), updated=d.get("updated", ""),
         )
 
 

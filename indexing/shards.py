@@ -8,6 +8,7 @@ when FAISS sees any.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,22 +55,31 @@ class ShardedIndex:
     shards: list[faiss.Index]
     offsets: list[int]
     nprobe: int | None = None
+    k_factor: int | None = None
 
     @classmethod
-    def load(cls, paths: list[Path], *, nprobe: int | None = None,
+    def load(cls, paths: list[Path], *, nprobe: int | None = None, k_factor: int | None = None,
              use_gpu: bool | None = None) -> ShardedIndex:
         shards, offsets, total = [], [], 0
         gpus = gpu_count() if use_gpu in (None, True) else 0
         for path in paths:
             index = faiss.read_index(str(path))
-            if nprobe is not None and _is_ivf(index):
-                faiss.extract_index_ivf(index).nprobe = nprobe
+            set_search_params(index, nprobe=nprobe, k_factor=k_factor)
             if gpus:
                 index = faiss.index_cpu_to_all_gpus(index)
             shards.append(index)
             offsets.append(total)
             total += index.ntotal
-        return cls(shards, offsets, nprobe)
+        out = cls(shards, offsets)
+        out.set_search_params(nprobe=nprobe, k_factor=k_factor)
+        return out
+
+    def set_search_params(self, *, nprobe: int | None = None, k_factor: int | None = None) -> None:
+        """Lists probed per query (IVF) and re-ranking depth (Refine); None keeps the current."""
+        for index in self.shards:
+            set_search_params(index, nprobe=nprobe, k_factor=k_factor)
+        self.nprobe = nprobe if nprobe is not None else self.nprobe
+        self.k_factor = k_factor if k_factor is not None else self.k_factor
 
     @property
     def ntotal(self) -> int:
@@ -87,17 +97,59 @@ class ShardedIndex:
             s, i = shard.search(q, kk)
             all_s.append(s)
             all_i.append(np.where(i >= 0, i + offset, -1))
-        scores = np.concatenate(all_s, axis=1)
-        ids = np.concatenate(all_i, axis=1)
-        scores = np.where(ids >= 0, scores, -np.inf)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        scores = np.take_along_axis(scores, order, 1)
-        ids = np.take_along_axis(ids, order, 1)
-        if scores.shape[1] < k:
-            pad = k - scores.shape[1]
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return scores.astype(np.float32), ids.astype(np.int64)
+        return merge_topk(all_s, all_i, k)
+
+
+def merge_topk(all_scores: list[np.ndarray], all_ids: list[np.ndarray],
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard (scores, global ids) into the top k per query, best first, -1 padded."""
+    scores = np.concatenate(all_scores, axis=1)
+    ids = np.concatenate(all_ids, axis=1)
+    scores = np.where(ids >= 0, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(scores, order, 1)
+    ids = np.take_along_axis(ids, order, 1)
+    if scores.shape[1] < k:
+        pad = k - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    return scores.astype(np.float32), ids.astype(np.int64)
+
+
+def set_search_params(index: faiss.Index, *, nprobe: int | None = None,
+                      k_factor: int | None = None) -> None:
+    """Set nprobe (and the HNSW quantizer's efSearch to match) and a Refine index's k_factor."""
+    if k_factor is not None:
+        refine = _refine(index)
+        if refine is not None:
+            refine.k_factor = float(k_factor)
+    if nprobe is not None and not _is_ivf(index) and gpu_count():
+        # a GPU copy: FAISS sets its nprobe through the parameter space
+        with contextlib.suppress(AttributeError, RuntimeError):
+            faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+    elif nprobe is not None and _is_ivf(index):
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = nprobe
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            quantizer.hnsw.efSearch = max(64, 2 * nprobe)
+
+
+def _refine(index: faiss.Index) -> faiss.IndexRefine | None:
+    index = faiss.downcast_index(index)
+    return index if isinstance(index, faiss.IndexRefine) else None
+
+
+def empty_like(index: faiss.Index) -> faiss.Index:
+    """A trained, empty index of the same kind (for a new shard of an existing index)."""
+    out = faiss.clone_index(index)
+    out.reset()
+    return out
+
+
+def index_bytes(index: faiss.Index) -> int:
+    """Size of the serialized index: what a shard costs on disk and, loaded, in RAM."""
+    return int(faiss.serialize_index(index).size)
 
 
 def _is_ivf(index: faiss.Index) -> bool:
@@ -117,13 +169,16 @@ def build_shards(
     out_dir: Path,
     *,
     shard_size: int,
+    version: int | None = None,
 ) -> list[Path]:
-    """Write `ceil(total / shard_size)` shard files; `read_range(a, b)` gives vectors a..b."""
+    """Write `ceil(total / shard_size)` shard files; `read_range(a, b)` gives vectors a..b.
+    With `version`, file names carry it (an update never overwrites a file a reader may use)."""
     template = train_template(spec, dims, train_sample)
     paths = []
     for no, start in enumerate(range(0, max(total, 1), shard_size)):
         stop = min(total, start + shard_size)
-        path = out_dir / f"shard-{no:04d}.faiss"
+        suffix = "" if version is None else f".v{version}"
+        path = out_dir / f"shard-{no:04d}{suffix}.faiss"
         write_shard(template, read_range(start, stop), path)
         paths.append(path)
     return paths

@@ -28,30 +28,51 @@ class CopyIndex:
     manifest: Manifest
     ids: np.ndarray  # position -> image_id (object array)
     faiss_index: ShardedIndex
+    removed: np.ndarray | None = None  # position -> tombstoned (bool), None when none are
 
     @classmethod
     def open(cls, root: str | Path, *, nprobe: int | None = None,
              use_gpu: bool | None = None) -> CopyIndex:
+        """Open the version the manifest names; if an update retired its files meanwhile
+        (the reader was two versions behind), read the new manifest once more."""
+        try:
+            return cls._open(root, nprobe=nprobe, use_gpu=use_gpu)
+        except FileNotFoundError:
+            return cls._open(root, nprobe=nprobe, use_gpu=use_gpu)
+
+    @classmethod
+    def _open(cls, root: str | Path, *, nprobe: int | None,
+              use_gpu: bool | None) -> CopyIndex:
         layout = IndexLayout(Path(root))
         manifest = Manifest.read(layout.manifest)
-        ids = np.array(pq.read_table(layout.id_map).column("image_id").to_pylist(), dtype=object)
+        ids = np.array(pq.read_table(layout.root / manifest.id_map).column("image_id").to_pylist(),
+                       dtype=object)
         shards = [layout.root / s for s in manifest.index.shards]
-        index = ShardedIndex.load(shards, nprobe=nprobe or manifest.index.nprobe, use_gpu=use_gpu)
+        index = ShardedIndex.load(shards, nprobe=nprobe or manifest.index.nprobe,
+                                  k_factor=manifest.index.k_factor, use_gpu=use_gpu)
         if index.ntotal != len(ids):
             raise ValueError(f"index '{root}' is inconsistent: {index.ntotal} vectors, "
                              f"{len(ids)} ids; rebuild it")
-        return cls(layout, manifest, ids, index)
+        removed = None
+        if manifest.tombstones:
+            dead = pq.read_table(layout.root / manifest.tombstones).column("image_id").to_pylist()
+            removed = np.isin(ids, np.array(dead, dtype=object))
+        return cls(layout, manifest, ids, index, removed)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.ids) - (int(self.removed.sum()) if self.removed is not None else 0)
 
     def search(self, vectors: np.ndarray, k: int = 10) -> list[list[Neighbor]]:
-        scores, positions = self.faiss_index.search(vectors, min(k, max(1, len(self))))
-        return [
-            [Neighbor(str(self.ids[p]), float(s)) for s, p in zip(srow, prow, strict=True)
-             if p >= 0]
-            for srow, prow in zip(scores, positions, strict=True)
-        ]
+        """Top-k live neighbours: tombstoned positions are asked for extra, then dropped."""
+        extra = int(self.removed.sum()) if self.removed is not None else 0
+        kk = min(k + extra, max(1, len(self.ids)))
+        scores, positions = self.faiss_index.search(vectors, kk)
+        out = []
+        for srow, prow in zip(scores, positions, strict=True):
+            row = [Neighbor(str(self.ids[p]), float(s)) for s, p in zip(srow, prow, strict=True)
+                   if p >= 0 and (self.removed is None or not self.removed[p])]
+            out.append(row[:k])
+        return out
 
     def catalog(self) -> pa.Table:
         return read_catalog(self.layout.catalog_dir)

@@ -37,6 +37,7 @@ from copytrace.indexing.manifest import (
 from copytrace.indexing.shards import build_shards
 from copytrace.indexing.sources import NoImagesError, absolute_uri, list_sources, listing_digest
 from copytrace.indexing.store import id_map_table
+from copytrace.indexing.tuning import tune_built_index
 from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
 from copytrace.pipelines.progress import progress_bar
 
@@ -116,6 +117,8 @@ def build_index(
     overwrite: bool = False,
     show_progress: bool = True,
     root: str | Path | None = None,
+    target_recall: float = 0.97,
+    max_query_ms: float | None = None,
 ) -> BuildReport:
     """Index every image under `images` (folder, image, or .parquet/.csv listing) into `index`.
 
@@ -181,13 +184,19 @@ def build_index(
                                lambda: reader.sample(200_000), layout.faiss_dir,
                                shard_size=shard_size)
     write_parquet_atomic(layout.id_map, id_map_table(reader.ids()))
+    tuned = tune_built_index(layout.root, shard_paths, descriptor, nprobe=nprobe,
+                             total=reader.total, read_range=reader.read_range,
+                             target=target_recall, max_query_ms=max_query_ms)
 
     counts = status_summary(layout.root)
     manifest = Manifest(
         model=ModelInfo(descriptor.model_id, model_spec, descriptor.sha256, dims,
                         descriptor.config.image_size),
-        index=FaissInfo(spec, nprobe, [str(p.relative_to(layout.root)) for p in shard_paths],
-                        shard_size, choice.reason if index_spec == "auto" else "user choice"),
+        index=FaissInfo(spec, tuned.nprobe if tuned else nprobe,
+                        [str(p.relative_to(layout.root)) for p in shard_paths], shard_size,
+                        choice.reason if index_spec == "auto" else "user choice",
+                        k_factor=tuned.k_factor if tuned else None,
+                        tuning=tuned.as_dict() if tuned else None),
         counts={"inputs": len(sources), "indexed": reader.total,
                 "errors": counts.get("error", 0)},
         source=absolute_uri(images), versions=software_versions(), created=utc_now(),

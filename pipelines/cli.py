@@ -61,6 +61,11 @@ def index_build(
     index_spec: Annotated[str, typer.Option(help="FAISS factory string, or 'auto' to choose from "
                                                  "size and --memory-budget.")] = "auto",
     memory_budget: Annotated[str, typer.Option(help="RAM the index may use, e.g. '4GB'.")] = "4GB",
+    target_recall: Annotated[float, typer.Option(help="Share of exact search's recall@10 (on "
+                                                     "copies of catalog images) the tuned "
+                                                     "index must keep.")] = 0.97,
+    max_query_ms: Annotated[float | None, typer.Option(help="Query time the tuning must stay "
+                                                            "under.")] = None,
     shard_size: Annotated[int, typer.Option(help="Vectors per FAISS shard.")] = 2_000_000,
     device: Annotated[str, typer.Option(help="'auto' (GPU if present), 'cpu', 'cuda'.")] = "auto",
     ray: Annotated[bool, typer.Option("--ray/--no-ray", help="Run embedding as a Ray job.")] = True,
@@ -86,6 +91,7 @@ def index_build(
         index_spec=index_spec, memory_budget=memory_budget, shard_size=shard_size,
         device=device, use_ray=ray, ray_address=ray_address, num_workers=workers,
         overwrite=overwrite, show_progress=not quiet, root=root,
+        target_recall=target_recall, max_query_ms=max_query_ms,
     )
     out.print(f"[bold]index[/bold] {report.index}: {report.indexed} of {report.inputs} images "
               f"indexed, {report.errors} failed, FAISS {report.index_spec}, "
@@ -120,6 +126,63 @@ def index_errors(index: Annotated[Path, typer.Argument(help="Index folder.")],
     t = errors(index, limit=limit)
     for row in t.to_pylist():
         out.print(f"{row['uri']}\t{row['error']}", markup=False, highlight=False)
+
+
+@index_app.command("add")
+def index_add(
+    images: Annotated[Path, typer.Argument(help="Folder, image, or .parquet/.csv listing of "
+                                                "new images (ids must not be in the index).")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index folder to change.")],
+    batch_size: Annotated[int, typer.Option(help="Images per model forward.")] = 32,
+    ray: Annotated[bool, typer.Option("--ray/--no-ray", help="Embed as a Ray job.")] = False,
+    ray_address: RayAddress = None,
+    quiet: Quiet = False,
+) -> None:
+    """Embed new images with the index's model and append them (a new manifest version)."""
+    from copytrace.pipelines.index_update import add_images
+
+    r = add_images(images, index, batch_size=batch_size, use_ray=ray, ray_address=ray_address,
+                   show_progress=not quiet)
+    out.print(f"index {index}: version {r.version}, {r.added} added, {r.live} live, "
+              f"{r.shards} shards", markup=False, highlight=False)
+
+
+@index_app.command("remove")
+def index_remove(
+    ids: Annotated[list[str], typer.Argument(help="Image ids to remove (or @FILE: one id a "
+                                                  "line).")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index folder to change.")],
+) -> None:
+    """Tombstone images: searches skip them at once; 'index compact' drops them for good."""
+    from copytrace.pipelines.index_update import remove_images
+
+    wanted = [line.strip() for i in ids
+              for line in (Path(i[1:]).read_text().splitlines() if i.startswith("@") else [i])
+              if line.strip()]
+    r = remove_images(wanted, index)
+    out.print(f"index {index}: version {r.version}, {r.removed} removed, {r.live} live",
+              markup=False, highlight=False)
+
+
+@index_app.command("compact")
+def index_compact(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> None:
+    """Rewrite the index without removed images (FAISS rebuilt from the embedding parts)."""
+    from copytrace.pipelines.index_update import compact_index
+
+    r = compact_index(index)
+    out.print(f"index {index}: version {r.version}, {r.removed} dropped, {r.live} live, "
+              f"{r.shards} shards", markup=False, highlight=False)
+
+
+@index_app.command("verify")
+def index_verify(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> None:
+    """Check that catalog, embeddings, id map and FAISS agree; exit 1 when they do not."""
+    from copytrace.pipelines.index_update import verify
+
+    r = verify(index)
+    out.print_json(json.dumps({"ok": r.ok, "problems": r.problems, **r.facts}))
+    if not r.ok:
+        raise typer.Exit(1)
 
 
 @index_app.command("relocate")

@@ -1,0 +1,183 @@
+"""Vectors for the scale benchmark: real photos, real copies of them, and distractors like them.
+
+References are the shipped model's descriptors of the ImageNet-sample and UKBench dev photos
+(1,500). Queries are descriptors of copies made with the project's edit module
+(`descriptors.augment.random_copy`) of photos the shipped model did not train on (the last 300
+ImageNet-sample photos, one view of each UKBench object); the other UKBench views stay in the
+catalog as hard non-matches. Embedding is slow on a small busy machine, so each set of vectors
+is cached once per model in an .npz.
+
+Distractors (to reach millions of references) are drawn from a Gaussian with the real
+references' mean and covariance, then L2-normalised: random unit vectors would be far too easy,
+since real descriptors crowd a narrow cone. `similarity_quantiles` checks the claim: it sets the
+similarity of real queries to real non-matching references beside their similarity to
+distractors.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from copytrace.descriptors.augment import EditContext, random_copy
+from copytrace.descriptors.embed import Embedder, embed_files, embed_images
+from copytrace.descriptors.model import load_descriptor
+from copytrace.indexing.sources import scan_folder
+
+log = logging.getLogger(__name__)
+
+HELD_OUT_IMAGENET = 300  # the shipped model trained on the first 700 ImageNet-sample photos
+QUANTILES = (0.5, 0.9, 0.99, 0.999, 0.9999)
+
+
+@dataclass(frozen=True)
+class RealSet:
+    """Real references and copy queries; `truth[i]` is the row in `refs` query i was copied from."""
+
+    ref_ids: np.ndarray
+    refs: np.ndarray
+    query_ids: np.ndarray
+    queries: np.ndarray
+    truth: np.ndarray
+    model_id: str
+
+
+def _photo_folders(data: Path) -> list[Path]:
+    folders = [data / "photos" / "imagenet-sample", data / "ukbench"]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"dev photos not found: {', '.join(missing)} (set --data)")
+    return folders
+
+
+def _cached(path: Path, make) -> dict[str, np.ndarray]:
+    """Arrays from `path`, or made by `make()` and saved there first (embedding is slow)."""
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return dict(z)
+    arrays = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return arrays
+
+
+def _embed_folder(folder: Path, embedder: Embedder) -> dict[str, np.ndarray]:
+    sources = scan_folder(folder)
+    ids, vecs = [], []
+    for batch in embed_files([s.uri for s in sources], embedder, batch_size=64):
+        for item in batch:
+            if item.vector is not None:
+                ids.append(f"{folder.name}/{sources[item.index].image_id}")
+                vecs.append(item.vector)
+    log.info("embedded %s: %d references", folder, len(ids))
+    return {"ids": np.array(ids), "vectors": np.stack(vecs).astype(np.float32)}
+
+
+def _held_out(data: Path) -> list[tuple[str, Path]]:
+    """Originals of the benchmark queries: the last 300 ImageNet-sample photos, one view per
+    UKBench object (the shipped model trained on neither)."""
+    imagenet = sorted((data / "photos" / "imagenet-sample").glob("*.JPEG"))[-HELD_OUT_IMAGENET:]
+    ukbench = sorted((data / "ukbench").glob("*.jpg"))[::4]
+    return [(f"imagenet-sample/{p.stem}", p) for p in imagenet] + \
+           [(f"ukbench/{p.stem}", p) for p in ukbench]
+
+
+def _embed_copies(originals: list[tuple[str, Path]], embedder: Embedder, copies_per_image: int,
+                  seed: int) -> dict[str, np.ndarray]:
+    rng = random.Random(seed)
+    others = [Image.open(p).convert("RGB") for _, p in originals[:: max(1, len(originals) // 40)]]
+    context = EditContext(others=others)
+    qids, truth, images = [], [], []
+    for ref_id, path in originals:
+        img = Image.open(path).convert("RGB")
+        for c in range(copies_per_image):
+            copy, _ = random_copy(img, rng, context=context)
+            qids.append(f"{ref_id}#copy{c}")
+            truth.append(ref_id)
+            images.append(np.asarray(copy))
+    vectors = embed_images(images, embedder, batch_size=64)
+    return {"ids": np.array(qids), "truth": np.array(truth), "vectors": vectors.astype(np.float32)}
+
+
+def load_real_set(data: Path, cache: Path, *, model: str = "default", copies_per_image: int = 1,
+                  seed: int = 0) -> RealSet:
+    """Embed (or read from `cache`) the real references and their copy queries."""
+    descriptor = load_descriptor(model)
+    tag = descriptor.model_id[:16]
+    embedder: list[Embedder] = []
+
+    def get() -> Embedder:
+        if not embedder:
+            embedder.append(Embedder(descriptor))
+        return embedder[0]
+
+    q = _cached(cache / f"queries-{tag}-c{copies_per_image}-s{seed}.npz",
+                lambda: _embed_copies(_held_out(data), get(), copies_per_image, seed))
+    parts = [_cached(cache / f"refs-{tag}-{f.name}.npz", lambda f=f: _embed_folder(f, get()))
+             for f in _photo_folders(data)]
+    ref_ids = np.concatenate([p["ids"] for p in parts])
+    refs = np.concatenate([p["vectors"] for p in parts])
+    row = {str(r): i for i, r in enumerate(ref_ids)}
+    keep = np.array([str(t) in row for t in q["truth"]])
+    truth = np.array([row[str(t)] for t in q["truth"][keep]], np.int64)
+    return RealSet(ref_ids, refs, q["ids"][keep], q["vectors"][keep], truth, descriptor.model_id)
+
+
+def load_tuning_set(data: Path, cache: Path, real: RealSet, *, model: str = "default",
+                    n: int = 150, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Copy queries of `n` references the benchmark queries never use (held back for tuning)."""
+    held_out = {rid for rid, _ in _held_out(data)}
+    photos = sorted((data / "photos" / "imagenet-sample").glob("*.JPEG"))[:-HELD_OUT_IMAGENET]
+    pool = [(f"imagenet-sample/{p.stem}", p) for p in photos]
+    pool = [x for x in pool if x[0] not in held_out]
+    chosen = random.Random(seed).sample(pool, min(n, len(pool)))
+    z = _cached(cache / f"tune-{real.model_id[:16]}-n{n}-s{seed}.npz",
+                lambda: _embed_copies(chosen, Embedder(load_descriptor(model)), 1, seed))
+    row = {str(r): i for i, r in enumerate(real.ref_ids)}
+    return z["vectors"], np.array([row[str(t)] for t in z["truth"]], np.int64)
+
+
+def fit_distractors(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and the covariance's square root (rows of `scales[:, None] * vt`) of real vectors."""
+    mean = real.mean(axis=0)
+    _, s, vt = np.linalg.svd(real - mean, full_matrices=False)
+    return mean.astype(np.float32), (s[:, None] / np.sqrt(max(1, len(real) - 1)) * vt).astype(
+        np.float32)
+
+
+def make_distractors(real: np.ndarray, n: int, *, seed: int = 1) -> np.ndarray:
+    """`n` unit vectors drawn like the real references (Gaussian of their mean and covariance)."""
+    mean, root = fit_distractors(real)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, real.shape[1]), np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        x = mean + rng.standard_normal((m, root.shape[0]), dtype=np.float32) @ root
+        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def similarity_quantiles(real: RealSet, distractors: np.ndarray) -> dict[str, dict[str, float]]:
+    """Quantiles of query-to-reference cosine: real non-matching references vs distractors.
+
+    Same number of references on both sides (the real set's size), so the upper quantiles and the
+    mean best non-match per query are comparable.
+    """
+    n = len(real.refs)
+    sims_real = real.queries @ real.refs.T
+    sims_real[np.arange(len(real.queries)), real.truth] = np.nan  # drop the true originals
+    sims_fake = real.queries @ distractors[:n].T
+    out = {}
+    for name, sims in (("real_non_matching", sims_real), ("distractors", sims_fake)):
+        flat = sims[~np.isnan(sims)]
+        row = {f"q{q:g}": round(float(np.quantile(flat, q)), 4) for q in QUANTILES}
+        row["mean_best_per_query"] = round(float(np.nanmax(sims, axis=1).mean()), 4)
+        out[name] = row
+    return out

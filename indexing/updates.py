@@ -1,0 +1,215 @@
+"""Change an index in place: append vectors, remove ids (tombstones), compact, one version each.
+
+Every change writes new files (shards, id map, tombstones, each named with the new version),
+then swaps manifest.json atomically: a reader that opened the manifest of version v reads only
+files of version v, so it never sees half of a change. Files of the previous version are kept
+(a reader may be opening them right now); older ones are deleted by the next change. Parquet
+stays the source of truth: `compact` rebuilds FAISS from the embedding parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from copytrace.indexing.atomic import write_file_atomic, write_parquet_atomic
+from copytrace.indexing.catalog import STATUS_OK, read_catalog
+from copytrace.indexing.embeddings import embedding_parts, table_vectors
+from copytrace.indexing.manifest import IndexLayout, Manifest, utc_now
+from copytrace.indexing.shards import build_shards, empty_like, write_shard
+from copytrace.indexing.store import id_map_table
+
+log = logging.getLogger(__name__)
+
+TOMBSTONE_SCHEMA = pa.schema([("image_id", pa.string())])
+_PART = re.compile(r"part-(\d+)\.parquet$")
+
+
+class UpdateError(ValueError):
+    """The change cannot be made as asked (duplicate ids, unknown ids, another model)."""
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    version: int
+    added: int = 0
+    removed: int = 0
+    live: int = 0
+    shards: int = 0
+
+
+def read_ids(layout: IndexLayout, manifest: Manifest) -> list[str]:
+    return pq.read_table(layout.root / manifest.id_map).column("image_id").to_pylist()
+
+
+def read_tombstones(layout: IndexLayout, manifest: Manifest) -> set[str]:
+    if not manifest.tombstones:
+        return set()
+    return set(pq.read_table(layout.root / manifest.tombstones).column("image_id").to_pylist())
+
+
+def next_part_number(layout: IndexLayout) -> int:
+    numbers = [int(m.group(1)) for p in layout.embeddings_dir.glob("part-*.parquet")
+               if (m := _PART.search(p.name))]
+    numbers += [int(m.group(1)) for p in layout.catalog_dir.glob("part-*.parquet")
+                if (m := _PART.search(p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def _publish(layout: IndexLayout, old: Manifest, new: Manifest) -> None:
+    """Swap the manifest, then delete files neither this version nor the previous one reads."""
+    new.write(layout.manifest)
+    keep = new.files() | old.files()
+    stale = [p for p in [*layout.faiss_dir.glob("*.faiss"), *layout.root.glob("ids*.parquet"),
+                         *layout.root.glob("tombstones*.parquet")]
+             if str(p.relative_to(layout.root)) not in keep]
+    for p in stale:
+        p.unlink(missing_ok=True)
+
+
+def append(root: str | Path, ids: list[str], vectors: np.ndarray, *,
+           catalog: pa.Table | None = None, embeddings: pa.Table | None = None) -> UpdateReport:
+    """Add vectors with new unique ids (call under the index lock). `catalog`/`embeddings` are
+    the Parquet parts that record them (written first: Parquet is the source of truth)."""
+    layout = IndexLayout(Path(root))
+    old = Manifest.read(layout.manifest)
+    known = read_ids(layout, old)
+    _refuse_duplicates(ids, known)
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    if vectors.shape != (len(ids), old.model.dims):
+        raise UpdateError(f"{len(ids)} ids for vectors of shape {vectors.shape}; "
+                          f"the index holds {old.model.dims}-d vectors")
+    version = old.version + 1
+    part = layout.part_name(next_part_number(layout))
+    if embeddings is not None:
+        write_parquet_atomic(layout.embeddings_dir / part, embeddings)
+    if catalog is not None:
+        write_parquet_atomic(layout.catalog_dir / part, catalog)
+    shards = _append_to_shards(layout, old, vectors, version)
+    write_parquet_atomic(layout.root / f"ids.v{version}.parquet", id_map_table(known + list(ids)))
+    removed = len(read_tombstones(layout, old))
+    counts = dict(old.counts, indexed=len(known) + len(ids) - removed,
+                  inputs=old.counts.get("inputs", 0) + (len(catalog) if catalog is not None
+                                                        else len(ids)))
+    new = replace(old, index=replace(old.index, shards=shards), counts=counts, version=version,
+                  id_map=f"ids.v{version}.parquet", updated=utc_now())
+    _publish(layout, old, new)
+    return UpdateReport(version, added=len(ids), live=counts["indexed"], shards=len(shards))
+
+
+def _refuse_duplicates(ids: list[str], known: list[str]) -> None:
+    seen: set[str] = set()
+    dup = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+    if dup:
+        raise UpdateError(f"{len(dup)} ids appear twice in the new images (e.g. '{dup[0]}'); "
+                          "ids must be unique")
+    clash = sorted(set(ids) & set(known))
+    if clash:
+        raise UpdateError(f"{len(clash)} ids are already in the index (e.g. '{clash[0]}'): "
+                          "remove them first, or give the new images other ids")
+
+
+def _append_to_shards(layout: IndexLayout, old: Manifest, vectors: np.ndarray,
+                      version: int) -> list[str]:
+    """Fill the last shard up to shard_size (written as a new file), then open new shards."""
+    shards = list(old.index.shards)
+    size = old.index.shard_size
+    last = faiss.read_index(str(layout.root / shards[-1]))
+    template = empty_like(last)
+    start = 0
+    room = max(0, size - last.ntotal)
+    if room and len(vectors):
+        take = vectors[:room]
+        last.add(take)
+        name = f"faiss/shard-{len(shards) - 1:04d}.v{version}.faiss"
+        write_file_atomic(layout.root / name, lambda tmp: faiss.write_index(last, str(tmp)))
+        shards[-1] = name
+        start = len(take)
+    while start < len(vectors):
+        name = f"faiss/shard-{len(shards):04d}.v{version}.faiss"
+        write_shard(template, vectors[start : start + size], layout.root / name)
+        shards.append(name)
+        start += size
+    return shards
+
+
+def remove(root: str | Path, ids: list[str]) -> UpdateReport:
+    """Tombstone `ids` (call under the index lock): search skips them until `compact`."""
+    layout = IndexLayout(Path(root))
+    old = Manifest.read(layout.manifest)
+    known = set(read_ids(layout, old))
+    unknown = sorted(set(ids) - known)
+    if unknown:
+        raise UpdateError(f"{len(unknown)} ids are not in the index (e.g. '{unknown[0]}')")
+    dead = read_tombstones(layout, old)
+    now = sorted(dead | set(ids))
+    version = old.version + 1
+    name = f"tombstones.v{version}.parquet"
+    write_parquet_atomic(layout.root / name,
+                         pa.Table.from_arrays([pa.array(now, pa.string())], schema=TOMBSTONE_SCHEMA))
+    counts = dict(old.counts, indexed=len(known) - len(now), removed=len(now))
+    new = replace(old, counts=counts, version=version, tombstones=name, updated=utc_now())
+    _publish(layout, old, new)
+    return UpdateReport(version, removed=len(now) - len(dead), live=counts["indexed"],
+                        shards=len(old.index.shards))
+
+
+def compact(root: str | Path) -> UpdateReport:
+    """Drop tombstoned rows from the Parquet parts and rebuild FAISS from what is left
+    (call under the index lock). The coarse quantizer is retrained on the live vectors, as a
+    fresh build would; the tuned search parameters are kept."""
+    layout = IndexLayout(Path(root))
+    old = Manifest.read(layout.manifest)
+    dead = read_tombstones(layout, old)
+    _filter_parts(layout.embeddings_dir, dead)
+    _filter_parts(layout.catalog_dir, dead)
+    ids, vectors = _live_vectors(layout)
+    version = old.version + 1
+    sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:200_000]]
+    paths = build_shards(old.index.spec, old.model.dims, len(vectors), lambda a, b: vectors[a:b],
+                         lambda: sample, layout.faiss_dir, shard_size=old.index.shard_size,
+                         version=version)
+    write_parquet_atomic(layout.root / f"ids.v{version}.parquet", id_map_table(ids))
+    shards = [str(p.relative_to(layout.root)) for p in paths]
+    counts = {k: v for k, v in old.counts.items() if k != "removed"}
+    counts["indexed"] = len(ids)
+    new = replace(old, index=replace(old.index, shards=shards), counts=counts, version=version,
+                  id_map=f"ids.v{version}.parquet", tombstones=None, updated=utc_now())
+    _publish(layout, old, new)
+    return UpdateReport(version, removed=len(dead), live=len(ids), shards=len(shards))
+
+
+def _filter_parts(folder: Path, dead: set[str]) -> None:
+    if not dead:
+        return
+    dead_ids = pa.array(sorted(dead), pa.string())
+    for part in sorted(folder.glob("part-*.parquet")):
+        table = pq.read_table(part)
+        drop = pc.is_in(table.column("image_id"), value_set=dead_ids)
+        if "status" in table.column_names:  # the catalog keeps failed inputs, never removed
+            drop = pc.and_(drop, pc.equal(table.column("status"), STATUS_OK))
+        if pc.any(drop).as_py():
+            write_parquet_atomic(part, table.filter(pc.invert(drop)))
+
+
+def _live_vectors(layout: IndexLayout) -> tuple[list[str], np.ndarray]:
+    ids: list[str] = []
+    chunks = []
+    for part in embedding_parts(layout.embeddings_dir):
+        t = pq.read_table(part)
+        ids.extend(t.column("image_id").to_pylist())
+        chunks.append(table_vectors(t))
+    return ids, (np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32))
+
+
+def ok_catalog_ids(layout: IndexLayout) -> list[str]:
+    table = read_catalog(layout.catalog_dir)
+    return table.filter(pc.equal(table.column("status"), STATUS_OK)).column("image_id").to_pylist()
