@@ -4,12 +4,14 @@ Duplicates: held-out references with one edited copy each (the project's edit ge
 some references re-shared as a social-media screenshot (the photo inside a UI frame).
 Non-duplicates that fool naive dedup: different photos inside the same screenshot frame, different
 photos carrying the same watermark, and UKBench other-viewpoint photos of one object.
-Ground truth: `groups.csv` (file, group); two files are duplicates iff they share a group.
+Ground truth: `groups.csv` (file, group, role); two files are duplicates iff they share a group.
+File names are hashes, so no tool can lean on name order (`role` says what each file is).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import random
 from dataclasses import dataclass
@@ -108,21 +110,26 @@ def _per_category(folder: Path, take: int) -> list[list[Path]]:
 
 
 def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references: int = 300,
-                 screenshots: int = 50, framed_others: int = 60, watermarked: int = 40,
-                 ukbench_groups: int = 50, distractors: int = 100) -> PlantedSet:
+                 screenshots: int = 50, framed_others: int = 40, watermarked: int = 25,
+                 ukbench_groups: int = 50, distractors: int = 37, backgrounds: int = 400
+                 ) -> PlantedSet:
     """Write `out/images/*.jpg` and `out/groups.csv` from the dev data folder `data`."""
     data, out = Path(data), Path(out)
     rng = random.Random(seed)
-    imagenet = [s.uri for s in scan_folder(data / "photos" / "imagenet-sample")][-references:]
-    cats = _per_category(data / "photos" / "caltech101", 3)
-    rng.shuffle(cats)
-    others = [c[0] for c in cats] + [c[1] for c in cats]
-    context = EditContext(others=[i for c in cats[:40] if (i := _load(c[2])) is not None])
-    rows: list[tuple[str, str]] = []
+    photos = [s.uri for s in scan_folder(data / "photos" / "imagenet-sample")]
+    imagenet = photos[-references:]
+    # one photo per Caltech category: two photos of one category can be web near-duplicates
+    others = [c[0] for c in _per_category(data / "photos" / "caltech101", 1)]
+    rng.shuffle(others)
+    # what copy edits paste in or onto: a large pool, so two copies rarely share a background
+    context = EditContext(others=[i for p in photos[100:100 + backgrounds]
+                                  if (i := _load(p)) is not None])
+    rows: list[tuple[str, str, str]] = []
 
     def put(name: str, img: Image.Image, group: str, quality: int = 90) -> None:
-        write_bytes_atomic(out / "images" / f"{name}.jpg", _jpeg(img, quality))
-        rows.append((f"{name}.jpg", group))
+        file = hashlib.sha1(f"{seed}:{name}".encode()).hexdigest()[:12] + ".jpg"
+        write_bytes_atomic(out / "images" / file, _jpeg(img, quality))
+        rows.append((file, group, name))
 
     true_pairs = 0
     for i, path in enumerate(imagenet):
@@ -139,7 +146,8 @@ def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references
                               ("wm", watermarked, lambda im, j: watermark(im)),
                               ("plain", distractors, lambda im, j: im)):
         for j in range(count):
-            img = _load(next(pool))
+            path = next(pool, None)
+            img = _load(path) if path is not None else None
             if img is not None:
                 put(f"{kind}{j:04d}", make(img, j), f"{kind}{j}")
     groups: dict[str, list[str]] = {}
@@ -153,7 +161,7 @@ def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references
                 put(f"ukb{Path(f).stem}", img, f"ukb{Path(f).stem}")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("file", "group"))
+    writer.writerow(("file", "group", "role"))
     writer.writerows(rows)
     write_bytes_atomic(out / "groups.csv", buf.getvalue().encode())
     return PlantedSet(out, len(rows), true_pairs)

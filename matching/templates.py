@@ -29,9 +29,8 @@ class TemplateConfig:
     recurrence_fraction: float = 0.004  # ... or in this share of the sample, if larger
     texture_std: float = 5.0  # flatter cells carry no evidence either way
     agree_ncc: float = 0.5  # aligned cells with at least this correlation agree
-    min_content_cells: int = 6  # fewer non-template cells: judge on the whole overlap
-    min_coverage: float = 0.35  # share of content cells that must agree
-    whole_image_coverage: float = 0.8  # agreement needed when (almost) everything is template
+    min_content_cells: int = 6  # fewer textured non-template cells in the overlap: no evidence
+    min_coverage: float = 0.55  # share of content cells that must agree
 
 
 @dataclass(frozen=True)
@@ -46,12 +45,9 @@ class ContentCheck:
 
     @property
     def coverage(self) -> float:
-        """Agreeing share of the content (non-template) overlap; of the whole overlap when the
-        overlap is nearly all template."""
+        """Agreeing share of the content (non-template) overlap."""
         content = self.overlap_cells - self.template_cells
-        if content > 0:
-            return self.agreeing_content / content
-        return self.agreeing_all / self.overlap_cells if self.overlap_cells else 0.0
+        return self.agreeing_content / content if content > 0 else 0.0
 
 
 def thumbnail(pixels: np.ndarray, side: int = THUMB) -> np.ndarray:
@@ -82,7 +78,10 @@ class TemplateModel:
                    int(np.ceil(self.config.recurrence_fraction * len(self.sample))))
 
     def template_cells(self, thumbs: np.ndarray) -> np.ndarray:
-        """K x GRID x GRID bool: cells of each thumbnail that recur in the sample."""
+        """K x GRID x GRID bool: cells of each thumbnail that recur in the sample.
+
+        Sampled images that match a thumbnail as a whole (its own copies, resized or
+        re-encoded) are not counted: many copies of one photo do not make it a template."""
         k = len(thumbs)
         if k == 0 or len(self.sample) == 0:
             return np.zeros((k, GRID, GRID), bool)
@@ -94,6 +93,11 @@ class TemplateModel:
             index.add(s[p])
             lims, _, _ = index.range_search(q[p], radius)
             counts[p] = np.diff(lims)
+        whole = faiss.IndexFlatL2(THUMB * THUMB)
+        whole.add(self.sample.reshape(len(self.sample), -1).astype(np.float32))
+        lims, _, _ = whole.range_search(thumbs.reshape(k, -1).astype(np.float32),
+                                        (2 * self.config.cell_rms) ** 2 * THUMB * THUMB)
+        counts = np.maximum(counts - np.diff(lims)[None, :], 0)
         return (counts >= self.min_count).T.reshape(k, GRID, GRID)
 
 
@@ -134,9 +138,8 @@ def content_check(a: np.ndarray, b: np.ndarray, homography: np.ndarray, template
     tmpl = template.reshape(-1) & overlap
     content = overlap & ~tmpl
     n_content = int(content.sum())
-    if n_content >= config.min_content_cells:
-        passed = (agree & content).sum() >= config.min_coverage * n_content
-    else:  # (nearly) all template: only a whole-image match is a duplicate
-        passed = bool(overlap.sum()) and agree.sum() >= config.whole_image_coverage * overlap.sum()
+    # too little non-template content in the overlap: nothing but the template to go on
+    passed = (n_content >= config.min_content_cells
+              and (agree & content).sum() >= config.min_coverage * n_content)
     return ContentCheck(int(overlap.sum()), int(tmpl.sum()), int((agree & content).sum()),
                         int(agree.sum()), bool(passed))

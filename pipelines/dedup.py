@@ -34,7 +34,7 @@ from copytrace.pipelines.dedup_candidates import (
 )
 from copytrace.pipelines.dedup_features import ImageFeatures, catalog_features
 from copytrace.pipelines.dedup_score import Kind, ScoredPair, build_jobs, run_jobs
-from copytrace.pipelines.engine import QueryEngine, match_config
+from copytrace.pipelines.engine import KEYPOINT_CACHE_DIR, QueryEngine, match_config
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,9 @@ def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
     cells = model.template_cells(features.thumbs[[rows[i] for i in need]]) if need else []
     templates = dict(zip(need, cells, strict=True))
     use_ray = len(cands) >= RAY_MIN_PAIRS if use_ray is None else use_ray
+    keypoints = engine.index.layout.root / KEYPOINT_CACHE_DIR
     kwargs = dict(use_ray=use_ray or bool(ray_address), ray_address=ray_address,
+                  keypoint_dir=keypoints if os.access(keypoints, os.W_OK) else None,
                   verify_config=engine.config.verify or VerifyConfig(),
                   calibration=engine.calibration, template_config=template_config)
     best: dict[tuple[str, str], ScoredPair] = {}
@@ -146,7 +148,10 @@ def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
             prev = best.get(key)
             if prev is None or (pair.duplicate, pair.score) > (prev.duplicate, prev.score):
                 best[key] = pair
-        todo = [c for c in todo if not best.get((c.a, c.b)) or not best[(c.a, c.b)].duplicate]
+        # the other direction only helps where geometry was found but the (asymmetric) fused
+        # score or the content check fell short: e.g. a crop copy searched from the original
+        todo = [c for c in todo if (p := best.get((c.a, c.b))) is not None and not p.duplicate
+                and p.inliers is not None]
     return sorted(best.values(), key=lambda p: (-p.score, p.a, p.b))
 
 

@@ -13,7 +13,8 @@ import pyarrow as pa
 from PIL import Image
 
 from copytrace.indexing.atomic import write_bytes_atomic
-from copytrace.matching.localize import AlignmentError, LocalizeConfig, localize, overlay
+from copytrace.matching.localize import AlignmentError, LocalizeConfig, localize
+from copytrace.matching.overlay import overlay
 from copytrace.matching.verify import load_rgb
 from copytrace.pipelines.dedup_score import Kind, ScoredPair
 
@@ -59,11 +60,14 @@ def _thumb(uri: str, path: Path) -> bool:
     return True
 
 
-def _diff(query_uri: str, other_uri: str, path: Path) -> bool:
-    """The localize heatmap of the verification query against the other image of the pair."""
+def _diff(query_uri: str, other_uri: str, path: Path, homography: tuple[float, ...]) -> bool:
+    """The localize heatmap of the verification query against the other image of the pair,
+    starting from the verifier's homography (query -> other)."""
     try:
         q, o = load_rgb(query_uri), load_rgb(other_uri)
-        result = localize(q, o, config=LocalizeConfig(max_side=512))
+        initial = np.asarray(homography, np.float64).reshape(3, 3) if len(homography) == 9 else None
+        result = localize(q, o, config=LocalizeConfig(max_side=512), initial=initial,
+                          assume_copy=True)
         panel = overlay(q, o, result, height=220)
     except (AlignmentError, ValueError, OSError) as exc:
         log.info("report: no heatmap for %s vs %s: %s", query_uri, other_uri, exc)
@@ -165,7 +169,8 @@ def write_report(audit, catalog: pa.Table, *, threshold: float) -> Path:
         q = p.query or p.a
         o = p.b if q == p.a else p.a
         rel = f"diffs/{n:06d}.jpg"
-        heat = rel if q in uris and o in uris and _diff(uris[q], uris[o], out / rel) else None
+        heat = rel if q in uris and o in uris and _diff(uris[q], uris[o], out / rel,
+                                                        p.homography) else None
         ev = (f"{p.kind} · score {p.score:.3f} · inliers {p.inliers} · content coverage "
               f"{p.coverage} · PDQ distance {p.pdq_distance}")
         parts.append(f'<div class=pair><b>{html.escape(p.a)} ↔ {html.escape(p.b)}</b> '

@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 import numpy as np
 
@@ -67,9 +68,12 @@ def _best(query_uri: str, others: Sequence[tuple[str, str, float]], config: Veri
 
 def score_jobs(jobs: Sequence[ScoreJob], templates: dict[str, np.ndarray], *,
                verify_config: VerifyConfig, calibration: Calibration,
-               template_config: TemplateConfig) -> list[tuple[str, str, float, dict]]:
-    """(query, other, score, evidence) for every pair of every job. Runs as one Ray task."""
-    cache = PreparedCache(load_rgb, config=verify_config, capacity=64)
+               template_config: TemplateConfig, keypoint_dir: Path | None = None
+               ) -> list[tuple[str, str, float, dict]]:
+    """(query, other, score, evidence) for every pair of every job. Runs as one Ray task.
+
+    `keypoint_dir`: the index's keypoint cache, shared with `copytrace query`."""
+    cache = PreparedCache(load_rgb, config=verify_config, capacity=256, disk=keypoint_dir)
     out = []
     for job in jobs:
         try:
@@ -111,9 +115,10 @@ def build_jobs(cands: Sequence[Candidate], uris: dict[str, str], *, reverse: boo
 
 def run_jobs(jobs: list[ScoreJob], templates: dict[str, np.ndarray], *, use_ray: bool,
              ray_address: str | None, verify_config: VerifyConfig, calibration: Calibration,
-             template_config: TemplateConfig) -> list[tuple[str, str, float, dict]]:
+             template_config: TemplateConfig, keypoint_dir: Path | None = None
+             ) -> list[tuple[str, str, float, dict]]:
     kwargs = dict(verify_config=verify_config, calibration=calibration,
-                  template_config=template_config)
+                  template_config=template_config, keypoint_dir=keypoint_dir)
     if not use_ray:
         return score_jobs(jobs, templates, **kwargs)
     import ray

@@ -21,15 +21,17 @@ class DevTools:
         cmd_r, self._cmd_w = os.pipe()
         self._res_r, res_w = os.pipe()
 
-        def wire() -> None:  # in the child: the protocol wants exactly fds 3 and 4
-            os.dup2(cmd_r, 3)
-            os.dup2(res_w, 4)
+        def wire() -> None:  # in the child: the protocol wants exactly fds 3 and 4 (kept open:
+            # Popen's close_fds would run after this and close them)
+            r, w = os.dup(cmd_r), os.dup(res_w)  # out of the way of 3 and 4 first
+            os.dup2(r, 3)
+            os.dup2(w, 4)
 
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless=new", "--remote-debugging-pipe", "--no-sandbox",
              "--disable-gpu", "--no-first-run", "--disable-extensions",
              f"--user-data-dir={profile}", "about:blank"],
-            pass_fds=(cmd_r, res_w), preexec_fn=wire, stdout=subprocess.DEVNULL,
+            close_fds=False, preexec_fn=wire, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
         os.close(cmd_r)
         os.close(res_w)
