@@ -1,8 +1,9 @@
 """One query image, decoded once: everything search, verification and localization need from it.
 
-The file (or upload) is read once and decoded once at full resolution; the descriptor's square
-input, the crops searched as extra views, and, when verification asks for them, the keypoints are
-all derived from those pixels and kept on the object, so no later stage opens or decodes the
+The file (or upload) is read once and decoded at full resolution; the descriptor's square input
+is decoded from the same bytes the way the index decodes (cheap with JPEG DCT scaling), and the
+crops searched as extra views and, when verification asks for them, the keypoints are derived
+from the full pixels and kept on the object, so no later stage opens or decodes the
 query again.
 """
 
@@ -52,13 +53,17 @@ def decode_query(source: QuerySource, *, model_size: int, expand: ExpandConfig |
     uri = ""
     if isinstance(source, np.ndarray):
         pixels = _rgb_array(source)
+        whole = np.asarray(to_model_square(Image.fromarray(pixels), model_size))
     else:
         if not isinstance(source, bytes):
             uri = str(source)
             source = read_bytes(source)
         pixels = decode_bytes(source).pixels
+        # The model input is decoded from the same bytes exactly as the index decodes its images
+        # (JPEG DCT scaling, a few % of the full decode): resizing the full pixels instead moves
+        # an identical image's vector measurably (cosine 0.985 instead of 1.0).
+        whole = decode_bytes(source, target_size=model_size).pixels
     qid = query_id or (Path(uri).stem if uri else "query")
-    whole = np.asarray(to_model_square(Image.fromarray(pixels), model_size))
     h, w = pixels.shape[:2]
     if expand is None:
         return QueryImage(qid, uri, pixels, whole, [], QueryViews(["full"], [(0, 0, w, h)]))

@@ -1,65 +1,205 @@
 """`copytrace serve`: query-by-image over HTTP, with the index and model loaded once.
 
-    copytrace serve --index idx/ --port 8080
+    copytrace serve --index idx/ --port 8080 [--token SECRET]
     curl --data-binary @suspicious.jpg 'http://127.0.0.1:8080/v1/query?k=5'
 
-Endpoints: `GET /v1/health`, `GET /v1/index` (the manifest), `POST /v1/query` (the image bytes as
-the request body; JSON answer with the same fields as `copytrace query --json`). A bad image is
-a 400 with a one-line reason; requests are served one model call at a time (the model uses all
-cores), queued by the server.
+Endpoints: `GET /v1/health` (never needs the token), `GET /v1/index` (the manifest),
+`POST /v1/query` (the image bytes as the body; the JSON of `copytrace query --json`), `GET
+/metrics` (Prometheus: requests, latency, queue depth).
+
+Handlers never run model or keypoint work on the event loop: they stream the body (refusing it
+with 413 as soon as it passes the size limit, or at once from its Content-Length), then hand it to
+a micro-batching worker (`pipelines.batcher`) and await the answer. So health answers while
+queries run, concurrent uploads share one model forward, a full queue or a slow query answers
+503, a non-image 415, a corrupt image 400, and no request gets a 500. Binds 127.0.0.1 unless told
+otherwise; with a token (`--token` or COPYTRACE_TOKEN), every endpoint but health needs
+`Authorization: Bearer TOKEN`. On SIGTERM/Ctrl-C, requests in flight are finished first.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
-import threading
-from dataclasses import asdict
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
-from copytrace.pipelines.query import QueryEngine
+from copytrace.pipelines.batcher import Batcher, QueueFull
+from copytrace.pipelines.engine import QueryEngine, VerifyMode
+from copytrace.pipelines.verify_pool import VerifyBackend
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 50 * 2**20
+TOKEN_ENV = "COPYTRACE_TOKEN"
+NOT_AN_IMAGE = "not a recognised image format"
+TEXT_TYPES = ("text/", "application/json", "application/xml", "multipart/")
 
 
-def create_app(index: str | Path, *, model: str | None = None, device: str = "auto") -> FastAPI:
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Limits of the HTTP service."""
+
+    max_upload_bytes: int = 50 * 2**20
+    request_timeout: float = 30.0  # seconds from arrival to answer, queue wait included
+    max_queue: int = 256  # requests waiting for the engine before new ones get 503
+    max_batch: int = 16  # requests answered by one engine call
+    batch_wait: float = 0.005  # seconds the worker waits for more requests to batch
+    token: str | None = None  # bearer token; None: no authentication
+
+
+class _Metrics:
+    def __init__(self, depth: callable) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("copytrace_requests", "HTTP requests by endpoint and status",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("copytrace_request_seconds", "Request latency by endpoint",
+                                 ["endpoint"], registry=self.registry,
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.queue = Gauge("copytrace_queue_depth", "Queries waiting or in progress",
+                           registry=self.registry)
+        self.queue.set_function(depth)
+
+
+def _reject(status: int, detail: str) -> HTTPException:
+    return HTTPException(status, detail)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 once it passes `limit` (before reading the rest)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _reject(413, f"image larger than the {limit} byte limit ({declared} bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _reject(413, f"image larger than the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(index: str | Path, *, model: str | None = None, device: str = "auto",
+               config: ServiceConfig | None = None,
+               verify_backend: VerifyBackend | str = VerifyBackend.INLINE) -> FastAPI:
     """A FastAPI app serving one index; the engine is opened here, once."""
-    engine = QueryEngine.open(index, model=model, device=device)
-    lock = threading.Lock()
-    app = FastAPI(title="copytrace", version="1",
+    config = config or ServiceConfig(token=os.environ.get(TOKEN_ENV) or None)
+    engine = QueryEngine.open(index, model=model, device=device, verify_backend=verify_backend)
+    engine.background(engine.config)  # load now, not on the first request
+    batcher: Batcher | None = None
+    metrics = _Metrics(lambda: batcher.depth if batcher else 0)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        nonlocal batcher
+        batcher = Batcher(engine, max_queue=config.max_queue, max_batch=config.max_batch,
+                          wait_s=config.batch_wait)
+        yield
+        await asyncio.to_thread(batcher.stop)  # requests already accepted are answered first
+        engine.close()
+
+    app = FastAPI(title="copytrace", version="1", lifespan=lifespan,
                   description="Find the originals an image was copied or edited from.")
 
-    @app.get("/v1/health")
-    def health() -> dict:
-        return {"status": "ok", "images": len(engine.index), "model": engine.descriptor.model_id}
+    def authorized(request: Request) -> None:
+        if config.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+            raise HTTPException(401, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
 
-    @app.get("/v1/index")
-    def index_info() -> dict:
+    @app.middleware("http")
+    async def count(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette's signature
+        t = time.perf_counter()
+        endpoint = request.url.path if request.url.path.startswith(("/v1/", "/metrics")) \
+            else "other"
+        try:
+            response = await call_next(request)
+        except Exception:  # noqa: BLE001 - never a 500 with a traceback
+            log.exception("unexpected error on %s", request.url.path)
+            response = JSONResponse({"detail": "internal error: try again"}, status_code=503)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - t)
+        return response
+
+    @app.get("/v1/health")
+    async def health() -> dict:
+        return {"status": "ok", "images": len(engine.index), "model": engine.descriptor.model_id,
+                "queue": batcher.depth if batcher else 0}
+
+    @app.get("/v1/index", dependencies=[Depends(authorized)])
+    async def index_info() -> dict:
         return asdict(engine.index.manifest)
 
-    @app.post("/v1/query")
+    @app.get("/metrics", dependencies=[Depends(authorized)])
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/query", dependencies=[Depends(authorized)])
     async def query_image(request: Request, k: int = Query(10, ge=1, le=1000),
-                          verify: bool = True, query_id: str = "query") -> dict:
-        data = await request.body()
+                          verify: str = "banded", query_id: str = "query") -> dict:
+        """`verify`: banded (default; keypoints only where the global score is undecided), full,
+        or off. For backward compatibility `verify=true` means banded and `false` off."""
+        started = time.monotonic()
+        try:
+            mode = _verify_param(verify)
+        except ValueError:
+            raise _reject(400, f"verify must be banded, full or off, not '{verify}'") from None
+        kind = request.headers.get("content-type", "").lower()
+        if kind.startswith(TEXT_TYPES):
+            raise _reject(415, f"expected image bytes, got Content-Type '{kind}'")
+        data = await _read_body(request, config.max_upload_bytes)
         if not data:
-            raise HTTPException(400, "empty request body: send the image bytes as the body")
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise HTTPException(413, f"image larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
-        with lock:
-            result = engine.query_bytes(data, query_id=query_id, k=k, verify=verify)
+            raise _reject(400, "empty request body: send the image bytes as the body")
+        try:
+            future = batcher.submit(data, query_id=query_id, k=k, verify=mode)
+        except QueueFull as exc:
+            raise HTTPException(503, f"busy ({exc}): retry later",
+                                headers={"Retry-After": "1"}) from None
+        left = config.request_timeout - (time.monotonic() - started)
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), max(0.001, left))
+        except TimeoutError:
+            future.cancel()
+            raise HTTPException(503, f"query timed out after {config.request_timeout:g} s: "
+                                "retry later", headers={"Retry-After": "1"}) from None
+        except Exception as exc:  # noqa: BLE001 - the engine failed on this batch
+            raise HTTPException(503, f"query failed: {exc}") from None
         if result.error:
-            raise HTTPException(400, f"cannot decode the uploaded image: {result.error}")
+            status = 415 if NOT_AN_IMAGE in result.error else 400
+            raise _reject(status, f"cannot decode the uploaded image: {result.error}")
         return result.as_json()
 
     return app
 
 
+def _verify_param(value: str) -> VerifyMode:
+    return {"true": VerifyMode.BANDED, "false": VerifyMode.OFF}.get(value.lower(),
+                                                                     VerifyMode(value))
+
+
 def serve(index: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
-          model: str | None = None, device: str = "auto") -> None:
+          model: str | None = None, device: str = "auto", token: str | None = None,
+          max_upload_mb: float = 50, timeout: float = 30.0) -> None:
+    """Run the service until SIGTERM / Ctrl-C; in-flight requests are finished first."""
     import uvicorn
 
-    uvicorn.run(create_app(index, model=model, device=device), host=host, port=port,
-                log_level="warning")
+    config = ServiceConfig(max_upload_bytes=int(max_upload_mb * 2**20), request_timeout=timeout,
+                           token=token or os.environ.get(TOKEN_ENV) or None)
+    uvicorn.run(create_app(index, model=model, device=device, config=config), host=host,
+                port=port, log_level="warning", timeout_graceful_shutdown=int(timeout) + 5)

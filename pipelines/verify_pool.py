@@ -12,8 +12,10 @@ import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -83,6 +85,27 @@ def _verify_task(items: list[tuple[Prepared | object, Sequence[str]]], config: V
                        else verify_prepared(prepared, ref_prepared, config=config))
         out.append((prepared, row))
     return out
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start spawned workers without re-importing the caller's `__main__`.
+
+    Workers run only this module's functions. Without this, a plain script that calls `query`
+    at top level (no `if __name__ == "__main__"` guard) would be re-run inside every worker.
+    Forked workers are no option: a process holding torch and decode threads can deadlock them.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__")
+             if main is not None and name in main.__dict__}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            main.__dict__.pop("__file__", None)
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
 
 
 class Verifier:
@@ -161,7 +184,9 @@ class Verifier:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker, initargs=(self.config, self.capacity, self.disk))
-        return list(self._pool.map(_verify_task, chunks, [self.config] * len(chunks)))
+        with _main_module_hidden():  # workers may start during submit
+            futures = [self._pool.submit(_verify_task, c, self.config) for c in chunks]
+        return [f.result() for f in futures]
 
     def close(self) -> None:
         if self._pool is not None:
