@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,9 @@ from copytrace.indexing.catalog import read_catalog
 from copytrace.indexing.manifest import IndexLayout, Manifest
 from copytrace.indexing.shards import ShardedIndex
 
+log = logging.getLogger(__name__)
+
+OPEN_ATTEMPTS = 5
 ID_MAP_SCHEMA = pa.schema([("position", pa.int64()), ("image_id", pa.string())])
 
 
@@ -31,25 +36,35 @@ class CopyIndex:
     removed: np.ndarray | None = None  # position -> tombstoned (bool), None when none are
 
     @classmethod
-    def open(cls, root: str | Path, *, nprobe: int | None = None,
-             use_gpu: bool | None = None) -> CopyIndex:
-        """Open the version the manifest names; if an update retired its files meanwhile
-        (the reader was two versions behind), read the new manifest once more."""
-        try:
-            return cls._open(root, nprobe=nprobe, use_gpu=use_gpu)
-        except FileNotFoundError:
-            return cls._open(root, nprobe=nprobe, use_gpu=use_gpu)
+    def open(cls, root: str | Path, *, nprobe: int | None = None, use_gpu: bool | None = None,
+             load_shards: Callable[..., ShardedIndex] | None = None) -> CopyIndex:
+        """Open the version the manifest names; if updates retired its files meanwhile (the
+        reader fell two versions behind while opening), read the newer manifest and go again.
+
+        `load_shards(paths, nprobe=, k_factor=, use_gpu=)` replaces `ShardedIndex.load`, e.g. to
+        hold the shards in Ray actors (`pipelines.shard_search`)."""
+        load = load_shards or ShardedIndex.load
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                return cls._open(root, nprobe=nprobe, use_gpu=use_gpu, load=load)
+            except (FileNotFoundError, RuntimeError) as exc:  # FAISS: RuntimeError, no such file
+                retired = isinstance(exc, FileNotFoundError) or "No such file" in str(exc)
+                last = attempt == OPEN_ATTEMPTS - 1
+                if not retired or last or not IndexLayout(Path(root)).manifest.exists():
+                    raise
+                log.info("index '%s' changed while opening; reading the new version", root)
+        raise AssertionError("unreachable")
 
     @classmethod
-    def _open(cls, root: str | Path, *, nprobe: int | None,
-              use_gpu: bool | None) -> CopyIndex:
+    def _open(cls, root: str | Path, *, nprobe: int | None, use_gpu: bool | None,
+              load: Callable[..., ShardedIndex]) -> CopyIndex:
         layout = IndexLayout(Path(root))
         manifest = Manifest.read(layout.manifest)
         ids = np.array(pq.read_table(layout.root / manifest.id_map).column("image_id").to_pylist(),
                        dtype=object)
         shards = [layout.root / s for s in manifest.index.shards]
-        index = ShardedIndex.load(shards, nprobe=nprobe or manifest.index.nprobe,
-                                  k_factor=manifest.index.k_factor, use_gpu=use_gpu)
+        index = load(shards, nprobe=nprobe or manifest.index.nprobe,
+                     k_factor=manifest.index.k_factor, use_gpu=use_gpu)
         if index.ntotal != len(ids):
             raise ValueError(f"index '{root}' is inconsistent: {index.ntotal} vectors, "
                              f"{len(ids)} ids; rebuild it")

@@ -9,20 +9,18 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from small_index import DIMS, catalog_rows, small_index, vector
 
-from copytrace.indexing.atomic import write_parquet_atomic
-from copytrace.indexing.catalog import STATUS_OK, CatalogRow, catalog_table
+from copytrace.indexing.catalog import catalog_table
 from copytrace.indexing.embeddings import embedding_table, read_embeddings
 from copytrace.indexing.lock import index_lock
-from copytrace.indexing.manifest import FaissInfo, IndexLayout, Manifest, ModelInfo
+from copytrace.indexing.manifest import IndexLayout, Manifest
 from copytrace.indexing.shards import build_shards
-from copytrace.indexing.store import CopyIndex, id_map_table
+from copytrace.indexing.store import CopyIndex
 from copytrace.indexing.updates import UpdateError, append
 from copytrace.indexing.verify import verify_index
 from copytrace.pipelines.build import build_index
 from copytrace.pipelines.index_update import add_images, compact_index, remove_images
-
-DIMS = 32
 
 
 def _copy(photos_dir, names, folder):
@@ -72,32 +70,11 @@ def test_add_remove_compact_equals_fresh_build(photos_dir, tmp_path):
     assert _search_all(idx, queries) == _search_all(fresh, queries)
 
 
-def _vector(image_id: str) -> np.ndarray:
-    v = np.random.default_rng(int(image_id)).normal(size=DIMS).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def _small_index(root, n: int, shard_size: int) -> None:
-    """A Flat index of n vectors written with the same modules a build uses (no model needed)."""
-    layout = IndexLayout(root)
-    ids = [str(i) for i in range(n)]
-    vectors = np.stack([_vector(i) for i in ids])
-    write_parquet_atomic(layout.embeddings_dir / layout.part_name(0), embedding_table(ids, vectors))
-    rows = [CatalogRow(i, f"/img/{i}.jpg", "0", 1, 1, 1, "JPEG", STATUS_OK, None) for i in ids]
-    write_parquet_atomic(layout.catalog_dir / layout.part_name(0), catalog_table(rows))
-    paths = build_shards("Flat", DIMS, n, lambda a, b: vectors[a:b], lambda: vectors,
-                         layout.faiss_dir, shard_size=shard_size)
-    write_parquet_atomic(layout.id_map, id_map_table(ids))
-    Manifest(ModelInfo("test", "test", "0", DIMS, 8),
-             FaissInfo("Flat", None, [str(p.relative_to(root)) for p in paths], shard_size, "test"),
-             {"inputs": n, "indexed": n, "errors": 0}, "test").write(layout.manifest)
-
-
 def _writer(root: str, batches: int, size: int, start: int) -> None:
     for b in range(batches):
         ids = [str(start + b * size + i) for i in range(size)]
-        rows = [CatalogRow(i, f"/img/{i}.jpg", "0", 1, 1, 1, "JPEG", STATUS_OK, None) for i in ids]
-        vectors = np.stack([_vector(i) for i in ids])
+        rows = catalog_rows(ids)
+        vectors = np.stack([vector(i) for i in ids])
         with index_lock(root):
             append(root, ids, vectors, catalog=catalog_table(rows),
                    embeddings=embedding_table(ids, vectors))
@@ -105,7 +82,7 @@ def _writer(root: str, batches: int, size: int, start: int) -> None:
 
 def test_reader_during_add_sees_whole_versions_only(tmp_path):
     root = tmp_path / "idx"
-    _small_index(root, 50, shard_size=60)
+    small_index(root, 50, shard_size=60)
     writer = mp.get_context("spawn").Process(target=_writer, args=(str(root), 40, 7, 50))
     writer.start()
     seen: dict[int, int] = {}
@@ -119,7 +96,7 @@ def test_reader_during_add_sees_whole_versions_only(tmp_path):
             assert index.faiss_index.ntotal == n == index.manifest.counts["indexed"]
             assert n == 50 + 7 * (version - 1)  # each version is one whole batch
             newest = index.ids[-1]
-            top = index.search(_vector(newest)[None], 1)[0][0]
+            top = index.search(vector(newest)[None], 1)[0][0]
             assert top.image_id == newest and top.score > 0.999
             seen[version] = n
             time.sleep(0.005)
@@ -141,10 +118,10 @@ def test_reader_during_add_sees_whole_versions_only(tmp_path):
 
 def test_verify_catches_a_shard_that_disagrees(tmp_path):
     root = tmp_path / "idx"
-    _small_index(root, 40, shard_size=40)
+    small_index(root, 40, shard_size=40)
     assert verify_index(root).ok
     layout = IndexLayout(root)
-    other = np.stack([_vector(str(1000 + i)) for i in range(40)])
+    other = np.stack([vector(str(1000 + i)) for i in range(40)])
     build_shards("Flat", DIMS, 40, lambda a, b: other[a:b], lambda: other, layout.faiss_dir,
                  shard_size=40)  # overwrite the shard with other vectors
     report = verify_index(root)
