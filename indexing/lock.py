@@ -113,8 +113,9 @@ F = TypeVar("F", bound=Callable)
 
 def writes_index(arg: str = "index") -> Callable[[F], F]:
     """Decorate a job that writes the index folder named by its argument `arg`: it runs under
-    the folder's lock, after the temp files of interrupted writers are removed. When it finds
-    nothing to index in a folder it created, the folder is removed again (no half-built index)."""
+    the folder's lock, after the temp files of interrupted writers are removed. When it fails in
+    a folder it created, before writing anything or finding nothing to index, the folder is
+    removed again (no half-built index)."""
 
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn)
@@ -127,8 +128,11 @@ def writes_index(arg: str = "index") -> Callable[[F], F]:
                 with index_lock(root, purpose=fn.__name__):
                     remove_temp_files(root)
                     return fn(*args, **kwargs)
-            except NoImagesError:
-                if created:
+            except IndexLockedError:
+                raise  # the folder is the other writer's
+            except Exception as exc:
+                empty = root.is_dir() and {p.name for p in root.iterdir()} <= {LOCK_FILE}
+                if created and (empty or isinstance(exc, NoImagesError)):
                     shutil.rmtree(root, ignore_errors=True)
                 raise
 
