@@ -109,16 +109,8 @@ class DeferredRecord:
     def __init__(self) -> None:
         self.slots: list[list[float]] = []
 
-    def edit(self, name: str) -> Callable[[Image.Image, random.Random, EditContext], Image.Image]:
-        draw = RECORDERS[name]
-
-        def record(img: Image.Image, rng: random.Random, ctx: EditContext) -> Image.Image:
-            params = draw(rng, ctx)
-            if len(self.slots) < MAX_DEFERRED:
-                self.slots.append([float(KIND[name]), *params])
-            return img
-
-        return record
+    def edit(self, name: str) -> _Recorder:
+        return _Recorder(self, name)
 
     def row(self, size: tuple[int, int]) -> np.ndarray:
         out = np.zeros(ROW, np.float32)
@@ -127,6 +119,20 @@ class DeferredRecord:
         out[-2:] = size  # (width, height) of the final worker image
         self.slots = []
         return out
+
+
+class _Recorder:
+    """Stands in for edit `name`: draws its parameters into `record` and leaves the image as
+    it is (a class, not a closure, so datasets pickle into spawned DataLoader workers)."""
+
+    def __init__(self, record: DeferredRecord, name: str) -> None:
+        self.record, self.name, self.draw = record, name, RECORDERS[name]
+
+    def __call__(self, img: Image.Image, rng: random.Random, ctx: EditContext) -> Image.Image:
+        params = self.draw(rng, ctx)
+        if len(self.record.slots) < MAX_DEFERRED:
+            self.record.slots.append([float(KIND[self.name]), *params])
+        return img
 
 
 class DeferredViewDataset(CopyViewDataset):
