@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -117,9 +118,11 @@ def _autofaiss(data: np.ndarray, real: RealSet, budget: int, work: Path,
     np.save(folder / "emb" / "part-0.npy", data)
     index_path, infos_path = folder / "knn.index", folder / "infos.json"
     t = time.perf_counter()
+    threads = faiss.omp_get_max_threads()
     proc = subprocess.run([str(python), "-c", _AUTOFAISS_SCRIPT, str(folder / "emb"),
-                           str(index_path), str(infos_path), f"{budget}B",
-                           str(faiss.omp_get_max_threads())], capture_output=True, text=True)
+                           str(index_path), str(infos_path), f"{budget}B", str(threads)],
+                          capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     build = time.perf_counter() - t
     if proc.returncode != 0 or not index_path.exists():
         return None, {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
@@ -208,6 +211,18 @@ def _quantile_table(q: dict) -> str:
     return "\n".join(lines)
 
 
+def _summary(rows: list[dict], quantiles: dict, real: RealSet,
+             tune: tuple[np.ndarray, np.ndarray]) -> dict:
+    out = dict(rows[-1])
+    out["similarity_quantiles"] = quantiles
+    out["real_references"] = len(real.refs)
+    out["tuning_queries"] = len(tune[0])
+    if len(rows) > 1:
+        out["sweep"] = rows
+        out["projection"] = projection(rows)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -220,8 +235,12 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("out/scale-cache"))
     parser.add_argument("--model", default="default")
     parser.add_argument("--autofaiss-python", type=Path, default=AUTOFAISS_PYTHON)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="FAISS threads for every index (autofaiss too); 1 keeps a shared "
+                             "machine's timings comparable")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    faiss.omp_set_num_threads(args.threads)
     real = load_real_set(args.data, args.cache, model=args.model)
     tune = load_tuning_set(args.data, args.cache, real, model=args.model)
     quantiles = similarity_quantiles(real, make_distractors(real.refs, len(real.refs)))
@@ -232,16 +251,10 @@ def main() -> None:
         rows.append(run_one(n, real, tune, budget=budget, target=args.target_recall,
                             work=args.cache, autofaiss_python=args.autofaiss_python))
         print(_table(rows[-1:]), flush=True)
-    out = dict(rows[-1])
-    out["similarity_quantiles"] = quantiles
-    out["real_references"] = len(real.refs)
-    out["tuning_queries"] = len(tune[0])
-    if len(rows) > 1:
-        out["sweep"] = rows
-        out["projection"] = projection(rows)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        out = _summary(rows, quantiles, real, tune)
+        if args.json:  # after every size: a long sweep leaves what it measured so far
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=2) + "\n")
     print(_quantile_table(quantiles))
     print(_table(rows))
     if "projection" in out:

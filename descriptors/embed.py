@@ -1,7 +1,9 @@
 """Batched inference: decoded pixels in, L2-normalised float32 descriptors out.
 
-Decoding runs on a thread pool while the model works on the previous batch (PIL and torch both
-release the GIL), so a single process keeps both cores busy.
+Decoding runs ahead of the model while it works on the previous batch: on threads on small
+machines (PIL and torch both release the GIL, so one process keeps two cores busy), in a process
+pool sized from the granted cores on bigger ones (one process's Python side cannot feed 16
+cores), or batched on the GPU (nvJPEG) when the model runs there.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from copytrace.descriptors.batch_decode import decode_batch
 from copytrace.descriptors.decode import (
     DEFAULT_MAX_PIXELS,
     DecodedImage,
@@ -89,6 +93,37 @@ def _decode(path: str | Path, size: int, max_pixels: int) -> DecodedImage | str:
         return f"unexpected decode failure: {type(exc).__name__}: {exc}"
 
 
+def granted_cores() -> int:
+    """Cores this process may run on (its CPU affinity: what a container or scheduler grants)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_decode_processes(cores: int | None = None) -> int:
+    """Decode processes for a node: all cores but two (the model's) from 4 cores up; below
+    that, threads in the model's process do as well (0 = threads)."""
+    cores = cores or granted_cores()
+    return cores - 2 if cores >= 4 else 0
+
+
+def _decode_device(decode_device: str | None, embedder: Embedder) -> str | None:
+    """'auto': batch-decode JPEGs on the GPU when the model runs on one."""
+    if decode_device in (None, "off"):
+        return None
+    if decode_device == "auto":
+        if embedder.device.type != "cuda":
+            return None
+        decode_device = str(embedder.device)
+    try:
+        import torchvision.io  # noqa: F401
+    except ImportError:
+        log.warning("torchvision is not importable: decoding on the CPU")
+        return None
+    return decode_device
+
+
 def embed_files(
     paths: Sequence[str | Path],
     embedder: Embedder,
@@ -96,26 +131,47 @@ def embed_files(
     batch_size: int = 32,
     decode_workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode_processes: int | None = None,
+    decode_device: str | None = "auto",
 ) -> Iterator[list[EmbeddedFile]]:
-    """Embed files in order, one list per batch; failed files come back with their error."""
-    workers = decode_workers or max(1, min(4, os.cpu_count() or 1))
+    """Embed files in order, one list per batch; failed files come back with their error.
+
+    Decoding runs ahead of the model by two batches: per file in `decode_processes` processes
+    (default: sized from the granted cores) or threads, or per batch on `decode_device` ('auto':
+    the model's GPU, JPEGs only, others on the CPU)."""
     size = embedder.image_size
+    device = _decode_device(decode_device, embedder)
+    processes = auto_decode_processes() if decode_processes is None else decode_processes
+    if device is not None:
+        pool: Executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+    elif processes > 1:
+        pool = ProcessPoolExecutor(max_workers=processes, mp_context=get_context("forkserver"))
+    else:
+        workers = decode_workers or max(1, min(4, os.cpu_count() or 1))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     starts = deque(range(0, len(paths), batch_size))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    with pool:
         pending: deque[tuple[int, list[Future]]] = deque()
 
         def submit_next() -> None:
             if starts:
                 s = starts.popleft()
-                chunk = paths[s : s + batch_size]
-                pending.append((s, [pool.submit(_decode, p, size, max_pixels) for p in chunk]))
+                chunk = list(paths[s : s + batch_size])
+                if device is not None:
+                    pending.append((s, [pool.submit(decode_batch, chunk, size=size, device=device,
+                                                    max_pixels=max_pixels)]))
+                else:
+                    pending.append((s, [pool.submit(_decode, p, size, max_pixels)
+                                        for p in chunk]))
 
         for _ in range(_PREFETCH_BATCHES):
             submit_next()
         while pending:
             start, futures = pending.popleft()
             submit_next()
-            yield _embed_batch(start, [f.result() for f in futures], embedder)
+            decoded = [r for f in futures for r in (f.result() if device is not None
+                                                    else [f.result()])]
+            yield _embed_batch(start, decoded, embedder)
 
 
 def _embed_batch(start: int, decoded: list, embedder: Embedder) -> list[EmbeddedFile]:

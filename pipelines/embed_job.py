@@ -35,6 +35,8 @@ class EmbedSettings:
     device: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode_workers: int | None = None
+    decode_processes: int | None = None  # None: sized from the cores the worker is granted
+    decode_device: str | None = "auto"  # 'auto': batch JPEG decoding on the model's GPU
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ def embed_chunk(chunk: int, sources: Sequence[ImageSource], embedder: Embedder,
     for batch in embed_files([sources[pos].uri for pos in readable], embedder,
                              batch_size=settings.batch_size,
                              decode_workers=settings.decode_workers,
-                             max_pixels=settings.max_pixels):
+                             max_pixels=settings.max_pixels,
+                             decode_processes=settings.decode_processes,
+                             decode_device=settings.decode_device):
         for item in batch:
             pos = readable[item.index]
             src = sources[pos]
