@@ -65,7 +65,7 @@ class Calibration:
     extends_cap: float = 0.2  # max score when the reference is a crop of the query's scene
     source: str = "fitted: calibration benchmark (imagenet-sample[:300] seed 1 + even UKBench)"
     fitted_on: dict = field(default_factory=dict)
-    band: DecisionBand | None = None  # where verification runs; None: `DEFAULT_BAND`
+    band: DecisionBand | None = None  # where verification runs (`fit_band`); None: everywhere
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, asdict(self))
@@ -81,7 +81,9 @@ class Calibration:
                       "band": DecisionBand(**band) if isinstance(band, dict) else None})
 
     def decision_band(self) -> DecisionBand:
-        return self.band or DEFAULT_BAND
+        """The fitted band, or one that verifies every candidate: a band is only valid for the
+        global-score calibration it was fitted with (`fit_band` after `fit_calibration`)."""
+        return self.band or VERIFY_ALL
 
 
 class Decision(str, Enum):
@@ -100,9 +102,9 @@ class DecisionBand:
     more mistakes on the calibration pairs than full verification does.
     """
 
-    reject: float = 0.02
-    accept: float = 0.98
-    source: str = "default"
+    reject: float
+    accept: float
+    source: str = ""
 
     def decide(self, global_probability: float) -> Decision:
         if global_probability >= self.accept:
@@ -260,6 +262,4 @@ def fit_band(global_probabilities: np.ndarray, verified_probabilities: np.ndarra
 
 
 DEFAULT_CALIBRATION = Calibration()
-DEFAULT_BAND = DecisionBand()
-"""Used when the calibration carries no fitted band: a conservative band (fit one with
-`fit_band` for a new descriptor)."""
+VERIFY_ALL = DecisionBand(reject=0.0, accept=math.inf, source="no fitted band: verify all")

@@ -475,3 +475,40 @@ def verify_batch(jobs: Sequence[tuple[str | np.ndarray | Prepared, Sequence[str]
                        else verify_prepared(prepared, ref_prepared, config=config))
         out.append(row)
     return out
+
+
+_worker_cache: PreparedCache | None = None
+
+
+def init_worker(config: VerifyConfig, capacity: int, disk: str | None) -> None:
+    """Process-pool initializer: one reference cache per worker, one OpenCV thread."""
+    global _worker_cache
+    import cv2
+
+    cv2.setNumThreads(1)
+    _worker_cache = PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)
+
+
+def verify_jobs(items: list[tuple[Prepared | object, Sequence[str]]], config: VerifyConfig,
+                 capacity: int = 512, disk: str | None = None,
+                 ) -> list[tuple[Prepared | None, list[Verification | None]]]:
+    """Prepare each query (pixels, unless prepared already) and verify it against its references;
+    returns the prepared query with its row. The task a worker process or Ray task runs (this
+    module imports no torch, FAISS or Arrow, so workers start fast and small)."""
+    cache = _worker_cache or PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)
+    out = []
+    for query, refs in items:
+        try:
+            prepared = query if isinstance(query, Prepared) else prepare(
+                query, config=config, with_mirror=config.try_mirror)
+        except Exception as exc:  # noqa: BLE001 - one bad query must not sink the task
+            log.warning("cannot prepare a query for verification: %s", exc)
+            out.append((None, [None] * len(refs)))
+            continue
+        row = []
+        for ref in refs:
+            ref_prepared = cache.get(ref)
+            row.append(None if ref_prepared is None
+                       else verify_prepared(prepared, ref_prepared, config=config))
+        out.append((prepared, row))
+    return out

@@ -19,17 +19,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from copytrace.matching.query_image import QueryImage
 from copytrace.matching.verify import (
-    Prepared,
     PreparedCache,
     Verification,
     VerifyConfig,
+    init_worker,
     load_rgb,
-    prepare,
+    verify_jobs,
     verify_prepared,
 )
+
+if TYPE_CHECKING:  # workers import this module: keep it light (no FAISS, Arrow or torch)
+    from copytrace.matching.query_image import QueryImage
 
 log = logging.getLogger(__name__)
 
@@ -51,40 +54,6 @@ class VerifyJob:
 
     query: QueryImage
     references: Sequence[str]
-
-
-_worker_cache: PreparedCache | None = None
-
-
-def _init_worker(config: VerifyConfig, capacity: int, disk: str | None) -> None:
-    global _worker_cache
-    import cv2
-
-    cv2.setNumThreads(1)
-    _worker_cache = PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)
-
-
-def _verify_task(items: list[tuple[Prepared | object, Sequence[str]]], config: VerifyConfig,
-                 capacity: int = 512, disk: str | None = None,
-                 ) -> list[tuple[Prepared | None, list[Verification | None]]]:
-    """Prepare each query (unless prepared already) and verify it against its references."""
-    cache = _worker_cache or PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)
-    out = []
-    for query, refs in items:
-        try:
-            prepared = query if isinstance(query, Prepared) else prepare(
-                query, config=config, with_mirror=config.try_mirror)
-        except Exception as exc:  # noqa: BLE001 - one bad query must not sink the task
-            log.warning("cannot prepare a query for verification: %s", exc)
-            out.append((None, [None] * len(refs)))
-            continue
-        row = []
-        for ref in refs:
-            ref_prepared = cache.get(ref)
-            row.append(None if ref_prepared is None
-                       else verify_prepared(prepared, ref_prepared, config=config))
-        out.append((prepared, row))
-    return out
 
 
 @contextmanager
@@ -177,15 +146,15 @@ class Verifier:
             from copytrace.pipelines.ray_runtime import ensure_ray
 
             ensure_ray(self.ray_address)
-            task = ray.remote(num_cpus=1)(_verify_task)
+            task = ray.remote(num_cpus=1)(verify_jobs)
             return ray.get([task.remote(c, self.config, self.capacity, self.disk)
                             for c in chunks])
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.config, self.capacity, self.disk))
+                initializer=init_worker, initargs=(self.config, self.capacity, self.disk))
         with _main_module_hidden():  # workers may start during submit
-            futures = [self._pool.submit(_verify_task, c, self.config) for c in chunks]
+            futures = [self._pool.submit(verify_jobs, c, self.config) for c in chunks]
         return [f.result() for f in futures]
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,10 @@ def test_band_decides_clear_cases_without_keypoints(index, copies):
     candidates inside the band are verified."""
     exact = photo("coins")
     with QueryEngine.open(index) as engine:
+        unfitted = QueryTimings()  # no band fitted for this calibration: verify everything
+        engine.query([exact], k=5, verify="banded", timings=unfitted)
+        assert unfitted.pairs_verified == 5
+        engine.calibration = replace(engine.calibration, band=DecisionBand(0.02, 0.98))
         full, banded = QueryTimings(), QueryTimings()
         r_full = engine.query([exact], k=5, verify="full", timings=full)[0]
         r_band = engine.query([exact], k=5, verify="banded", timings=banded)[0]
