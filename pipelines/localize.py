@@ -281,7 +281,7 @@ def localize_top_matches(results: Sequence[QueryResult], index: str | Path, out_
     """`copytrace query --localize`: localize each query against its top match when that match
     is a copy (score >= threshold); queries without such a match are skipped."""
     from copytrace.indexing.store import CopyIndex
-    from copytrace.pipelines.query import reference_uris
+    from copytrace.pipelines.engine import reference_uris
 
     top = [(r, r.matches[0]) for r in results
            if r.error is None and r.matches and r.matches[0].score >= threshold and r.uri]
