@@ -55,7 +55,7 @@ def plot_kind_f1(summaries: dict[str, Summary], path: Path) -> Path:
     ax.set(xlim=(0, 1), xlabel="mean over images", title="Edit masks vs ground truth, per kind")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
