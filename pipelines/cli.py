@@ -241,6 +241,9 @@ def query_cmd(
                                          "homography, matched boxes).")] = True,
     verify_k: Annotated[int | None, typer.Option(help="Candidates verified per query "
                                                  "(default: -k).")] = None,
+    full_verify: Annotated[bool, typer.Option("--full-verify", help="Verify every top "
+                                              "candidate (default: only those the calibrated "
+                                              "global score leaves undecided).")] = False,
     normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="Normalize "
                                             "similarities against the index's background "
                                             "set.")] = True,
@@ -259,7 +262,8 @@ def query_cmd(
 
     results = query(query_path, index, k=k, output=output, model=model, batch_size=batch_size,
                     device=device, use_ray=ray, ray_address=ray_address,
-                    show_progress=not quiet and len(sys.argv) > 0, verify=verify,
+                    show_progress=not quiet and len(sys.argv) > 0,
+                    verify=("full" if full_verify else True) if verify else False,
                     verify_k=verify_k, normalize=normalize, expand=expand,
                     background=background)
     _fail_without_queries(query_path, results)
