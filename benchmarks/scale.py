@@ -108,8 +108,8 @@ def _copytrace(data: np.ndarray, real: RealSet, tune: tuple[np.ndarray, np.ndarr
             {"choice_reason": choice.reason, "tuning": tuned.as_dict()})
 
 
-def _autofaiss(data: np.ndarray, real: RealSet, budget: int, work: Path,
-               python: Path) -> tuple[Result | None, dict]:
+def _autofaiss(data: np.ndarray, real: RealSet, budget: int, work: Path, python: Path,
+               timeout: float | None = None) -> tuple[Result | None, dict]:
     if not python.exists():
         return None, {"error": f"autofaiss venv not found at {python}"}
     folder = work / f"autofaiss-{len(data)}"
@@ -119,10 +119,14 @@ def _autofaiss(data: np.ndarray, real: RealSet, budget: int, work: Path,
     index_path, infos_path = folder / "knn.index", folder / "infos.json"
     t = time.perf_counter()
     threads = faiss.omp_get_max_threads()
-    proc = subprocess.run([str(python), "-c", _AUTOFAISS_SCRIPT, str(folder / "emb"),
-                           str(index_path), str(infos_path), f"{budget}B", str(threads)],
-                          capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    try:
+        proc = subprocess.run([str(python), "-c", _AUTOFAISS_SCRIPT, str(folder / "emb"),
+                               str(index_path), str(infos_path), f"{budget}B", str(threads)],
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None, {"error": f"autofaiss build did not finish in {timeout:.0f} s"}
     build = time.perf_counter() - t
     if proc.returncode != 0 or not index_path.exists():
         return None, {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
@@ -141,7 +145,8 @@ def _autofaiss(data: np.ndarray, real: RealSet, budget: int, work: Path,
 
 
 def run_one(n: int, real: RealSet, tune: tuple[np.ndarray, np.ndarray], *, budget: int | None,
-            target: float, work: Path, autofaiss_python: Path) -> dict:
+            target: float, work: Path, autofaiss_python: Path,
+            autofaiss_timeout: float | None = None) -> dict:
     """One size: n references (the real ones + n - real distractors), three indexes."""
     distractors = make_distractors(real.refs, max(0, n - len(real.refs)))
     data = np.ascontiguousarray(np.concatenate([real.refs, distractors])[:n])
@@ -149,7 +154,8 @@ def run_one(n: int, real: RealSet, tune: tuple[np.ndarray, np.ndarray], *, budge
     budget = budget or len(data) * data.shape[1] * 4 // 4
     exact = _exact(data, real)
     ours, ours_extra = _copytrace(data, real, tune, budget, target)
-    theirs, theirs_extra = _autofaiss(data, real, budget, work, autofaiss_python)
+    theirs, theirs_extra = _autofaiss(data, real, budget, work, autofaiss_python,
+                                      autofaiss_timeout)
     return {
         "n": len(data), "dims": int(data.shape[1]), "queries": len(real.queries),
         "exact": exact.as_dict(), "copytrace": ours.as_dict(),
@@ -235,6 +241,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("out/scale-cache"))
     parser.add_argument("--model", default="default")
     parser.add_argument("--autofaiss-python", type=Path, default=AUTOFAISS_PYTHON)
+    parser.add_argument("--autofaiss-timeout", type=float, default=3600)
     parser.add_argument("--threads", type=int, default=1,
                         help="FAISS threads for every index (autofaiss too); 1 keeps a shared "
                              "machine's timings comparable")
@@ -249,7 +256,8 @@ def main() -> None:
     rows = []
     for n in sizes:
         rows.append(run_one(n, real, tune, budget=budget, target=args.target_recall,
-                            work=args.cache, autofaiss_python=args.autofaiss_python))
+                            work=args.cache, autofaiss_python=args.autofaiss_python,
+                            autofaiss_timeout=args.autofaiss_timeout))
         print(_table(rows[-1:]), flush=True)
         out = _summary(rows, quantiles, real, tune)
         if args.json:  # after every size: a long sweep leaves what it measured so far
