@@ -115,9 +115,11 @@ def tune_search(index: ShardedIndex, queries: np.ndarray, truth: np.ndarray, *,
                      nprobe, kf, k, recall, exact_recall, ms)
             if recall >= goal - 1e-9:
                 break  # more probes only cost time at this depth
+    # The cheapest setting by work done (lists probed, then vectors re-ranked): timings on a
+    # shared machine are too noisy to rank settings by, they only gate `max_query_ms`.
     reached = [t for t in tried if t.reached]
-    best = (min(reached, key=lambda t: t.query_ms) if reached
-            else max(tried, key=lambda t: (t.recall_at_k, -t.query_ms)))
+    best = (min(reached, key=lambda t: (t.nprobe or 0, t.k_factor or 0)) if reached
+            else max(tried, key=lambda t: (t.recall_at_k, -(t.nprobe or 0), -(t.k_factor or 0))))
     index.set_search_params(nprobe=best.nprobe, k_factor=best.k_factor)
     return best
 
