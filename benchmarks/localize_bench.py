@@ -12,11 +12,13 @@ rows are fit-set numbers and say so.
 Fit objective: mean pixel F1 over the fit set's tampered pairs and its clean copies (a clean
 copy scores 1 when nothing is flagged, 0 otherwise), so a lower threshold must pay for the
 false alarms it raises. Confidence: logistic regression of "at least half of the region is a
-true edit" on log(mean score) and log10(area share) of the fit set's regions.
+true edit" on log(mean score) and log10(area share) of the fit set's regions at every threshold
+of the sweep (clean-copy regions are all false).
 
 copytrace runs as `copytrace query --localize` does on a pair it called a copy
-(`assume_copy=True`): it must always produce a mask. `reg fail` counts pairs where it still
-raised; `best guess` those no registration method could line up (a low-confidence mask).
+(`assume_copy=True`): it must always produce a mask. `fail` counts pairs where it still raised;
+the registration lines count the methods used (`best-guess`: nothing lined the pair up, so the
+mask comes with a low confidence). s/pair is CPU seconds per pair (comparable under load).
 
 Methods: `copytrace` (matching.localize), `aligned` (SIFT + RANSAC homography, grey absolute
 difference, Otsu) and `naive` (original resized to the query, grey absolute difference, Otsu).
@@ -289,8 +291,13 @@ def _fit(outcomes: list[Outcome]) -> tuple[float, tuple[float, float, float], di
         f1 = [o.scores[h][FIT_VARIANT].f1 if h in o.scores else 0.0 for o in fit]
         f1 += [1.0 if o.clean[h] == 0 else 0.0 for o in fit if o.clean]
         sweep[h] = round(float(np.mean(f1)), 4) if f1 else 0.0
-    best = max(THRESHOLDS, key=lambda h: (sweep[h], -abs(h - 1.0)))
-    return best, fit_confidence([r for o in fit for r in o.features.get(best, [])]), sweep
+    sweep = {str(h): v for h, v in sweep.items()}
+    best = max(THRESHOLDS, key=lambda h: (sweep[str(h)], -abs(h - 1.0)))
+    # regions from every threshold of the sweep: at the best one nearly all are true, and the
+    # weak ones the lower thresholds add are what the confidence must learn to doubt
+    rows = [r for o in fit for h in THRESHOLDS for r in o.features.get(h, [])]
+    sweep["confidence_rows"] = [len(rows), sum(r[2] for r in rows)]
+    return best, fit_confidence(rows), sweep
 
 
 def _tallies(outcomes: list[Outcome], high: float) -> tuple[dict, dict]:
@@ -369,7 +376,7 @@ def _report(seed: int, travel: bool, high: float, weights: tuple, sweep: dict, t
                     for (d, m), v in sorted(alarms.items())}
     return {"seed": seed, "travel": travel,
             "fit": {"set": FIT_SET, "variant": FIT_VARIANT, "high": high, "confidence_weights": list(weights),
-                    "sweep_mean_f1": {str(h): v for h, v in sweep.items()}},
+                    "confidence_rows_true": sweep.pop("confidence_rows"), "sweep_mean_f1": sweep},
             "results": results, "clean": false_alarms,
             "per_image": {k: [s.__dict__ for s in t.scores] for k, t in
                           ((f"{v}/{m}", t) for (v, m), t in tallies.items())},

@@ -15,7 +15,7 @@ without recomputing the difference maps.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -363,7 +363,3 @@ def localize(query: np.ndarray, original: np.ndarray, *, config: LocalizeConfig 
     return segment(analyze(query, original, config=config, initial=initial, assume_copy=assume_copy),
                    config=config)
 
-
-def with_threshold(config: LocalizeConfig, high: float) -> LocalizeConfig:
-    """The same configuration at another hysteresis level (for fitting it)."""
-    return replace(config, high=high)
