@@ -146,19 +146,23 @@ def _autofaiss(data: np.ndarray, real: RealSet, budget: int, work: Path, python:
 
 def run_one(n: int, real: RealSet, tune: tuple[np.ndarray, np.ndarray], *, budget: int | None,
             target: float, work: Path, autofaiss_python: Path,
-            autofaiss_timeout: float | None = None) -> dict:
-    """One size: n references (the real ones + n - real distractors), three indexes."""
+            autofaiss_timeout: float | None = None,
+            indexes: tuple[str, ...] = ("exact", "copytrace", "autofaiss")) -> dict:
+    """One size: n references (the real ones + n - real distractors), up to three indexes."""
     distractors = make_distractors(real.refs, max(0, n - len(real.refs)))
     data = np.ascontiguousarray(np.concatenate([real.refs, distractors])[:n])
     del distractors
     budget = budget or len(data) * data.shape[1] * 4 // 4
-    exact = _exact(data, real)
-    ours, ours_extra = _copytrace(data, real, tune, budget, target)
-    theirs, theirs_extra = _autofaiss(data, real, budget, work, autofaiss_python,
-                                      autofaiss_timeout)
+    exact = _exact(data, real) if "exact" in indexes else None
+    ours, ours_extra = (_copytrace(data, real, tune, budget, target) if "copytrace" in indexes
+                        else (None, {}))
+    theirs, theirs_extra = (_autofaiss(data, real, budget, work, autofaiss_python,
+                                       autofaiss_timeout) if "autofaiss" in indexes
+                            else (None, {"error": "not run (--indexes)"}))
     return {
         "n": len(data), "dims": int(data.shape[1]), "queries": len(real.queries),
-        "exact": exact.as_dict(), "copytrace": ours.as_dict(),
+        "exact": exact.as_dict() if exact else None,
+        "copytrace": ours.as_dict() if ours else None,
         "autofaiss": theirs.as_dict() if theirs else None,
         "memory_budget_bytes": budget, "copytrace_details": ours_extra,
         "autofaiss_details": theirs_extra, "faiss_threads": faiss.omp_get_max_threads(),
@@ -199,11 +203,14 @@ def _table(rows: list[dict]) -> str:
         for name in ("exact", "copytrace", "autofaiss"):
             x = r[name]
             if x is None:
-                lines.append(f"{r['n']:>9} {name:<10} (not run: {r['autofaiss_details']})")
+                why = r["autofaiss_details"] if name == "autofaiss" else "not run (--indexes)"
+                lines.append(f"{r['n']:>9} {name:<10} (not measured: {why})")
                 continue
             lines.append(f"{r['n']:>9} {name:<10} {x['index_spec'][:46]:<46} {x['recall_at_10']:>9.4f} "
                          f"{x['qps']:>9.0f} {x['index_bytes'] / 2**20:>8.1f} {x['build_seconds']:>8.1f}")
         e, c = r["exact"], r["copytrace"]
+        if not (e and c):
+            continue
         lines.append(f"{'':>9} copytrace / exact: recall {c['recall_at_10'] / e['recall_at_10']:.3f}, "
                      f"bytes {c['index_bytes'] / e['index_bytes']:.3f}, q/s {c['qps'] / e['qps']:.1f}x")
     return "\n".join(lines)
@@ -225,7 +232,8 @@ def _summary(rows: list[dict], quantiles: dict, real: RealSet,
     out["tuning_queries"] = len(tune[0])
     if len(rows) > 1:
         out["sweep"] = rows
-        out["projection"] = projection(rows)
+        if all(r["copytrace"] for r in rows):
+            out["projection"] = projection(rows)
     return out
 
 
@@ -242,6 +250,8 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--autofaiss-python", type=Path, default=AUTOFAISS_PYTHON)
     parser.add_argument("--autofaiss-timeout", type=float, default=3600)
+    parser.add_argument("--indexes", default="exact,copytrace,autofaiss",
+                        help="which of exact,copytrace,autofaiss to build")
     parser.add_argument("--threads", type=int, default=1,
                         help="FAISS threads for every index (autofaiss too); 1 keeps a shared "
                              "machine's timings comparable")
@@ -257,7 +267,8 @@ def main() -> None:
     for n in sizes:
         rows.append(run_one(n, real, tune, budget=budget, target=args.target_recall,
                             work=args.cache, autofaiss_python=args.autofaiss_python,
-                            autofaiss_timeout=args.autofaiss_timeout))
+                            autofaiss_timeout=args.autofaiss_timeout,
+                            indexes=tuple(args.indexes.split(","))))
         print(_table(rows[-1:]), flush=True)
         out = _summary(rows, quantiles, real, tune)
         if args.json:  # after every size: a long sweep leaves what it measured so far
