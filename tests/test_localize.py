@@ -148,6 +148,23 @@ def test_overlay_shows_three_panels():
     assert panel.shape[1] > 3 * 160
 
 
+def test_overlay_outlines_each_region_in_its_kind_colour():
+    from copytrace.matching.overlay import KIND_COLOURS
+
+    original = data.coffee()
+    edited = original.copy()
+    cv2.putText(edited, "SALE", (40, 370), cv2.FONT_HERSHEY_DUPLEX, 2.0, (255, 255, 255), 4, cv2.LINE_AA)
+    edited[60:180, 330:420] = cv2.resize(data.rocket()[60:300, 150:400], (90, 120))
+    result = localize(_jpeg(edited, 85), original)
+    kinds = sorted(r.kind for r in result.edit_regions)
+    assert len(kinds) == 2 and "text" in kinds
+    panel = overlay(edited, original, result, height=400)
+    width = (panel.shape[1] - 16) // 3  # three panels of the same aspect, 8-pixel gaps
+    copy_panel = panel[:, width + 8:2 * width + 8]
+    for kind in kinds:
+        assert (copy_panel == KIND_COLOURS[kind]).all(axis=2).sum() > 100  # box + label in the kind's colour
+
+
 def _write(path: Path, image: np.ndarray) -> Path:
     cv2.imwrite(str(path), image[..., ::-1])
     return path
