@@ -5,14 +5,17 @@
 
 Stages (cumulative): global descriptor only; + background score normalization; + query
 expansion (crops of the query); + local verification with the calibrated fused score (the
-default of `copytrace query`). PDQ is the peer baseline. Prints JSON, then a table.
+default of `copytrace query`), once with every top candidate verified and once with only the
+candidates the decision band leaves undecided (the default). PDQ is the peer baseline. Prints
+JSON, then a table. `--retune` adds the knobs (verified top-k, query crops, normalization);
+`--bench DIR` runs on any DISC-style folder instead of the dev benchmark.
 
-The evaluation benchmark is the lead's dev benchmark (last 300 ImageNet samples + all UKBench
-groups as hard negatives). `--fit-calibration` fits the fused score on a separate calibration
-benchmark (first 300 ImageNet samples, seed 1, even UKBench groups only), writes it to
-`WORK/calibration.json` (copy it into an index folder to make `copytrace query` use it) and
-evaluates with it; odd UKBench groups are never seen by the fit, and the hard-negative rate is
-also reported on them alone.
+The evaluation benchmark is the dev benchmark (last 300 ImageNet samples + all UKBench groups as
+hard negatives). `--fit-calibration` fits the fused score and the decision band on a separate
+calibration benchmark (first 300 ImageNet samples, seed 1, even UKBench groups only), writes them
+to `WORK/calibration.json` (put it in an index folder, or in a model card's `calibration`, for
+`copytrace query` to use) and evaluates with it; odd UKBench groups are never seen by the fit,
+and the hard-negative rate is also reported on them alone.
 
 Query embeddings and verification results are cached in WORK (keyed by settings), so a rerun
 re-scores without recomputing; their timings are those of the run that computed them.
@@ -28,6 +31,7 @@ import logging
 import os
 import pickle
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,25 +44,22 @@ from copytrace.benchmarks.metrics import Metrics, PredictedMatch, evaluate
 from copytrace.benchmarks.pdq import pdq_predictions
 from copytrace.descriptors.model import load_descriptor
 from copytrace.indexing.sources import list_sources
-from copytrace.indexing.store import CopyIndex
 from copytrace.matching.calibrate import (
     Calibration,
+    Decision,
+    fit_band,
     fit_calibration,
+    fused_score,
     global_score_only,
     load_calibration,
 )
 from copytrace.matching.expand import ExpandConfig
-from copytrace.matching.normalize import load_background
+from copytrace.matching.normalize import NormalizeConfig
 from copytrace.matching.rank import MatchConfig, QueryViews, candidates, finalize
-from copytrace.matching.verify import VerifyConfig, prepare, verify_prepared
+from copytrace.matching.verify import VerifyConfig, load_rgb, prepare, verify_prepared
 from copytrace.pipelines.build import build_index
-from copytrace.pipelines.query import (
-    _embed_views,
-    _embed_whole,
-    _verify,
-    index_model,
-    reference_uris,
-)
+from copytrace.pipelines.engine import QueryEngine
+from copytrace.pipelines.verify_pool import Verifier, VerifyBackend, VerifyJob
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +99,33 @@ def _hard_negatives(bench: Path, data: Path) -> dict[str, int]:
     return {qid: group_of[src.name] for qid, src in hard_negative_sources(bench).items()}
 
 
+EMBED_CHUNK = 64
+"""Queries decoded and embedded together (bounds the pixels held in memory)."""
+
+
+def _embed_all(engine: QueryEngine, paths: list[Path], expand: ExpandConfig | None
+               ) -> tuple[dict, dict, dict]:
+    """View vectors, views and decode errors per query id, through the public engine API."""
+    config = MatchConfig(expand=expand)
+    vectors, views, errors = {}, {}, {}
+    for start in range(0, len(paths), EMBED_CHUNK):
+        images = []
+        for path in paths[start : start + EMBED_CHUNK]:
+            try:
+                images.append(engine.decode(path, query_id=path.stem, config=config))
+            except ValueError as exc:  # DecodeError: reported, the batch carries on
+                errors[path.stem] = str(exc)
+        for image, vecs in zip(images, engine.embed(images), strict=True):
+            vectors[image.query_id] = vecs
+            views[image.query_id] = image.views
+    return vectors, views, errors
+
+
 def _embeddings(bench: Path, index: Path, work: Path, expand: ExpandConfig
                 ) -> tuple[dict, dict, dict, float, float]:
     """Whole-image and view vectors of every query (cached in `work`), with their timings."""
     key = hashlib.sha256(repr(expand).encode()).hexdigest()[:10]
     cache = work / f"views-{bench.name}-{key}.npz"
-    copy_index = CopyIndex.open(index)
-    descriptor = index_model(copy_index)
-    sources = list_sources(bench / "queries")
     if cache.exists():
         z = np.load(cache, allow_pickle=True)
         vectors, views = z["vectors"].item(), z["views"].item()
@@ -119,17 +139,39 @@ def _embeddings(bench: Path, index: Path, work: Path, expand: ExpandConfig
         if vectors is not None:
             log.warning("using views from %s (timings unknown)", other.name)
             return vectors, views, {}, float("nan"), float("nan")
-    t = time.perf_counter()
-    _embed_whole(sources, copy_index, descriptor, model=None, batch_size=32, chunk_size=512,
-                 device="cpu", use_ray=False, ray_address=None, show_progress=False)
-    t_whole = time.perf_counter() - t
-    t = time.perf_counter()
-    vectors, views, errors = _embed_views(sources, descriptor, expand, batch_size=32, device="cpu",
-                                          show_progress=False)
-    t_views = time.perf_counter() - t
+    paths = [Path(s.uri) for s in list_sources(bench / "queries")]
+    with QueryEngine.open(index, device="cpu") as engine:
+        t = time.perf_counter()
+        _embed_all(engine, paths, None)
+        t_whole = time.perf_counter() - t
+        t = time.perf_counter()
+        vectors, views, errors = _embed_all(engine, paths, expand)
+        t_views = time.perf_counter() - t
     np.savez(cache, vectors=np.array(vectors, dtype=object), views=np.array(views, dtype=object),
              t_whole=t_whole, t_views=t_views)
     return vectors, views, errors, t_whole, t_views
+
+
+def _verify(index: Path, bench: Path, ids: list[str], ranked, config: VerifyConfig, *,
+            ray: bool) -> list:
+    """Verify each query against its top candidates (process pool, or Ray tasks)."""
+    backend = VerifyBackend.RAY if ray else VerifyBackend.PROCESSES
+    with QueryEngine.open(index, device="cpu") as engine:
+        uris = engine.reference_uris({c.reference_id for row in ranked
+                                      for c in row[: config.top_k]})
+        verifier = Verifier(config, backend=backend)
+        out = []
+        try:
+            for start in range(0, len(ids), EMBED_CHUNK):
+                jobs = [VerifyJob(engine.decode(bench / "queries" / f"{q}.jpg", query_id=q,
+                                                config=MatchConfig(expand=None)),
+                                  [uris.get(c.reference_id, "") for c in row[: config.top_k]])
+                        for q, row in zip(ids[start : start + EMBED_CHUNK],
+                                          ranked[start : start + EMBED_CHUNK], strict=True)]
+                out.extend(verifier.verify(jobs))
+        finally:
+            verifier.close()
+    return out
 
 
 def _subset(vectors: dict, views: dict, expand: ExpandConfig) -> tuple[dict | None, dict]:
@@ -175,73 +217,101 @@ def run(bench: Path, index: Path, work: Path, data: Path, *, k: int = 10,
     """Every stage on one benchmark; returns predictions per stage plus timings."""
     expand = ExpandConfig()
     vectors, views, _, t_whole, t_views = _embeddings(bench, index, work, expand)
-    copy_index = CopyIndex.open(index)
-    calibration = calibration or load_calibration(index)
     gt, queries = read_ground_truth(bench / "gt.csv")
     ids = sorted(q for q in queries if q in vectors)[:limit]
-    n = len(ids)
-    full_only = [QueryViews(["full"], [views[q].boxes[0]]) for q in ids]
-    full_matrix = np.stack([vectors[q][0] for q in ids])
-    all_views = [views[q] for q in ids]
-    all_matrix = np.concatenate([vectors[q] for q in ids])
-    base = MatchConfig(k=k, search_k=max(20, 2 * k), verify=None)
-    timings: dict[str, float] = {}
-
-    t = time.perf_counter()
-    ranked_global = candidates(copy_index, full_matrix, full_only, config=base)
-    timings["search"] = time.perf_counter() - t
-    t = time.perf_counter()
-    background = load_background(index)
-    ranked_norm = candidates(copy_index, full_matrix, full_only, background=background, config=base)
-    timings["normalize"] = time.perf_counter() - t - timings["search"]
-    t = time.perf_counter()
-    ranked_exp = candidates(copy_index, all_matrix, all_views, background=background, config=base)
-    timings["expand_search"] = time.perf_counter() - t
-
+    with QueryEngine.open(index, device="cpu") as engine:
+        calibration = calibration or engine.calibration
+        ranked, timings = _search_stages(engine, ids, vectors, views, k=k)
     verify = VerifyConfig(top_k=k)
     vkey = hashlib.sha256(repr((VERIFY_CACHE_VERSION, verify, expand,
                                 [[c.reference_id for c in row] for row in
-                                                 ranked_exp])).encode()).hexdigest()[:10]
+                                 ranked["+expand"]])).encode()).hexdigest()[:10]
     vcache = work / f"verified-{bench.name}-{vkey}.pkl"
     if vcache.exists():  # same candidates, same settings: reuse (timing from the run that made it)
         verified, timings["verify"] = pickle.loads(vcache.read_bytes())
     else:
         t = time.perf_counter()
-        sources = list_sources(bench / "queries")
-        by_id = {s.image_id: s for s in sources}
-        verified = _verify(copy_index, [by_id[q] for q in ids], ranked_exp, verify,
-                           use_ray=ray_verify, ray_address=None)
+        verified = _verify(index, bench, ids, ranked["+expand"], verify, ray=ray_verify)
         timings["verify"] = time.perf_counter() - t
         vcache.write_bytes(pickle.dumps((verified, timings["verify"])))
-    pairs = sum(len(v) for v in verified)
-
     preds = {
-        "global": _predictions(ranked_global, ids, lambda c: c.similarity),
-        "+normalize": _predictions(ranked_norm, ids,
-                                   lambda c: global_score_only(c.global_score,
-                                                               calibration=calibration)),
-        "+expand": _predictions(ranked_exp, ids,
-                                lambda c: global_score_only(c.global_score,
-                                                            calibration=calibration)),
+        "global": _predictions(ranked["global"], ids, lambda c: c.similarity),
+        **{name: _predictions(ranked[name], ids, lambda c: global_score_only(
+            c.global_score, calibration=calibration)) for name in ("+normalize", "+expand")},
+        "+verify (full)": _finalized(ids, ranked["+expand"], verified, calibration),
+        "+verify (banded default)": _finalized(ids, ranked["+expand"], verified, calibration,
+                                               banded=True),
     }
-    full = []
-    for q, cands, ver in zip(ids, ranked_exp, verified, strict=True):
-        full.extend(PredictedMatch(q, m.reference_id, m.score)
-                    for m in finalize(cands, ver, calibration=calibration))
-    preds["+verify (default)"] = full
+    n = len(ids)
     return {"ids": ids, "n": n, "preds": preds, "gt": [g for g in gt if g.query in set(ids)],
-            "ranked": ranked_exp, "verified": verified, "pairs": pairs,
+            "ranked": ranked["+expand"], "verified": verified,
+            "pairs": sum(len(v) for v in verified),
+            "pairs_banded": _banded_pairs(ranked["+expand"], calibration, k),
+            "vectors": vectors, "views": views, "all_ranked": ranked,
             "timings": {**timings, "embed_whole": t_whole * n / len(vectors),
                         "embed_views": t_views * n / len(vectors)},
             "views_per_query": float(np.mean([len(views[q].names) for q in ids]))}
 
 
+def _search_stages(engine: QueryEngine, ids: list[str], vectors: dict, views: dict, *,
+                   k: int, normalize: NormalizeConfig | None = None,
+                   expand_names: set[str] | None = None) -> tuple[dict, dict]:
+    """Candidates per stage: raw global search, + background normalization, + query crops."""
+    full_only = [QueryViews(["full"], [views[q].boxes[0]]) for q in ids]
+    full_matrix = np.stack([vectors[q][0] for q in ids])
+    keep = {q: [i for i, n in enumerate(views[q].names) if expand_names is None or n == "full"
+                or n in expand_names or (n.startswith("region") and "region" in expand_names)]
+            for q in ids}
+    all_views = [QueryViews([views[q].names[i] for i in keep[q]],
+                            [views[q].boxes[i] for i in keep[q]]) for q in ids]
+    all_matrix = np.concatenate([vectors[q][keep[q]] for q in ids])
+    config = MatchConfig(k=k, search_k=max(20, 2 * k), verify=None,
+                         normalize=normalize or NormalizeConfig())
+    background = engine.background(config)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    ranked = {"global": candidates(engine.index, full_matrix, full_only, config=config)}
+    timings["search"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ranked["+normalize"] = candidates(engine.index, full_matrix, full_only, background=background,
+                                      config=config)
+    timings["normalize"] = time.perf_counter() - t - timings["search"]
+    t = time.perf_counter()
+    ranked["+expand"] = candidates(engine.index, all_matrix, all_views, background=background,
+                                   config=config)
+    timings["expand_search"] = time.perf_counter() - t
+    return ranked, timings
+
+
+def _finalized(ids, ranked, verified, calibration: Calibration, *, banded: bool = False,
+               verify_k: int | None = None) -> list[PredictedMatch]:
+    """Scores as `copytrace query` gives them: every top candidate verified, or only those the
+    decision band leaves undecided (`banded`), or only the top `verify_k`."""
+    band = calibration.decision_band()
+    out = []
+    for q, cands, ver in zip(ids, ranked, verified, strict=True):
+        decisions = None
+        if banded:
+            decisions = [band.decide(global_score_only(c.global_score, calibration=calibration))
+                         for c in cands[: len(ver)]]
+        out.extend(PredictedMatch(q, m.reference_id, m.score) for m in finalize(
+            cands, ver, calibration=calibration, decisions=decisions,
+            verified_count=min(len(ver), verify_k) if verify_k else None))
+    return out
+
+
+def _banded_pairs(ranked, calibration: Calibration, k: int) -> int:
+    """Pairs the decision band leaves to verification."""
+    band = calibration.decision_band()
+    return sum(band.decide(global_score_only(c.global_score, calibration=calibration))
+               is Decision.VERIFY for row in ranked for c in row[:k])
+
+
 def pair_cost(bench: Path, index: Path, ranked, ids, *, queries: int = 20, k: int = 10) -> dict:
     """Single-core ms per verified pair, split into reference preparation and matching."""
-    copy_index = CopyIndex.open(index)
     config = VerifyConfig(top_k=k)
-    uris = reference_uris(copy_index, {c.reference_id for row in ranked[:queries] for c in row})
-    from copytrace.matching.verify import load_rgb
+    with QueryEngine.open(index, device="cpu") as engine:
+        uris = engine.reference_uris({c.reference_id for row in ranked[:queries] for c in row})
 
     t_prep = t_match = 0.0
     n_prep = n_pairs = 0
@@ -262,10 +332,8 @@ def pair_cost(bench: Path, index: Path, ranked, ids, *, queries: int = 20, k: in
             "uncached_ms_per_pair": 1000 * (t_prep + t_match) / max(1, n_pairs)}
 
 
-def fit(data: Path, work: Path, model: str, k: int, out: Path) -> Calibration:
-    bench = ensure_calibration_benchmark(data, work)
-    index = ensure_index(bench / "references", work / "idx-calib", model)
-    r = run(bench, index, work, data, k=k)
+def _labelled_pairs(r: dict) -> tuple[np.ndarray, list, np.ndarray]:
+    """(global score, verification, is-a-copy) of every verified (query, candidate) pair."""
     gt = {(g.query, g.reference) for g in r["gt"]}
     scores, vers, labels = [], [], []
     for q, cands, ver in zip(r["ids"], r["ranked"], r["verified"], strict=True):
@@ -273,54 +341,69 @@ def fit(data: Path, work: Path, model: str, k: int, out: Path) -> Calibration:
             scores.append(c.global_score)
             vers.append(v)
             labels.append((q, c.reference_id) in gt)
-    cal = fit_calibration(np.array(scores), vers, np.array(labels),
-                          source=f"fitted on {bench} (imagenet-sample[:300] seed 1 + even UKBench "
-                                 f"groups), model {model}")
+    return np.array(scores), vers, np.array(labels)
+
+
+def fit(data: Path, work: Path, model: str, k: int, out: Path) -> Calibration:
+    """Fit the fused score, then the decision band on the same calibration pairs."""
+    bench = ensure_calibration_benchmark(data, work)
+    index = ensure_index(bench / "references", work / "idx-calib", model)
+    r = run(bench, index, work, data, k=k)
+    scores, vers, labels = _labelled_pairs(r)
+    name = load_descriptor(model).model_id
+    cal = fit_calibration(scores, vers, labels,
+                          source=f"fitted on {bench.name} (imagenet-sample[:300] seed 1 + even "
+                                 f"UKBench groups), model {name}")
+    g = np.array([global_score_only(s, calibration=cal) for s in scores])
+    v = np.array([fused_score(s, ver, calibration=cal) for s, ver in zip(scores, vers, strict=True)])
+    band = fit_band(g, v, labels, source=f"fit_band on {len(labels)} pairs of {bench.name}, "
+                                         f"model {name}")
+    cal = replace(cal, band=band)
     cal.save(out)
     return cal
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="dev data root (default ../shared/data)")
-    parser.add_argument("--work", default="/tmp/copytrace-matching", help="work folder")
-    parser.add_argument("--model", default="default")
-    parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--limit", type=int, help="only the first N queries (quick runs)")
-    parser.add_argument("--fit-calibration", action="store_true",
-                        help="fit the fused score on the calibration benchmark first and use it")
-    parser.add_argument("--no-ray", action="store_true", help="verify in-process")
-    args = parser.parse_args()
-    logging.basicConfig(level=os.environ.get("COPYTRACE_LOG", "WARNING").upper())
-    data = dev_data_root(args.data)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    calibration = None
-    if args.fit_calibration:
-        calibration = fit(data, work, args.model, args.k, work / "calibration.json")
-    bench = ensure_dev_benchmark(data, work)
-    index = ensure_index(bench / "references", work / "idx-dev", args.model)
-    if calibration is None:  # what `copytrace query` uses: index file > model card > defaults
-        calibration = load_calibration(index, load_descriptor(args.model).card)
-    r = run(bench, index, work, data, k=args.k, calibration=calibration, limit=args.limit,
-            ray_verify=not args.no_ray)
-    hard = _hard_negatives(bench, data)
+def retune(r: dict, index: Path, calibration: Calibration, k: int) -> dict[str, Metrics]:
+    """What each knob buys on the evaluation set: verified top-k (full pipeline, from the cached
+    verifications), query crops and normalization settings (global stage, no verification)."""
     rows: dict[str, Metrics] = {}
-    report: dict = {"benchmark": str(bench), "queries": r["n"], "k": args.k,
-                    "views_per_query": round(r["views_per_query"], 2),
-                    "calibration": calibration.source, "stages": {}}
-    t = time.perf_counter()
-    pdq = pdq_predictions(bench / "queries", bench / "references", k=args.k)
-    t_pdq = time.perf_counter() - t
-    ids = set(r["ids"])
-    rows["PDQ"] = evaluate(r["gt"], [p for p in pdq if p.query in ids])
-    report["stages"]["PDQ"] = {**rows["PDQ"].as_dict(), "ms_per_query": 1000 * t_pdq / r["n"]}
+    for vk in (1, 3, 5):
+        rows[f"verify_k={vk}"] = evaluate(r["gt"], _finalized(
+            r["ids"], r["ranked"], r["verified"], calibration, verify_k=vk))
+    score = lambda c: global_score_only(c.global_score, calibration=calibration)  # noqa: E731
+    with QueryEngine.open(index, device="cpu") as engine:
+        for label, names in (("whole image only", set()), ("+centre crop", {"centre0.6"}),
+                             ("+trimmed", {"trimmed"}), ("+pasted regions", {"region"}),
+                             ("+centre +trimmed", {"centre0.6", "trimmed"})):
+            ranked, _ = _search_stages(engine, r["ids"], r["vectors"], r["views"], k=k,
+                                       expand_names=names)
+            rows[f"crops: {label}"] = evaluate(r["gt"], _predictions(ranked["+expand"], r["ids"],
+                                                                     score))
+        for nk, beta in ((5, 1.0), (20, 1.0), (10, 0.5), (10, 1.5)):
+            ranked, _ = _search_stages(engine, r["ids"], r["vectors"], r["views"], k=k,
+                                       normalize=NormalizeConfig(k=nk, beta=beta))
+            rows[f"normalize k={nk} beta={beta:g}"] = evaluate(
+                r["gt"], _predictions(ranked["+expand"], r["ids"], score))
+    return rows
+
+
+def _report(r: dict, calibration: Calibration, hard: dict, pdq: list, t_pdq: float,
+            k: int) -> tuple[dict, dict[str, Metrics]]:
+    """Metrics, added cost and hard-negative rate per stage."""
     tm, n = r["timings"], r["n"]
+    ids = set(r["ids"])
+    rows = {"PDQ": evaluate(r["gt"], [p for p in pdq if p.query in ids])}
+    report: dict = {"queries": n, "k": k, "views_per_query": round(r["views_per_query"], 2),
+                    "calibration": calibration.source,
+                    "band": [calibration.decision_band().reject, calibration.decision_band().accept],
+                    "stages": {"PDQ": {**rows["PDQ"].as_dict(), "ms_per_query": 1000 * t_pdq / n}}}
+    share = r["pairs_banded"] / max(1, r["pairs"])
     added = {"global": (tm["embed_whole"] + tm["search"]) / n,
              "+normalize": tm["normalize"] / n,
              "+expand": (tm["embed_views"] - tm["embed_whole"] + tm["expand_search"]
                          - tm["search"] - tm["normalize"]) / n,
-             "+verify (default)": tm["verify"] / n}
+             "+verify (full)": tm["verify"] / n,
+             "+verify (banded default)": share * tm["verify"] / n}
     for name, preds in r["preds"].items():
         rows[name] = evaluate(r["gt"], preds)
         stage = {**rows[name].as_dict(), "added_ms_per_query": round(1000 * added[name], 1)}
@@ -328,26 +411,68 @@ def main() -> None:
             stage["hard_negative_rate"] = _hard_rate(preds, hard)
             stage["hard_negative_rate_odd_groups"] = _hard_rate(preds, hard, "odd")
         report["stages"][name] = stage
-    pos = {(g.query, g.reference) for g in r["gt"]}
-    default = r["preds"]["+verify (default)"]
-    report["positives_above_threshold"] = sum(
-        p.score >= THRESHOLD for p in default if (p.query, p.reference) in pos) / max(1, len(pos))
-    report["false_positives_above_threshold"] = sum(
-        p.score >= THRESHOLD for p in default if (p.query, p.reference) not in pos)
-    report["verification"] = {
-        "pairs": r["pairs"], "wall_ms_per_query_2_cores": round(1000 * tm["verify"] / n, 1),
-        **{key: round(v, 1) for key, v in pair_cost(bench, index, r["ranked"], r["ids"],
-                                                    k=args.k).items()}}
+    report["verification"] = {"pairs_full": r["pairs"], "pairs_banded": r["pairs_banded"],
+                              "wall_ms_per_query_2_cores": round(1000 * tm["verify"] / n, 1)}
+    return report, rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="dev data root (default ../shared/data)")
+    parser.add_argument("--work", default="/tmp/copytrace-matching", help="work folder")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--limit", type=int, help="only the first N queries (quick runs)")
+    parser.add_argument("--fit-calibration", action="store_true",
+                        help="fit the fused score and decision band on the calibration benchmark "
+                             "first and use them")
+    parser.add_argument("--retune", action="store_true",
+                        help="also report verify_k, query-crop and normalization variants")
+    parser.add_argument("--no-ray", action="store_true", help="verify in a process pool")
+    parser.add_argument("--json", help="also write the report to this file")
+    parser.add_argument("--bench", help="evaluate this DISC-style folder (`copytrace bench "
+                                        "make-disc`) instead of the dev benchmark")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("COPYTRACE_LOG", "WARNING").upper())
+    data = None if args.bench and not args.fit_calibration else dev_data_root(args.data)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    calibration = None
+    if args.fit_calibration:
+        calibration = fit(data, work, args.model, args.k, work / "calibration.json")
+    bench = Path(args.bench) if args.bench else ensure_dev_benchmark(data, work)
+    index = ensure_index(bench / "references", work / "idx-dev", args.model)
+    if calibration is None:  # what `copytrace query` uses: index file > model card > defaults
+        calibration = load_calibration(index, load_descriptor(args.model).card)
+    r = run(bench, index, work, data, k=args.k, calibration=calibration, limit=args.limit,
+            ray_verify=not args.no_ray)
+    t = time.perf_counter()
+    pdq = pdq_predictions(bench / "queries", bench / "references", k=args.k)
+    hard = _hard_negatives(bench, data) if data is not None else {}
+    report, rows = _report(r, calibration, hard, pdq,
+                           time.perf_counter() - t, args.k)
+    report["benchmark"] = str(bench)
+    report["model"] = load_descriptor(args.model).model_id
+    if args.retune:
+        tuned = retune(r, index, calibration, args.k)
+        report["retune"] = {name: m.as_dict() for name, m in tuned.items()}
+    report["verification"].update({key: round(v, 1) for key, v in pair_cost(
+        bench, index, r["ranked"], r["ids"], k=args.k).items()})
     print(json.dumps(report, indent=2, default=float))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=float))
     print(metrics_table(rows))
-    print(f"{'stage':<20} added ms/query  hard-neg rate (all / odd groups)")
+    print(f"{'stage':<26} added ms/query  hard-neg rate (all / odd groups)")
     for name, stage in report["stages"].items():
         if name == "PDQ":
             continue
         rate = (f"{stage['hard_negative_rate']:.3f} / {stage['hard_negative_rate_odd_groups']:.3f}"
                 if "hard_negative_rate" in stage else "n/a (raw cosine)")
-        print(f"{name:<20} {stage['added_ms_per_query']:>14.1f}  {rate}")
-
+        print(f"{name:<26} {stage['added_ms_per_query']:>14.1f}  {rate}")
+    if args.retune:
+        print("\nre-tuning (verify_k: full pipeline; crops, normalize: global stage only)")
+        print(metrics_table(tuned))
+    return report
 
 if __name__ == "__main__":
     main()
