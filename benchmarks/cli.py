@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from copytrace.pipelines.output import OutputFormat, print_rows
+from copytrace.pipelines.output import Column, OutputFormat, print_rows
 
 eval_app = typer.Typer(help="Score predictions (DISC2021 matching track, localization).",
                        no_args_is_help=True)
@@ -89,7 +89,9 @@ def eval_localize_report_cmd(
     max_side: Annotated[int, typer.Option(help="Analysis resolution (query's longer side).")] = 1024,
     report: Annotated[Path | None, typer.Option(metavar="DIR", help="Write an HTML report: F1 per "
                                                 "kind, overlays of the worst pairs.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (summary + per image).")] = False,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="How to print the summary "
+                                              "(json adds every image).")] = OutputFormat.TABLE,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
     """Pixel F1, IoU and region hit rate (box IoU >= 0.5) of edit masks, averaged over images."""
     from copytrace.benchmarks.localize_eval import eval_localize, summary_table
@@ -100,13 +102,17 @@ def eval_localize_report_cmd(
         from copytrace.benchmarks.localize_report import write_localize_report
 
         page = write_localize_report(report, triples, scores, root=root, max_side=max_side)
-    if as_json:
+    if as_json or fmt is OutputFormat.JSON:
         typer.echo(json.dumps({"summary": summary.as_dict(), "images": [s.__dict__ for s in scores],
                                **({"report": str(page)} if page else {})}))
         return
     for s in scores:
         if s.error:
             typer.echo(f"failed {s.name}: {s.error}", err=True)
+    if fmt is OutputFormat.CSV:
+        row = {"method": "copytrace localize", **summary.as_dict()}
+        print_rows([row], [Column(k) for k in row], fmt, console=out)
+        return
     out.print(summary_table({"copytrace localize": summary}), markup=False, highlight=False)
     if page is not None:
         out.print(f"report: {page}", highlight=False)

@@ -145,6 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="copytrace demo on scikit-image's photos")
     parser.add_argument("--out", default="out/demo", help="demo folder (recreated)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random edits")
+    parser.add_argument("--copies", type=int, default=2, help="edited copies per reference photo")
     args = parser.parse_args()
     console = Console()
     out = Path(args.out)
@@ -154,7 +155,7 @@ def main() -> None:
     console.rule("copytrace demo")
     story.step("Make a test set: photos as references, edited copies as queries")
     with progress_bar("making copies", total=len(DEMO_PHOTOS)) as advance:
-        demo = make_demo_set(out, seed=args.seed, advance=advance)
+        demo = make_demo_set(out, seed=args.seed, copies=args.copies, advance=advance)
     describe_set(console, demo)
 
     from copytrace.pipelines.build import build_index

@@ -80,3 +80,23 @@ def test_verdict_table_fits_80_columns_and_keeps_ids(demo):
         if c.original:
             assert any(line.split()[:1] == [c.label] and f" {c.original} " in line for line in lines)
     assert pick_localization(verdicts) is not None
+
+
+@pytest.mark.slow
+def test_the_demo_runs_and_explains_itself_in_80_columns(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "COLUMNS": "80"}
+    proc = subprocess.run([sys.executable, "-m", "copytrace.benchmarks.demo", "--out", str(tmp_path / "d"),
+                           "--copies", "1"], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    assert max(map(len, text.splitlines())) <= 80
+    for step in range(1, 7):
+        assert f"{step}/6 " in text
+    assert "At the 0.5 threshold:" in text and "22 images indexed" in text
+    assert "copytrace " in text and "PDQ (peer)" in text and "R@P90" in text
+    assert (tmp_path / "d" / "report" / "index.html").is_file()
+    assert list((tmp_path / "d" / "localize").glob("*.overlay.png"))
