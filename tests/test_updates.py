@@ -126,3 +126,34 @@ def test_verify_catches_a_shard_that_disagrees(tmp_path):
                  shard_size=40)  # overwrite the shard with other vectors
     report = verify_index(root)
     assert not report.ok and "own position" in report.problems[0]
+
+
+def test_cli_remove_compact_verify(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "copytrace")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+
+    def run(*args):
+        return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=300)
+
+    root = tmp_path / "idx"
+    small_index(root, 30, shard_size=10)
+    r = run("index", "remove", "3", "4", "--index", str(root))
+    assert r.returncode == 0 and "version 2" in r.stdout and "28 live" in r.stdout, r.stderr
+    r = run("index", "remove", "nope", "--index", str(root))
+    assert r.returncode != 0 and "not in the index" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1  # one line, no traceback
+    r = run("index", "compact", str(root))
+    assert r.returncode == 0 and "version 3" in r.stdout, r.stderr
+    r = run("index", "verify", str(root))
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] and json.loads(r.stdout)["ids"] == 28
+    manifest = Manifest.read(IndexLayout(root).manifest)
+    (root / manifest.id_map).unlink()
+    (root / manifest.id_map).write_bytes(b"")  # a torn id map
+    r = run("index", "verify", str(root))
+    assert r.returncode != 0
