@@ -75,16 +75,18 @@ def worst_misses(gt: Sequence[GroundTruthMatch], predictions: Sequence[Predicted
 
 
 def worst_false_positives(gt: Sequence[GroundTruthMatch], predictions: Sequence[PredictedMatch], *,
-                          n: int = 10) -> list[Case]:
-    """Predicted pairs that are not true pairs, highest score first."""
+                          n: int = 10, threshold: float = THRESHOLD) -> list[Case]:
+    """Predicted pairs that are not true pairs, highest score first (those at or above the
+    threshold are wrong 'copy' verdicts)."""
     truth: dict[str, list[str]] = defaultdict(list)
     for g in gt:
         truth[g.query].append(g.reference)
     wrong = sorted((p for p in predictions if p.reference not in truth.get(p.query, [])),
                    key=lambda p: -p.score)
     return [Case(p.query, p.reference, p.score,
-                 f"true original: {', '.join(truth[p.query])}" if truth.get(p.query)
-                 else "not a copy of anything indexed") for p in wrong[:n]]
+                 ("WRONG COPY VERDICT; " if p.score >= threshold else "")
+                 + (f"true original: {', '.join(truth[p.query])}" if truth.get(p.query)
+                    else "not a copy of anything indexed")) for p in wrong[:n]]
 
 
 def pyplot():  # noqa: ANN201
@@ -240,7 +242,7 @@ def write_disc_report(
     plot_score_histograms(gt, runs[name], out / "score_histogram.png", threshold=threshold)
     thumbs = _Thumbs(out, queries, references)
     misses = worst_misses(gt, runs[name], n=worst, threshold=threshold)
-    false_pos = worst_false_positives(gt, runs[name], n=worst)
+    false_pos = worst_false_positives(gt, runs[name], n=worst, threshold=threshold)
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(name)}: "
             f"DISC evaluation</title><style>{_CSS}</style></head><body>"
             f"<h1>DISC evaluation: {html.escape(name)}</h1>"
