@@ -27,9 +27,8 @@ from copytrace.matching.calibrate import Calibration
 from copytrace.matching.expand import ExpandConfig
 from copytrace.matching.normalize import BACKGROUND_FILE, Background
 from copytrace.matching.query_image import QueryImage, decode_query
-from copytrace.matching.rank import Candidate, MatchConfig, QueryViews
+from copytrace.matching.rank import MatchConfig, QueryViews
 from copytrace.matching.results import QueryResult
-from copytrace.matching.verify import Verification, VerifyConfig, verify_batch
 from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
 from copytrace.pipelines.engine import (
     QueryEngine,
@@ -59,8 +58,6 @@ CHUNK_QUERIES = 64
 """Queries decoded and ranked together (bounds the decoded pixels held in memory)."""
 
 PREDICTIONS_HEADER = ("query_id", "reference_id", "score")
-
-VERIFY_QUERIES_PER_TASK = 8
 
 
 def query(
@@ -256,35 +253,6 @@ def embed_queries(sources: Sequence[ImageSource], embedder: Embedder, expand: Ex
                 views[q.query_id] = q.views
             advance(len(chunk))
     return vectors, views, errors
-
-
-_embed_views = embed_queries  # transition alias for benchmarks/matching_bench.py (lead-owned)
-_embed_whole = embed_files  # transition alias (matching_bench)
-
-
-def _verify(copy_index: CopyIndex, queries: Sequence[str | np.ndarray],
-            ranked: list[list[Candidate]], config: VerifyConfig, *, use_ray: bool,
-            ray_address: str | None) -> list[list[Verification | None]]:
-    """Verify each query (path or pixels) against its top candidates: in-process, or as Ray
-    tasks of a few queries each. Transition helper for benchmarks/matching_bench.py (lead-owned):
-    new code uses `QueryEngine`."""
-    uris = reference_uris(copy_index, {c.reference_id for row in ranked for c in row[: config.top_k]})
-    jobs = [(q, [uris.get(c.reference_id, "") for c in row[: config.top_k]])
-            for q, row in zip(queries, ranked, strict=True)]
-    if not use_ray:
-        return verify_batch(jobs, config=config)
-    import ray
-
-    from copytrace.pipelines.ray_runtime import ensure_ray
-
-    ensure_ray(ray_address)
-    task = ray.remote(num_cpus=1)(verify_batch)
-    futures = [task.remote(jobs[s : s + VERIFY_QUERIES_PER_TASK], config=config)
-               for s in range(0, len(jobs), VERIFY_QUERIES_PER_TASK)]
-    out: list[list[Verification | None]] = []
-    for part in ray.get(futures):
-        out.extend(part)
-    return out
 
 
 def predictions_csv(results: list[QueryResult]) -> str:
