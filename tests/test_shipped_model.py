@@ -43,7 +43,7 @@ def _batch() -> torch.Tensor:
     from PIL import Image
 
     img = Image.fromarray(photo("astronaut")).resize((224, 224))
-    return torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].float() / 255
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
 
 
 def test_default_is_the_shipped_copy_descriptor_and_loads_offline(no_network):
