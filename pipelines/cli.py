@@ -205,15 +205,16 @@ def index_relocate(index: Annotated[Path, typer.Argument(help="Index folder.")],
 @index_app.command("sql")
 def index_sql(index: Annotated[Path, typer.Argument(help="Index folder.")],
               statement: Annotated[str, typer.Argument(help="SQL over views 'catalog' and "
-                                                           "'embeddings'.")]) -> None:
+                                                           "'embeddings'.")],
+              fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json "
+                                                        "or csv.")] = OutputFormat.TABLE) -> None:
     """Run DuckDB SQL over the catalog, e.g. duplicates by sha256."""
     from copytrace.indexing.catalog_sql import sql
+    from copytrace.pipelines.output import columns_for
 
     t = sql(index, statement)
-    table = Table(*t.column_names)
-    for row in t.to_pylist():
-        table.add_row(*(str(v) for v in row.values()))
-    out.print(table)
+    rows = t.to_pylist()
+    print_rows(rows, columns_for(rows, t.column_names), fmt, console=out)
 
 
 @app.command("query")

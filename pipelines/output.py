@@ -51,14 +51,31 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _longest(rows: Sequence[dict], c: Column) -> int:
+    return max([len(c.title), *(len(_cell(r.get(c.key))) for r in rows)])
+
+
+def _id_widths(rows: Sequence[dict], columns: Sequence[Column], width: int) -> dict[str, int]:
+    """Widths for id columns that must fold: what numbers and the text columns' longest words
+    leave, shared in proportion to each id's length."""
+    ids = {c.key: _longest(rows, c) for c in columns if c.is_id}
+    words = [max([len(c.title), *(len(w) for r in rows for w in _cell(r.get(c.key)).split())])
+             for c in columns if not c.is_id and not c.numeric]
+    fixed = sum(_longest(rows, c) for c in columns if c.numeric) + sum(words) + 2 * (len(columns) - 1)
+    room = max(8 * len(ids), width - fixed)
+    total = max(1, sum(ids.values()))
+    return {k: max(8, n * room // total) for k, n in ids.items()}
+
+
 def _table(rows: Sequence[dict], columns: Sequence[Column], title: str | None, group: str | None,
-           *, fold_ids: bool = False) -> Table:
+           *, id_widths: dict[str, int] | None = None) -> Table:
     table = Table(box=box.SIMPLE_HEAD, title=title, show_edge=False, pad_edge=False, collapse_padding=True)
     for c in columns:
-        longest = max([len(c.title), *(len(_cell(r.get(c.key))) for r in rows)])
-        whole = c.numeric or (c.is_id and not fold_ids)
+        longest = _longest(rows, c)
+        fixed = (id_widths or {}).get(c.key) if c.is_id else None
+        whole = c.numeric or (c.is_id and fixed is None)
         table.add_column(c.title, justify="right" if c.numeric else "left", no_wrap=whole,
-                         overflow="fold", min_width=longest if whole else None)
+                         overflow="fold", min_width=longest if whole else None, width=fixed)
     previous = None
     for r in rows:
         cells = [_cell(r.get(c.key)) for c in columns]
@@ -87,7 +104,9 @@ def rows_table(rows: Sequence[dict], columns: Sequence[Column], *, width: int = 
     while too_wide(table) and any(c.optional for c in columns):
         columns.pop(max(i for i, c in enumerate(columns) if c.optional))
         table = _table(rows, columns, title, group)
-    return _table(rows, columns, title, group, fold_ids=True) if too_wide(table) else table
+    if too_wide(table):
+        return _table(rows, columns, title, group, id_widths=_id_widths(rows, columns, width))
+    return table
 
 
 def rows_csv(rows: Sequence[dict], columns: Sequence[Column]) -> str:
@@ -128,3 +147,16 @@ def query_rows(results: Sequence[QueryResult], *, threshold: float = 0.5) -> lis
              "score": round(m.score, 4), "copy": "yes" if m.score >= threshold else "no",
              "inliers": m.evidence.get("inliers"), "similarity": round(m.similarity, 4)}
             for r in results for rank, m in enumerate(r.matches, 1)]
+
+
+ID_NAMES = ("uri", "path", "sha256")  # beside any column named *id: never cut
+
+
+def columns_for(rows: Sequence[dict], names: Sequence[str]) -> list[Column]:
+    """Columns for rows of unknown shape (e.g. SQL results): ids kept whole, numbers right-aligned."""
+    def numeric(name: str) -> bool:
+        values = [r.get(name) for r in rows if r.get(name) is not None]
+        return bool(values) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+    return [Column(n, is_id=n.lower().endswith("id") or n.lower() in ID_NAMES, numeric=numeric(n))
+            for n in names]

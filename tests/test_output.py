@@ -97,3 +97,17 @@ def test_query_command_at_80_columns(tmp_path, photos_dir):
     rows = list(csv.DictReader(io.StringIO(subprocess.run(
         [*cmd, "--format", "csv"], capture_output=True, text=True, env=env, timeout=600).stdout)))
     assert len(rows) == 3 and rows[0]["reference_id"] == "coffee" and rows[0]["copy"] == "yes"
+
+
+def test_sql_columns_keep_ids_whole_and_align_numbers():
+    from copytrace.pipelines.output import columns_for
+
+    rows = [{"image_id": "n01440764_tench", "uri": "/data/photos/long_folder/tench/a.jpg", "width": 500,
+             "note": "a free text column " * 3}]
+    cols = {c.key: c for c in columns_for(rows, list(rows[0]))}
+    assert cols["image_id"].is_id and cols["uri"].is_id and cols["width"].numeric
+    assert not cols["note"].is_id and not cols["note"].numeric
+    console = Console(width=80, record=True, color_system=None, file=io.StringIO())
+    print_rows(rows, list(cols.values()), "table", console=console)
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= 80 and rows[0]["uri"] in text and "…" not in text
