@@ -119,7 +119,7 @@ def index_info(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> 
 
 @index_app.command("errors")
 def index_errors(index: Annotated[Path, typer.Argument(help="Index folder.")],
-                 limit: int = 1000) -> None:
+                 limit: Annotated[int, typer.Option(help="Most rows to list.")] = 1000) -> None:
     """List the inputs that could not be indexed and why."""
     from copytrace.indexing.catalog_sql import errors
 
@@ -231,8 +231,9 @@ def query_cmd(
     = OutputFormat.TABLE,
     model: Annotated[str | None, typer.Option(help="Override the index's model (must be the "
                                                    "same weights).")] = None,
-    batch_size: int = 32,
-    device: str = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per model forward.")] = 32,
+    device: Annotated[str, typer.Option(help="'auto' (GPU if present), 'cpu' or 'cuda'.")]
+    = "auto",
     ray: Annotated[bool | None, typer.Option("--ray/--no-ray", help="Default: Ray for "
                                              "large batches, in-process otherwise.")] = None,
     ray_address: RayAddress = None,
@@ -335,7 +336,7 @@ def localize_batch_cmd(
     top: Annotated[int, typer.Option(help="Pairs per query, best score first (0: all).")] = 1,
     min_score: Annotated[float | None, typer.Option(help="Skip predictions below this.")] = None,
     overlay: Annotated[bool, typer.Option(help="Also write overlays.")] = False,
-    max_side: int = 1024,
+    max_side: Annotated[int, typer.Option(help="Analysis resolution (query's longer side).")] = 1024,
     ray: Annotated[bool, typer.Option("--ray/--no-ray", help="Run as a Ray job.")] = True,
     ray_address: RayAddress = None,
 ) -> None:
@@ -561,8 +562,10 @@ def serve_cmd(
     index: Annotated[Path, typer.Option("--index", "-i", help="Index folder to serve.")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
-    model: str | None = None,
-    device: str = "auto",
+    model: Annotated[str | None, typer.Option(help="Override the index's model (must be the "
+                                                   "same weights).")] = None,
+    device: Annotated[str, typer.Option(help="'auto' (GPU if present), 'cpu' or 'cuda'.")]
+    = "auto",
     token: Annotated[str | None, typer.Option(envvar="COPYTRACE_TOKEN", help="Require "
                                               "'Authorization: Bearer TOKEN' (all but "
                                               "/v1/health).")] = None,
