@@ -40,7 +40,8 @@ max-width:200px;word-break:break-all}.member img{max-height:150px;max-width:200p
 border:3px solid transparent}.member.keep img{border-color:#2a9d3f}
 .badge{background:#2a9d3f;color:#fff;border-radius:3px;padding:0 4px}
 .pair{background:#fff;border:1px solid #ddd;border-radius:6px;margin:10px 0;padding:8px}
-.pair img{max-height:220px;max-width:100%}.side{display:flex;gap:8px;align-items:flex-start}
+.pair img{max-height:220px;max-width:100%}.side{display:flex;flex-wrap:wrap;gap:8px;
+align-items:flex-start}
 .muted{color:#777}
 """
 
@@ -115,6 +116,10 @@ def _histogram(sizes: list[int]) -> str:
             f'(x) and number of clusters (bar)</p>')
 
 
+def _or_dash(v: object) -> str:
+    return "-" if v is None else str(v)
+
+
 def _img(src: str | None, alt: str) -> str:
     if src is None:
         return f'<span class=muted>[{html.escape(alt)}: unreadable]</span>'
@@ -171,8 +176,8 @@ def write_report(audit, catalog: pa.Table, *, threshold: float) -> Path:
         rel = f"diffs/{n:06d}.jpg"
         heat = rel if q in uris and o in uris and _diff(uris[q], uris[o], out / rel,
                                                         p.homography) else None
-        ev = (f"{p.kind} · score {p.score:.3f} · inliers {p.inliers} · content coverage "
-              f"{p.coverage} · PDQ distance {p.pdq_distance}")
+        ev = (f"{p.kind} · score {p.score:.3f} · inliers {_or_dash(p.inliers)} · content "
+              f"coverage {_or_dash(p.coverage)} · PDQ distance {_or_dash(p.pdq_distance)}")
         parts.append(f'<div class=pair><b>{html.escape(p.a)} ↔ {html.escape(p.b)}</b> '
                      f'<span class=muted>{html.escape(ev)}</span><div class=side>'
                      f'{_img(thumb(p.a), p.a)}{_img(thumb(p.b), p.b)}'
