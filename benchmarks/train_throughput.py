@@ -81,12 +81,12 @@ def _sync(device: torch.device) -> None:
 def model_steps(image_size: int, batch: int, steps: int, device: torch.device,
                 freeze_blocks: int) -> dict[str, float]:
     """Real training steps (forward, loss, backward, AdamW) on random views."""
-    from copytrace.descriptors.train import _build_module_class
+    from copytrace.descriptors.train import build_module_class
     from copytrace.descriptors.train_config import TrainConfig
 
     cfg = TrainConfig(image_size=image_size, batch_size=batch, freeze_blocks=freeze_blocks,
                       warmup_steps=1, batch_augment="off")
-    module = _build_module_class()(asdict(cfg)).to(device)
+    module = build_module_class()(asdict(cfg)).to(device)
     module.model.to(memory_format=torch.channels_last)
     opt = module.configure_optimizers()["optimizer"]
     g = torch.Generator().manual_seed(0)

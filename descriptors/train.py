@@ -46,7 +46,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 log = logging.getLogger(__name__)
 
 
-def _build_module_class() -> type:
+def build_module_class() -> type:
+    """The Lightning module class (built on first use, so importing this module stays light)."""
     import lightning as L
 
     class _DescriptorModule(L.LightningModule):
@@ -162,7 +163,7 @@ def make_model(cfg: TrainConfig) -> CopyDescriptor:
         load_lite0_imagenet(model.backbone)
     elif cfg.imagenet_init:
         log.warning("no packaged ImageNet weights for '%s': random initialisation", cfg.backbone)
-    for module in _frozen_modules(model, cfg.freeze_blocks):
+    for module in frozen_modules(model, cfg.freeze_blocks):
         for p in module.parameters():
             p.requires_grad_(False)
     return model
@@ -187,7 +188,8 @@ def _load_init(model: CopyDescriptor, spec: str) -> None:
     log.info("initialised from %s", init.model_id)
 
 
-def _frozen_modules(model: CopyDescriptor, freeze_blocks: int) -> list[torch.nn.Module]:
+def frozen_modules(model: CopyDescriptor, freeze_blocks: int) -> list[torch.nn.Module]:
+    """The stem and the first `freeze_blocks` blocks: what training keeps at its initialisation."""
     if freeze_blocks <= 0:
         return []
     bb = model.backbone
@@ -202,7 +204,7 @@ def _frozen_modules(model: CopyDescriptor, freeze_blocks: int) -> list[torch.nn.
 
 def _set_frozen_eval(model: CopyDescriptor, freeze_blocks: int) -> None:
     """Frozen layers keep their ImageNet batch-norm statistics."""
-    for module in _frozen_modules(model, freeze_blocks):
+    for module in frozen_modules(model, freeze_blocks):
         module.eval()
 
 
@@ -329,7 +331,7 @@ def train(
         torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
     view_cfg = ViewConfig(image_size=config.image_size, clean_probability=config.clean_probability,
                           max_strength=config.max_strength)
-    module = _build_module_class()(asdict(config))
+    module = build_module_class()(asdict(config))
     if config.cache_views:
         if not supports_trunk_cache(module.model):
             raise ValueError(f"trunk-cached training needs an EfficientNet/MobileNet-style "

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from copytrace.descriptors.model import load_descriptor_file, save_descriptor
-from copytrace.descriptors.train import TrainConfig, _build_module_class, make_model, train
+from copytrace.descriptors.train import TrainConfig, build_module_class, make_model, train
 from copytrace.descriptors.train_augment import ViewConfig, make_view
 
 from photos import PHOTO_NAMES, jpeg_bytes, photo
@@ -40,7 +40,7 @@ def test_loss_decreases_on_real_photos() -> None:
     torch.manual_seed(0)
     cfg = TrainConfig(image_size=SIZE, dims=64, batch_size=6, lr=1e-3, warmup_steps=1,
                       steps=12, koleo_weight=1.0, mix_fraction=0.0, freeze_blocks=2)
-    module = _build_module_class()(asdict(cfg))
+    module = build_module_class()(asdict(cfg))
     opt = module.configure_optimizers()["optimizer"]
     batch = _batch(PHOTO_NAMES[:6])
     losses = []

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from copytrace.descriptors.model import load_descriptor_file
-from copytrace.descriptors.train import TrainConfig, _build_module_class, make_model, train
+from copytrace.descriptors.train import TrainConfig, build_module_class, make_model, train
 from copytrace.descriptors.train_augment import ViewConfig
 from copytrace.descriptors.train_cache import (
     GroupedBatches,
@@ -74,7 +74,7 @@ def test_cached_loss_decreases_and_run_reuses_cache(photo_folders, tmp_path) -> 
                       batch_size=6, group_size=3, lr=1e-3, warmup_steps=1, steps=12,
                       koleo_weight=1.0, mix_fraction=0.25, workers=0, val_every=0,
                       checkpoint_every=1)
-    module = _build_module_class()(asdict(cfg))
+    module = build_module_class()(asdict(cfg))
     files = sorted(photo_folders.rglob("*.jpg"))
     cache = build_view_cache(module.model, files, tmp_path / "cache.pt", trunk_blocks=4,
                              views=3, view_config=ViewConfig(image_size=SIZE), workers=0,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from copytrace.descriptors.model import load_descriptor, load_descriptor_file, shipped_models
-from copytrace.descriptors.train import _frozen_modules, make_model
+from copytrace.descriptors.train import frozen_modules, make_model
 from copytrace.descriptors.train_config import RECIPE_FIELDS, TrainConfig, config_from_card
 from copytrace.descriptors.train_data import list_images
 
@@ -113,7 +113,7 @@ def test_cli_trains_from_card_on_a_listing_with_init(tmp_path) -> None:
     assert out_card["init"] == SHIPPED and out_card["data"]["images"] == len(PHOTO_NAMES)
     trained = load_descriptor_file(run / "ft.pt").model
     shipped = load_descriptor(SHIPPED).model
-    frozen = zip(_frozen_modules(trained, 1), _frozen_modules(shipped, 1), strict=True)
+    frozen = zip(frozen_modules(trained, 1), frozen_modules(shipped, 1), strict=True)
     for a, b in frozen:  # frozen layers keep the init model's weights exactly
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
                                                       b.state_dict().values(), strict=True))
