@@ -10,6 +10,8 @@ command is looked up, so each command only declares its options and their help.
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Console
 from typer.core import TyperGroup
 
@@ -30,11 +32,20 @@ def metavar_for(param, ctx) -> str | None:  # noqa: ANN001 - typer's option/argu
     return f"{name}..." if repeated and name else name
 
 
+def summary(help_text: str) -> str:
+    """A command's summary for command lists: its help's first sentence up to a ';' (click would
+    cut it with '...' at 80 columns; the two-column help wraps it instead)."""
+    first = re.split(r"(?<!e\.g)\.\s|;\s|\n\s*\n", help_text.strip(), maxsplit=1)[0]
+    return " ".join(first.split()).rstrip(".")
+
+
 def style_command(command, ctx, *, plain: bool = False) -> None:  # noqa: ANN001
     """Give every option of `command` (and of its subcommands) the house metavar, in place;
     `plain`: two-column help instead of rich panels."""
     if plain and hasattr(command, "rich_markup_mode"):
         command.rich_markup_mode = None
+    if getattr(command, "short_help", None) is None and getattr(command, "help", None):
+        command.short_help = summary(command.help)
     params = list(command.params)
     help_option = command.get_help_option(ctx) if hasattr(command, "get_help_option") else None
     if help_option is not None:
@@ -70,4 +81,4 @@ class StyledGroup(TyperGroup):
         super().format_help(ctx, formatter)
 
 
-__all__ = ["StyledGroup", "metavar_for", "style_command"]
+__all__ = ["StyledGroup", "metavar_for", "style_command", "summary"]

@@ -55,3 +55,14 @@ def test_query_help_from_the_real_command():
                      "[default: 10"):
         assert expected in out, expected
     assert re.search(r"^  --json\s+Same as --format json", out, re.M)  # a flag takes no value
+
+
+def test_command_lists_show_whole_summaries():
+    from copytrace.pipelines.cli_help import summary
+
+    assert summary("Run DuckDB SQL over the catalog, e.g. duplicates by sha256.\n\nMore.") == \
+        "Run DuckDB SQL over the catalog, e.g. duplicates by sha256"
+    assert summary("Find the originals; score in [0, 1]. Second.") == "Find the originals"
+    text = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"}).output
+    assert "query           Find the originals of each query image" in text
+    assert "..." not in text.partition("Commands:")[2]  # click would cut summaries with '...'
