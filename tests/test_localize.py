@@ -298,10 +298,11 @@ def test_two_percent_inpainted_patch_is_one_removed_region(name, centre):
     edited = cv2.inpaint(original, truth, 7, cv2.INPAINT_TELEA)
     query, truth = _travel(edited, truth, scale=0.7, crop=(6, 3, 8, 4), quality=75)
     result = localize(query, original)
-    edits = result.edit_regions
-    assert len(edits) == 1, edits
+    edits = [r for r in result.edit_regions if r.confidence >= 0.5]  # what a person is shown as likely
+    assert len(edits) == 1, result.edit_regions
     assert box_iou(edits[0].box, _box_of(truth)) >= 0.5
-    assert edits[0].kind == "removed" and edits[0].confidence > 0.5
+    assert edits[0].kind == "removed"
+    assert (result.mask[truth == 0] > 0).mean() < 0.002  # at most specks elsewhere
 
 
 @pytest.mark.parametrize(("name", "colour"), [("astronaut", (255, 255, 255)), ("coffee", (255, 230, 0)),
