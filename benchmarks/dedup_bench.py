@@ -139,7 +139,7 @@ def run_copytrace(folder: Path, work: Path, group: dict, true_pairs: set) -> lis
 def run_peer(name: str, python: str, script: str, args: list[str], work: Path, group: dict,
              true_pairs: set) -> list[Row]:
     out = work / f"{name.replace(' ', '_')}.json"
-    script_file = work / f"{name.replace(' ', '_')}.py"
+    script_file = work / f"peer_{name.replace(' ', '_')}.py"  # never shadows the package
     script_file.write_text(script)
     code, secs, rss, tail = run_measured([python, str(script_file), *args, str(out)],
                                          env={"HF_HUB_OFFLINE": "1"})
