@@ -22,7 +22,7 @@ HNSW_QUANTIZER_MIN_LISTS = 16_384
 PQ_MAX_DIMS = 256
 """Wider descriptors are PCA-rotated and reduced to this before PQ: PQ with hundreds of
 sub-quantizers trains for many minutes and, measured on real 1280-d descriptors, lost recall."""
-BUDGET_SHARE = 0.9  # leave room for centroids, block padding and the process itself
+BUDGET_SHARE = 0.95  # leave room for centroids, block padding and the process itself
 ID_BYTES = 8  # IVF lists store one int64 id per vector
 REFINE_BITS = (8, 6, 4)  # scalar quantizers tried for re-ranking, most precise first
 PQ_M = (64, 32, 16, 8)
@@ -58,8 +58,10 @@ def bytes_per_vector(dims: int, pq_m: int, refine_bits: int | None) -> float:
 
 def _compressed(n: int, dims: int, budget: int) -> tuple[int, int | None]:
     """(PQ sub-quantizers, refine bits or None): the most precise pair that fits the budget."""
-    fits = [(m, bits) for bits in REFINE_BITS for m in PQ_M
-            if m <= dims and dims % m == 0 and m >= 16
+    # PQ decides whether the original makes the shortlist at all, so its bytes come first:
+    # measured at 1M x 256-d, PQ32 + SQ6 lost 7 % of exact recall even scanning every list.
+    fits = [(m, bits) for m in (128, *PQ_M) for bits in REFINE_BITS
+            if m <= dims and dims % m == 0 and m >= 16 and (bits >= 6 or m >= 64)
             and n * bytes_per_vector(dims, m, bits) <= budget * BUDGET_SHARE]
     if fits:
         return fits[0]
