@@ -103,12 +103,15 @@ class _Service:
 
         import uvicorn
 
-        from copytrace.pipelines.service import create_app
+        from copytrace.pipelines.service import ServiceConfig, create_app
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(create_app(index, verify_backend=backend),
+        # A long request timeout: the load test counts failures, not a busy box's queue waits.
+        app = create_app(index, verify_backend=backend,
+                         config=ServiceConfig(request_timeout=600, max_queue=1024))
+        self.server = uvicorn.Server(uvicorn.Config(app,
                                                     host="127.0.0.1", port=self.port,
                                                     log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -240,6 +243,7 @@ def run(data: Path, work: Path, *, model: str, k: int, limit: int | None, single
     report: dict = {"benchmark": str(bench), "queries": len(files), "k": k, "backend": backend,
                     "cpus": os.cpu_count(), "modes": {}}
     for mode in MODES:
+        log.warning("mode %s: %d queries through the engine", mode.value, len(files))
         with open_engine(index, calibration, backend) as engine:
             engine.query(files[:1], k=k, verify=VerifyMode.OFF)  # background, catalog, model
             results, wall, t = folder_run(engine, files, mode, k)
