@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from copytrace.descriptors.model import load_descriptor
 from copytrace.matching.expand import ExpandConfig, pasted_regions, query_views, trimmed_box
 from copytrace.matching.normalize import Background, NormalizeConfig, background_offsets
 
@@ -108,7 +109,8 @@ def test_query_verifies_crops_and_pastes_and_rejects_another_view(index_dir, tmp
 
     stored = Background.load(index_dir / "background.npz")  # drawn on the first query, kept
     assert stored.source == "catalog-sample" and len(stored) == len(INDEXED)
-    assert stored.vectors.shape[1] == 1280 and stored.catalog_size == len(INDEXED)
+    assert stored.vectors.shape[1] == load_descriptor().model.output_dims
+    assert stored.catalog_size == len(INDEXED)
 
     other = results["otherview"].matches
     assert all(m.score < 0.5 for m in other), [(m.reference_id, m.score, m.evidence) for m in other]
