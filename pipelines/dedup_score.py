@@ -14,7 +14,14 @@ import numpy as np
 
 from copytrace.matching.calibrate import Calibration, fused_score
 from copytrace.matching.templates import ContentCheck, TemplateConfig, content_check
-from copytrace.matching.verify import PreparedCache, Verification, VerifyConfig, load_rgb, verify_batch
+from copytrace.matching.verify import (
+    PreparedCache,
+    Unavailable,
+    Verification,
+    VerifyConfig,
+    load_rgb,
+    verify_batch,
+)
 from copytrace.pipelines.dedup_candidates import Candidate
 
 log = logging.getLogger(__name__)
@@ -84,7 +91,9 @@ def score_jobs(jobs: Sequence[ScoreJob], templates: dict[str, np.ndarray], *,
         pixels = None
         for (other, uri, _), (v, score) in zip(job.others, scored, strict=True):
             ev: dict = {"inliers": None, "check": None, "homography": ()}
-            if v is not None:
+            if isinstance(v, Unavailable):  # unreadable image: scored from the global score
+                log.warning("dedup: cannot verify '%s' vs '%s': %s", job.query, other, v.reason)
+            elif v is not None:
                 ev["inliers"] = v.inliers
                 ev["homography"] = tuple(float(x) for x in v.homography.reshape(-1))
                 try:
