@@ -142,6 +142,7 @@ def remove_tree(folder: Path) -> None:
 # -- processes ----------------------------------------------------------------------------
 
 def session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes of session `sid`: the build, Ray's raylet, GCS and workers."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -156,6 +157,8 @@ def session_pids(sid: int) -> list[int]:
 
 
 def kill_session(proc: subprocess.Popen) -> int:
+    """SIGKILL every process of `proc`'s session at once (started with `start_new_session`);
+    returns how many were killed."""
     pids = session_pids(proc.pid)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

@@ -4,10 +4,8 @@ Disk full mid-build: one line, committed parts intact, resumable. A read-only in
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from copytrace.benchmarks.reliability import kill_session, session_pids
 from copytrace.indexing.fingerprint import fingerprint, leftovers
 from copytrace.pipelines.build import build_index
 
@@ -27,34 +26,11 @@ NAMES = ("astronaut", "chelsea", "coffee", "rocket", "coins", "camera")
 pytestmark = pytest.mark.slow
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session `sid`: the build, Ray's raylet, GCS and workers."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
-
-
 def kill_tree(proc: subprocess.Popen) -> int:
-    """SIGKILL every process of the build's session at once; returns how many were killed."""
-    pids = session_pids(proc.pid)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + 30
-    while session_pids(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    """SIGKILL every process of the build's session at once; nothing of it may survive."""
+    killed = kill_session(proc)
     assert not session_pids(proc.pid), "processes of the killed build survived"
-    return len(pids)
+    return killed
 
 
 def start_build(images: Path, index: Path, *extra: str) -> subprocess.Popen:
