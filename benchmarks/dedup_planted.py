@@ -19,8 +19,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from copytrace.benchmarks.make_disc import jpeg_bytes, load_photo
 from copytrace.descriptors.augment import EditContext, random_copy
-from copytrace.descriptors.decode import DecodeError, decode_file
 from copytrace.indexing.atomic import write_bytes_atomic
 from copytrace.indexing.sources import scan_folder
 
@@ -84,19 +84,8 @@ def watermark(photo: Image.Image) -> Image.Image:
     return Image.alpha_composite(out, layer).convert("RGB")
 
 
-def _load(path: str | Path, max_side: int = 640) -> Image.Image | None:
-    try:
-        img = Image.fromarray(decode_file(path).pixels)
-    except DecodeError:
-        return None
-    img.thumbnail((max_side, max_side), Image.BILINEAR)
-    return img
-
-
-def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+PHOTO_SIDE = 640
+"""Photos are shrunk to fit this before planting."""
 
 
 def _per_category(folder: Path, take: int) -> list[list[Path]]:
@@ -123,17 +112,17 @@ def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references
     rng.shuffle(others)
     # what copy edits paste in or onto: a large pool, so two copies rarely share a background
     context = EditContext(others=[i for p in photos[100:100 + backgrounds]
-                                  if (i := _load(p)) is not None])
+                                  if (i := load_photo(p, PHOTO_SIDE)) is not None])
     rows: list[tuple[str, str, str]] = []
 
     def put(name: str, img: Image.Image, group: str, quality: int = 90) -> None:
         file = hashlib.sha1(f"{seed}:{name}".encode()).hexdigest()[:12] + ".jpg"
-        write_bytes_atomic(out / "images" / file, _jpeg(img, quality))
+        write_bytes_atomic(out / "images" / file, jpeg_bytes(img, quality))
         rows.append((file, group, name))
 
     true_pairs = 0
     for i, path in enumerate(imagenet):
-        img = _load(path)
+        img = load_photo(path, PHOTO_SIDE)
         if img is None:
             continue
         put(f"ref{i:04d}", img, f"g{i}", 95)
@@ -147,7 +136,7 @@ def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references
                               ("plain", distractors, lambda im, j: im)):
         for j in range(count):
             path = next(pool, None)
-            img = _load(path) if path is not None else None
+            img = load_photo(path, PHOTO_SIDE) if path is not None else None
             if img is not None:
                 put(f"{kind}{j:04d}", make(img, j), f"{kind}{j}")
     groups: dict[str, list[str]] = {}
@@ -156,7 +145,7 @@ def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references
             groups.setdefault(row["group"], []).append(row["file"])
     for g in sorted(groups, key=int)[:ukbench_groups]:
         for f in groups[g]:
-            img = _load(data / "ukbench" / f)
+            img = load_photo(data / "ukbench" / f, PHOTO_SIDE)
             if img is not None:
                 put(f"ukb{Path(f).stem}", img, f"ukb{Path(f).stem}")
     buf = io.StringIO()

@@ -8,7 +8,6 @@ the same scene from another viewpoint is not a copy.
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from copytrace.benchmarks.make_disc import jpeg_bytes
 from copytrace.descriptors.augment import EditContext, random_copy
 from copytrace.indexing.atomic import write_bytes_atomic
 
@@ -81,10 +81,7 @@ def demo_photo(name: str) -> Image.Image:
     return Image.fromarray(arr).convert("RGB")
 
 
-def _jpeg(img: Image.Image, quality: int = 92) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+DEMO_JPEG_QUALITY = 92  # the edited copies and the hard negative (references: 95)
 
 
 def _load_photos() -> dict[str, Image.Image]:
@@ -107,19 +104,20 @@ def make_demo_set(out: str | Path, *, seed: int = 0, copies: int = 2,
     rng = random.Random(seed)
     made: list[DemoCopy] = []
     for name, img in photos.items():
-        write_bytes_atomic(refs / f"{name}.jpg", _jpeg(img, 95))
+        write_bytes_atomic(refs / f"{name}.jpg", jpeg_bytes(img, 95))
         names = [n for n in photos if n != name]
         others = _RecordingPhotos(names, [photos[n] for n in names])
         for i in range(copies):
             others.taken.clear()
             copy, recipe = random_copy(img, rng, context=EditContext(others=others))
             qid = f"{name}__copy{i}_{'+'.join(recipe.edits)}"
-            write_bytes_atomic(queries / f"{qid}.jpg", _jpeg(copy))
+            write_bytes_atomic(queries / f"{qid}.jpg", jpeg_bytes(copy, DEMO_JPEG_QUALITY))
             used = [e for e in recipe.edits if e in EDITS_WITH_OTHER]
             made.append(DemoCopy(qid, name, i, recipe.edits, dict(zip(used, others.taken, strict=False))))
         if advance is not None:
             advance(1)
-    write_bytes_atomic(queries / f"{HARD_NEGATIVE}.jpg", _jpeg(demo_photo(HARD_NEGATIVE)))
+    write_bytes_atomic(queries / f"{HARD_NEGATIVE}.jpg",
+                       jpeg_bytes(demo_photo(HARD_NEGATIVE), DEMO_JPEG_QUALITY))
     made.append(DemoCopy(HARD_NEGATIVE, "", 0, ()))
     gt = out / "gt.csv"
     lines = ["query_id,reference_id", *(f"{c.query_id},{c.original}" for c in made)]

@@ -49,7 +49,8 @@ def hard_negative_sources(folder: str | Path) -> dict[str, Path]:
                 if row.get("edits", "").startswith(HARD_NEGATIVE_MARK)}
 
 
-def _load(path: str, max_side: int) -> Image.Image | None:
+def load_photo(path: str | Path, max_side: int) -> Image.Image | None:
+    """The photo shrunk to fit `max_side`, or None (logged) when it cannot be decoded."""
     try:
         pixels = decode_file(path).pixels
     except DecodeError as exc:
@@ -60,7 +61,7 @@ def _load(path: str, max_side: int) -> Image.Image | None:
     return img
 
 
-def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, "JPEG", quality=quality)
     return buf.getvalue()
@@ -110,35 +111,35 @@ def make_disc(
     rng.shuffle(order)
     n_ref = max(1, min(len(order) - 1, round(len(order) * reference_fraction)))
     ref_files, neg_files = order[:n_ref], order[n_ref:]
-    neg_images = {p: img for p in neg_files if (img := _load(p, max_side)) is not None}
+    neg_images = {p: img for p in neg_files if (img := load_photo(p, max_side)) is not None}
     context = EditContext(others=list(neg_images.values()), strength=strength)
 
     references: list[tuple[str, bytes, str]] = []  # (id, data, source)
     queries: list[tuple[bytes, str, str, str]] = []  # (data, reference id or "", source, edits)
     for path in ref_files:
-        img = _load(path, max_side)
+        img = load_photo(path, max_side)
         if img is None:
             continue
         rid = f"R{len(references):06d}"
-        references.append((rid, _jpeg(img, 95), path))
+        references.append((rid, jpeg_bytes(img, 95), path))
         for _ in range(copies_per_reference):
             copy, recipe = random_copy(img, rng, context=context)
-            queries.append((_jpeg(copy), rid, path, "+".join(recipe.edits)))
+            queries.append((jpeg_bytes(copy), rid, path, "+".join(recipe.edits)))
     for path, img in neg_images.items():
         copy, recipe = random_copy(img, rng, context=context)
-        queries.append((_jpeg(copy), "", path, "+".join(recipe.edits)))
+        queries.append((jpeg_bytes(copy), "", path, "+".join(recipe.edits)))
     hard = 0
     if hard_negatives:
         for _, group in sorted(_read_groups(Path(hard_negatives)).items()):
-            first = _load(str(group[0]), max_side)
+            first = load_photo(str(group[0]), max_side)
             if first is None:
                 continue
             rid = f"R{len(references):06d}"
-            references.append((rid, _jpeg(first, 95), str(group[0])))
+            references.append((rid, jpeg_bytes(first, 95), str(group[0])))
             for other in group[1:]:
-                img = _load(str(other), max_side)
+                img = load_photo(str(other), max_side)
                 if img is not None:
-                    queries.append((_jpeg(img), "", str(other), f"{HARD_NEGATIVE_MARK}{rid}"))
+                    queries.append((jpeg_bytes(img), "", str(other), f"{HARD_NEGATIVE_MARK}{rid}"))
                     hard += 1
 
     rng.shuffle(queries)

@@ -32,12 +32,17 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
 def sql(index_dir: str | Path, statement: str) -> pa.Table:
     """Run one statement over the views; DuckDB's errors come back as `CatalogSQLError`."""
     with connect(index_dir) as con:
-        try:
-            result = con.sql(statement)
-            return result.to_arrow_table() if result is not None else pa.table({})
-        except duckdb.Error as exc:
-            first = " ".join(str(exc).split("\n")[:1]).strip()
-            raise CatalogSQLError(f"SQL error: {first}") from None
+        return run_statement(con, statement)
+
+
+def run_statement(con: duckdb.DuckDBPyConnection, statement: str) -> pa.Table:
+    """One statement on an open connection; DuckDB's errors become a one-line `CatalogSQLError`."""
+    try:
+        result = con.sql(statement)
+        return result.to_arrow_table() if result is not None else pa.table({})
+    except duckdb.Error as exc:
+        first = " ".join(str(exc).split("\n")[:1]).strip()
+        raise CatalogSQLError(f"SQL error: {first}") from None
 
 
 def status_summary(index_dir: str | Path) -> dict[str, int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from copytrace.indexing.catalog_sql import CatalogSQLError, connect
+from copytrace.indexing.catalog_sql import connect, run_statement
 from copytrace.pipelines.dedup_features import FEATURES_FILE
 
 AUDIT_TABLES = ("pairs", "clusters", "candidates", "hash_matches")
@@ -46,9 +46,4 @@ def audit_connection(audit_dir: str | Path) -> duckdb.DuckDBPyConnection:
 def audit_sql(audit_dir: str | Path, statement: str) -> pa.Table:
     """Run one statement; DuckDB's errors come back as a one-line `CatalogSQLError`."""
     with audit_connection(audit_dir) as con:
-        try:
-            result = con.sql(statement)
-            return result.to_arrow_table() if result is not None else pa.table({})
-        except duckdb.Error as exc:
-            first = " ".join(str(exc).split("\n")[:1]).strip()
-            raise CatalogSQLError(f"SQL error: {first}") from None
+        return run_statement(con, statement)
