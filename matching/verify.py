@@ -468,13 +468,19 @@ def verify_batch(jobs: Sequence[tuple[str | np.ndarray | Prepared, Sequence[str]
                         exc)
             out.append([None] * len(refs))
             continue
-        row = []
-        for ref in refs:
-            ref_prepared = cache.get(ref)
-            row.append(None if ref_prepared is None
-                       else verify_prepared(prepared, ref_prepared, config=config))
-        out.append(row)
+        out.append(_verify_row(prepared, refs, cache, config))
     return out
+
+
+def _verify_row(prepared: Prepared, refs: Sequence[str], cache: PreparedCache,
+                config: VerifyConfig) -> list:
+    """One prepared query against its references (prepared through `cache`)."""
+    row = []
+    for ref in refs:
+        ref_prepared = cache.get(ref)
+        row.append(None if ref_prepared is None
+                   else verify_prepared(prepared, ref_prepared, config=config))
+    return row
 
 
 _worker_cache: PreparedCache | None = None
@@ -505,10 +511,5 @@ def verify_jobs(items: list[tuple[Prepared | object, Sequence[str]]], config: Ve
             log.warning("cannot prepare a query for verification: %s", exc)
             out.append((None, [None] * len(refs)))
             continue
-        row = []
-        for ref in refs:
-            ref_prepared = cache.get(ref)
-            row.append(None if ref_prepared is None
-                       else verify_prepared(prepared, ref_prepared, config=config))
-        out.append((prepared, row))
+        out.append((prepared, _verify_row(prepared, refs, cache, config)))
     return out
