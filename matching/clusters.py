@@ -7,13 +7,17 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
+
+T = TypeVar("T", str, int)
 
 
-def connected_groups(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
-    """Each group sorted, groups ordered by size (largest first), then by first member."""
-    parent: dict[str, str] = {}
+def connected_groups(pairs: Iterable[tuple[T, T]]) -> list[list[T]]:
+    """Each group sorted, groups ordered by size (largest first), then by first member. Members
+    are any sortable keys: image ids here, fragment labels in `edit_objects`."""
+    parent: dict[T, T] = {}
 
-    def find(x: str) -> str:
+    def find(x: T) -> T:
         parent.setdefault(x, x)
         while parent[x] != x:
             parent[x] = parent[parent[x]]
@@ -24,7 +28,7 @@ def connected_groups(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[str, list[str]] = defaultdict(list)
+    groups: dict[T, list[T]] = defaultdict(list)
     for x in parent:
         groups[find(x)].append(x)
     return sorted((sorted(g) for g in groups.values()), key=lambda g: (-len(g), g[0]))

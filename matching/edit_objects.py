@@ -23,6 +23,8 @@ from enum import Enum
 import cv2
 import numpy as np
 
+from copytrace.matching.clusters import connected_groups
+
 
 class EditKind(str, Enum):
     ADDED = "added"
@@ -52,22 +54,6 @@ def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
-def _union_find(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([root(i) for i in range(n)])
-
-
 def _touching(labels: np.ndarray, n: int, radius: int) -> list[tuple[int, int]]:
     """Pairs of components (1..n-1) whose dilations by `radius` overlap."""
     if radius < 1 or n <= 2:
@@ -95,7 +81,9 @@ def group_fragments(mask: np.ndarray, query_lab: np.ndarray, *,
         means[i] = query_lab[labels == i].mean(axis=0)
     pairs += [(a, b) for a, b in _touching(labels, n, max(1, round(config.colour_gap * side)))
               if np.linalg.norm(means[a] - means[b]) < config.colour_tolerance]
-    root = _union_find(n, pairs)
+    root = np.arange(n)  # each fragment's group is named by its smallest member
+    for group in connected_groups(pairs):
+        root[group] = group[0]
     _, dense = np.unique(root, return_inverse=True)  # root 0 (background) stays 0
     return dense[labels].astype(np.int32), int(dense.max()) + 1
 
