@@ -8,6 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from copytrace.indexing.parts import committed_parts
+
 CATALOG_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
@@ -43,9 +45,10 @@ def catalog_table(rows: list[CatalogRow]) -> pa.Table:
     return pa.Table.from_pylist([asdict(r) for r in rows], schema=CATALOG_SCHEMA)
 
 
-def read_catalog(folder: str | Path) -> pa.Table:
-    """All catalog parts of an index folder as one table (in build order)."""
-    files = sorted(Path(folder).glob("part-*.parquet"))
+def read_catalog(folder: str | Path, version: int | None = None) -> pa.Table:
+    """The catalog parts of an index folder that `version` (default: the committed one) reads,
+    as one table in position order; an unfinished `index add`'s rows are not among them."""
+    files = committed_parts(folder, version)
     if not files:
         return CATALOG_SCHEMA.empty_table()
     return ds.dataset([str(f) for f in files], schema=CATALOG_SCHEMA, format="parquet").to_table()

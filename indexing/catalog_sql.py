@@ -11,6 +11,7 @@ import duckdb
 import pyarrow as pa
 
 from copytrace.indexing.manifest import IndexLayout
+from copytrace.indexing.parts import committed_parts, manifest_version
 
 
 class CatalogSQLError(ValueError):
@@ -18,14 +19,18 @@ class CatalogSQLError(ValueError):
 
 
 def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    """Views over the parts of the committed version only: the rows of an `index add` appear
+    with its manifest swap, never before (`indexing.parts`)."""
     layout = IndexLayout(Path(index_dir))
     if not layout.catalog_dir.is_dir():
         raise FileNotFoundError(f"'{index_dir}' is not a copytrace index (no catalog/ folder)")
+    version = manifest_version(layout.root)
     con = duckdb.connect()
     for view, folder in (("catalog", layout.catalog_dir), ("embeddings", layout.embeddings_dir)):
-        if any(folder.glob("part-*.parquet")):
-            pattern = str(folder / "part-*.parquet").replace("'", "''")
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{pattern}')")
+        parts = committed_parts(folder, version)
+        if parts:
+            files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{files}])")
     return con
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from copytrace.indexing.parts import committed_parts
+
 
 def embedding_schema(dims: int) -> pa.Schema:
     return pa.schema([("image_id", pa.string()), ("embedding", pa.list_(pa.float32(), dims))])
@@ -30,8 +32,9 @@ def table_vectors(table: pa.Table) -> np.ndarray:
     return column.values.to_numpy(zero_copy_only=False).reshape(-1, dims).astype(np.float32)
 
 
-def embedding_parts(folder: str | Path) -> list[Path]:
-    return sorted(Path(folder).glob("part-*.parquet"))
+def embedding_parts(folder: str | Path, version: int | None = None) -> list[Path]:
+    """The committed parts (`indexing.parts`): an unfinished `index add`'s parts are left out."""
+    return committed_parts(folder, version)
 
 
 def read_embeddings(folder: str | Path) -> tuple[list[str], np.ndarray]:

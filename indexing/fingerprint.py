@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 from copytrace.indexing.catalog import read_catalog
 from copytrace.indexing.embeddings import read_embeddings
 from copytrace.indexing.manifest import IndexLayout
+from copytrace.indexing.parts import uncommitted_parts
 
-_VOLATILE_MANIFEST_KEYS = ("created", "versions")
+_VOLATILE_MANIFEST_KEYS = ("created", "versions", "updated")
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,10 @@ class Fingerprint:
     catalog: str  # digest of the rows, sorted by image id
     vectors: int
     embeddings: str  # digest of (image id, vector bytes), sorted by image id
-    positions: str  # digest of ids.parquet (FAISS position -> image id)
+    positions: str  # digest of the manifest's id map (FAISS position -> image id)
     shards: str  # digest of the FAISS shard files' bytes
-    manifest: str  # digest of manifest.json without its timestamp and versions
+    removed: str  # digest of the tombstoned ids (`index remove`)
+    manifest: str  # digest of manifest.json without its timestamps and software versions
 
 
 def _digest(items) -> str:
@@ -52,8 +54,10 @@ def fingerprint(index: str | Path) -> Fingerprint:
     for key in _VOLATILE_MANIFEST_KEYS:
         manifest.pop(key, None)
     shard_files = sorted(layout.faiss_dir.glob("*")) if layout.faiss_dir.exists() else []
-    positions = (pq.read_table(layout.id_map).column("image_id").to_pylist()
-                 if layout.id_map.exists() else [])
+    id_map = layout.root / manifest.get("id_map", "ids.parquet")
+    positions = pq.read_table(id_map).column("image_id").to_pylist() if id_map.exists() else []
+    dead = layout.root / (manifest.get("tombstones") or "-")
+    removed = sorted(pq.read_table(dead).column("image_id").to_pylist()) if dead.is_file() else []
     return Fingerprint(
         catalog_rows=len(rows), duplicate_ids=len(ids) - len(set(ids)),
         catalog=_digest(sorted(repr(sorted(r.items())) for r in rows)),
@@ -61,10 +65,12 @@ def fingerprint(index: str | Path) -> Fingerprint:
         embeddings=_digest(b for i in order for b in (emb_ids[i].encode(), vectors[i].tobytes())),
         positions=_digest(positions),
         shards=_digest(b for f in shard_files for b in (f.name.encode(), f.read_bytes())),
+        removed=_digest(removed),
         manifest=_digest([json.dumps(manifest, sort_keys=True)]),
     )
 
 
 def leftovers(index: str | Path) -> list[Path]:
-    """Temp files of interrupted atomic writes (`.NAME.tmp-PID`) still in the folder."""
-    return sorted(Path(index).rglob(".*.tmp-*"))
+    """Temp files of interrupted atomic writes (`.NAME.tmp-PID`) and Parquet parts of an update
+    that never committed, still in the folder (a finished writer leaves none)."""
+    return sorted([*Path(index).rglob(".*.tmp-*"), *uncommitted_parts(index)])

@@ -22,6 +22,7 @@ from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic
 from copytrace.indexing.catalog import CATALOG_SCHEMA
 from copytrace.indexing.lock import index_lock
 from copytrace.indexing.manifest import IndexLayout, Manifest
+from copytrace.indexing.parts import committed_parts
 from copytrace.indexing.sources import ImageSource, absolute_uri, listing_digest
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,9 @@ def relocate(index: str | Path, old: str | Path, new: str | Path) -> RelocateRep
     layout = IndexLayout(Path(index))
     manifest = Manifest.read(layout.manifest)  # refuses a folder that is not an index
     old_root, new_root = absolute_uri(old), absolute_uri(new)
-    parts = sorted(layout.catalog_dir.glob("part-*.parquet"))
     with index_lock(layout.root, purpose="relocate"):
+        manifest = Manifest.read(layout.manifest)  # as committed by the last writer
+        parts = committed_parts(layout.catalog_dir, manifest.version)
         state = json.loads(layout.build_state.read_text()) if layout.build_state.exists() else {}
         digest_matched = state.get("listing_sha256") == _catalog_digest(parts)
         rows = relocated = 0

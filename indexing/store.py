@@ -90,7 +90,7 @@ class CopyIndex:
         return out
 
     def catalog(self) -> pa.Table:
-        return read_catalog(self.layout.catalog_dir)
+        return read_catalog(self.layout.catalog_dir, version=self.manifest.version)
 
 
 def id_map_table(ids: list[str]) -> pa.Table:

@@ -1,16 +1,16 @@
 """Change an index in place: append vectors, remove ids (tombstones), compact, one version each.
 
-Every change writes new files (shards, id map, tombstones, each named with the new version),
-then swaps manifest.json atomically: a reader that opened the manifest of version v reads only
-files of version v, so it never sees half of a change. Files of the previous version are kept
-(a reader may be opening them right now); older ones are deleted by the next change. Parquet
-stays the source of truth: `compact` rebuilds FAISS from the embedding parts.
+Every change writes new files (shards, id map, tombstones, Parquet parts, each named with the
+new version), then swaps manifest.json atomically: a reader that opened the manifest of version v
+reads only files of version v (`indexing.parts` hides later parts), so it never sees half of a
+change, and the parts of a killed change are deleted by the next writer. Files of the previous
+version are kept (a reader may be opening them right now); older ones are deleted by the next
+change. Parquet stays the source of truth: `compact` rebuilds FAISS from the embedding parts.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,13 +24,18 @@ from copytrace.indexing.atomic import write_file_atomic, write_parquet_atomic
 from copytrace.indexing.catalog import STATUS_OK, read_catalog
 from copytrace.indexing.embeddings import embedding_parts, table_vectors
 from copytrace.indexing.manifest import IndexLayout, Manifest, utc_now
+from copytrace.indexing.parts import (
+    PART_GLOB,
+    part_number,
+    remove_uncommitted_parts,
+    versioned_part_name,
+)
 from copytrace.indexing.shards import build_shards, empty_like, write_shard
 from copytrace.indexing.store import id_map_table
 
 log = logging.getLogger(__name__)
 
 TOMBSTONE_SCHEMA = pa.schema([("image_id", pa.string())])
-_PART = re.compile(r"part-(\d+)\.parquet$")
 
 
 class UpdateError(ValueError):
@@ -57,11 +62,19 @@ def read_tombstones(layout: IndexLayout, manifest: Manifest) -> set[str]:
 
 
 def next_part_number(layout: IndexLayout) -> int:
-    numbers = [int(m.group(1)) for p in layout.embeddings_dir.glob("part-*.parquet")
-               if (m := _PART.search(p.name))]
-    numbers += [int(m.group(1)) for p in layout.catalog_dir.glob("part-*.parquet")
-                if (m := _PART.search(p.name))]
+    numbers = [n for folder in (layout.embeddings_dir, layout.catalog_dir)
+               for p in folder.glob(PART_GLOB) if (n := part_number(p)) is not None]
     return max(numbers, default=-1) + 1
+
+
+def _open_for_update(layout: IndexLayout) -> Manifest:
+    """The committed manifest, after deleting what a killed update of a later version left."""
+    manifest = Manifest.read(layout.manifest)
+    dropped = remove_uncommitted_parts(layout.root, manifest.version)
+    if dropped:
+        log.warning("index '%s': removed %d parts of an update that never committed", layout.root,
+                    dropped)
+    return manifest
 
 
 def _publish(layout: IndexLayout, old: Manifest, new: Manifest) -> None:
@@ -80,7 +93,7 @@ def append(root: str | Path, ids: list[str], vectors: np.ndarray, *,
     """Add vectors with new unique ids (call under the index lock). `catalog`/`embeddings` are
     the Parquet parts that record them (written first: Parquet is the source of truth)."""
     layout = IndexLayout(Path(root))
-    old = Manifest.read(layout.manifest)
+    old = _open_for_update(layout)
     known = read_ids(layout, old)
     _refuse_duplicates(ids, known)
     vectors = np.ascontiguousarray(vectors, np.float32)
@@ -88,7 +101,7 @@ def append(root: str | Path, ids: list[str], vectors: np.ndarray, *,
         raise UpdateError(f"{len(ids)} ids for vectors of shape {vectors.shape}; "
                           f"the index holds {old.model.dims}-d vectors")
     version = old.version + 1
-    part = layout.part_name(next_part_number(layout))
+    part = versioned_part_name(next_part_number(layout), version)  # unseen until the swap
     if embeddings is not None:
         write_parquet_atomic(layout.embeddings_dir / part, embeddings)
     if catalog is not None:
@@ -144,12 +157,15 @@ def _append_to_shards(layout: IndexLayout, old: Manifest, vectors: np.ndarray,
 def remove(root: str | Path, ids: list[str]) -> UpdateReport:
     """Tombstone `ids` (call under the index lock): search skips them until `compact`."""
     layout = IndexLayout(Path(root))
-    old = Manifest.read(layout.manifest)
+    old = _open_for_update(layout)
     known = set(read_ids(layout, old))
     unknown = sorted(set(ids) - known)
     if unknown:
         raise UpdateError(f"{len(unknown)} ids are not in the index (e.g. '{unknown[0]}')")
     dead = read_tombstones(layout, old)
+    if set(ids) <= dead:  # already removed (e.g. a rerun after a kill that came after the swap)
+        return UpdateReport(old.version, live=len(known) - len(dead),
+                            shards=len(old.index.shards))
     now = sorted(dead | set(ids))
     version = old.version + 1
     name = f"tombstones.v{version}.parquet"
@@ -167,7 +183,7 @@ def compact(root: str | Path) -> UpdateReport:
     (call under the index lock). The coarse quantizer is retrained on the live vectors, as a
     fresh build would; the tuned search parameters are kept."""
     layout = IndexLayout(Path(root))
-    old = Manifest.read(layout.manifest)
+    old = _open_for_update(layout)
     dead = read_tombstones(layout, old)
     _filter_parts(layout.embeddings_dir, dead)
     _filter_parts(layout.catalog_dir, dead)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from copytrace.descriptors.model import load_descriptor
+from copytrace.indexing.catalog import read_catalog
 from copytrace.indexing.embeddings import table_vectors
 from copytrace.indexing.lock import writes_index
 from copytrace.indexing.manifest import IndexLayout, Manifest
-from copytrace.indexing.sources import NoImagesError, list_sources
+from copytrace.indexing.sources import ImageSource, NoImagesError, list_sources
 from copytrace.indexing.updates import UpdateError, UpdateReport, append, compact, remove
 from copytrace.indexing.verify import VerifyReport, verify_index
 from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
@@ -35,6 +36,11 @@ def add_images(images: str | Path, index: str | Path, *, batch_size: int = 32,
     sources = list_sources(images, all_files=True)
     if not sources:
         raise NoImagesError(f"no files found in '{images}'")
+    if _already_added(layout, manifest, sources):
+        log.warning("all %d files of '%s' are already in index '%s' (version %d): nothing to add",
+                    len(sources), images, index, manifest.version)
+        return UpdateReport(manifest.version, live=manifest.counts.get("indexed", 0),
+                            shards=len(manifest.index.shards))
     descriptor = load_descriptor(manifest.model.name)
     if descriptor.model_id != manifest.model.id:
         raise UpdateError(f"'{manifest.model.name}' now loads another model than the one that "
@@ -54,6 +60,15 @@ def add_images(images: str | Path, index: str | Path, *, batch_size: int = 32,
     if not ids:
         raise NoImagesError(f"none of the {len(sources)} files in '{images}' could be decoded")
     return append(layout.root, ids, table_vectors(table), catalog=catalog, embeddings=table)
+
+
+def _already_added(layout: IndexLayout, manifest: Manifest, sources: list[ImageSource]) -> bool:
+    """Every source is in the committed catalog with the same id and file: the same add ran to
+    its manifest swap before (a rerun after a crash is then a no-op, not an error)."""
+    committed = read_catalog(layout.catalog_dir, version=manifest.version).select(["image_id", "uri"])
+    rows = set(zip(committed.column("image_id").to_pylist(), committed.column("uri").to_pylist(),
+                   strict=True))
+    return all((s.image_id, s.uri) in rows for s in sources)
 
 
 @writes_index("index")

@@ -45,8 +45,10 @@ def test_add_remove_compact_equals_fresh_build(photos_dir, tmp_path):
 
     r = add_images(_copy(photos_dir, later, tmp_path / "b"), idx, show_progress=False)
     assert (r.version, r.added, r.live) == (2, len(later), len(names))
-    with pytest.raises(UpdateError, match="already in the index"):
-        add_images(tmp_path / "b", idx, show_progress=False)
+    again = add_images(tmp_path / "b", idx, show_progress=False)  # the same files: a no-op
+    assert (again.version, again.added, again.live) == (2, 0, len(names))
+    with pytest.raises(UpdateError, match="already in the index"):  # same ids, other files
+        add_images(_copy(photos_dir, later[:1], tmp_path / "b2"), idx, show_progress=False)
 
     r = remove_images(dropped, idx)
     assert (r.version, r.removed, r.live) == (3, 2, len(names) - 2)
