@@ -45,6 +45,9 @@ RayAddress = Annotated[
                       "Default: start an embedded local Ray."),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+CacheDir = Annotated[Path | None, typer.Option(
+    "--cache-dir", help="Writable folder for the query caches (keypoints, background sample): "
+                        "nothing is then written next to the index, which may be read-only.")]
 RECIPE_DEFAULTS = TrainConfig()  # `copytrace train` help shows these
 
 
@@ -258,6 +261,9 @@ def query_cmd(
     localize: Annotated[Path | None, typer.Option("--localize", help="Folder for edit masks, "
                                                   "overlays and region JSON of each query vs "
                                                   "its top match (when it is a copy).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Refuse queries (and paths in a listing) "
+                                              "outside this folder.")] = None,
+    cache_dir: CacheDir = None,
 ) -> None:
     """Find the originals of each query image; score in [0, 1], >= 0.5 means a copy."""
     from copytrace.pipelines.query import query
@@ -267,7 +273,7 @@ def query_cmd(
                     show_progress=not quiet and len(sys.argv) > 0,
                     verify=("full" if full_verify else True) if verify else False,
                     verify_k=verify_k, normalize=normalize, expand=expand,
-                    background=background)
+                    background=background, root=root, cache_dir=cache_dir)
     _fail_without_queries(query_path, results)
     for r in results:
         if r.error:
@@ -490,8 +496,8 @@ def dedup_cmd(
              "every image within Hamming distance 31.")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")
                       ] = True,
-    ray: Annotated[bool | None, typer.Option("--ray/--no-ray", help="Verify as Ray tasks "
-                                             "(default: for large audits).")] = None,
+    ray: Annotated[bool | None, typer.Option("--ray/--no-ray", help="Self-join and verify as "
+                                             "Ray tasks (default: for large audits).")] = None,
     ray_address: RayAddress = None,
     quiet: Quiet = False,
 ) -> None:
@@ -572,6 +578,7 @@ def serve_cmd(
     max_upload_mb: Annotated[float, typer.Option(help="Refuse larger uploads (413).")] = 50,
     timeout: Annotated[float, typer.Option(help="Seconds per request, queue wait included "
                                            "(then 503).")] = 30,
+    cache_dir: CacheDir = None,
 ) -> None:
     """Serve query-by-image over HTTP: POST the image bytes to /v1/query?k=10.
 
@@ -582,7 +589,7 @@ def serve_cmd(
     err.print(f"serving '{index}' on http://{host}:{port} (docs at /docs"
               f"{', bearer token required' if token else ''})")
     serve(index, host=host, port=port, model=model, device=device, token=token,
-          max_upload_mb=max_upload_mb, timeout=timeout)
+          max_upload_mb=max_upload_mb, timeout=timeout, cache_dir=cache_dir)
 
 
 @app.command("models")

@@ -8,11 +8,13 @@ crops of a batch of queries go through the model together; candidates are search
 against the index's background and decided by the calibrated global score where it is clear
 (`VerifyMode.BANDED`, the default: above the band a copy, below it not), and verified with
 keypoints only in between. Reference keypoints are cached (bounded LRU in memory, plus `.npz`
-files under `INDEX/keypoints/` when the index folder is writable).
+files under `INDEX/keypoints/` when the index folder is writable, or under the `cache_dir` given:
+then nothing is written next to the index, which may be read-only).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -129,6 +131,20 @@ def _writable_dir(path: Path) -> Path | None:
     return path if os.access(path, os.W_OK) else None
 
 
+def index_cache_dir(cache_dir: str | Path, index_root: Path) -> Path:
+    """`cache_dir/NAME-HASH/`: one writable subfolder per index (by its absolute path), so one
+    cache folder can serve several read-only indexes without mixing their caches."""
+    root = Path(os.path.abspath(index_root))
+    folder = Path(cache_dir) / f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot use '{cache_dir}' as the cache folder: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"cache folder '{cache_dir}' is not writable")
+    return folder
+
+
 @dataclass
 class QueryEngine:
     """An index opened for querying: model, background, calibration and verifier loaded once.
@@ -144,6 +160,7 @@ class QueryEngine:
     calibration: Calibration
     verifier: Verifier
     band_min_catalog: int = BAND_MIN_CATALOG  # smaller indexes verify every top candidate
+    cache_dir: Path | None = None  # this index's writable cache folder; None: the index folder
     _uris: dict[str, str] | None = field(default=None, repr=False)
     _backgrounds: dict = field(default_factory=dict, repr=False)
     _verifiers: dict = field(default_factory=dict, repr=False)
@@ -153,19 +170,23 @@ class QueryEngine:
              config: MatchConfig | None = None, calibration: Calibration | None = None,
              verify_backend: VerifyBackend | str = VerifyBackend.INLINE,
              verify_workers: int | None = None, cache_capacity: int = 2048,
-             keypoint_cache: bool = True, ray_address: str | None = None) -> QueryEngine:
-        """Open `index` for querying; the keypoint cache goes to `INDEX/keypoints/` when the
-        folder is writable (`keypoint_cache=False`: memory only)."""
+             keypoint_cache: bool = True, ray_address: str | None = None,
+             cache_dir: str | Path | None = None) -> QueryEngine:
+        """Open `index` for querying; the keypoint cache and background sample go to `cache_dir`
+        (a subfolder per index) when given, else to the index folder when it is writable
+        (`keypoint_cache=False`: keypoints in memory only)."""
         copy_index = CopyIndex.open(index)
         descriptor = index_model(copy_index, model)
         config = config or match_config()
-        disk = _writable_dir(copy_index.layout.root / KEYPOINT_CACHE_DIR) if keypoint_cache else None
+        cache = index_cache_dir(cache_dir, copy_index.layout.root) if cache_dir else None
+        disk = (_writable_dir((cache or copy_index.layout.root) / KEYPOINT_CACHE_DIR)
+                if keypoint_cache else None)
         verifier = Verifier(config.verify or VerifyConfig(), backend=VerifyBackend(verify_backend),
                             workers=verify_workers, cache_capacity=cache_capacity,
                             disk_cache=disk, ray_address=ray_address)
         return cls(copy_index, descriptor, Embedder(descriptor, device=device), config,
                    calibration or load_calibration(copy_index.layout.root, descriptor.card),
-                   verifier)
+                   verifier, cache_dir=cache)
 
     def close(self) -> None:
         """Stop verification workers (if any)."""
@@ -307,9 +328,13 @@ class QueryEngine:
             return None
         key = config.normalize
         if key not in self._backgrounds:
+            removed = (self.index.ids[self.index.removed] if self.index.removed is not None
+                       else ())
             self._backgrounds[key] = load_background(
                 self.index.layout.root, model_id=self.index.manifest.model.id,
-                catalog_size=len(self.index), config=config.normalize)
+                catalog_size=len(self.index), config=config.normalize,
+                version=self.index.manifest.version, removed=set(removed),
+                cache_dir=self.cache_dir)
         return self._backgrounds[key]
 
     def reference_uris(self, ids: set[str] | Sequence[str]) -> dict[str, str]:

@@ -82,6 +82,8 @@ def query(
     calibration: Calibration | None = None,
     timings: QueryTimings | None = None,
     verify_backend: VerifyBackend | str | None = None,
+    root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[QueryResult]:
     """Rank the index's images for each query; optionally write the ISC2021 predictions CSV.
 
@@ -91,7 +93,8 @@ def query(
     `"full"` verifies every top candidate; False = off), one calibrated score per match in [0, 1]
     (0.5 = decision threshold). `config` overrides the switches; `timings` is filled with
     per-stage seconds. `background` (images that are not originals of the queries) is embedded
-    once and stored with the index for normalization.
+    once and stored with the index for normalization. `root` refuses queries (and listing paths)
+    outside it; `cache_dir` takes the caches a read-only index cannot hold (`QueryEngine.open`).
     """
     mode = (VerifyMode(verify) if not isinstance(verify, bool)
             else VerifyMode.BANDED if verify else VerifyMode.OFF)
@@ -105,14 +108,14 @@ def query(
         if not stored.exists() or Background.load(stored).source != str(background):
             store_background(index, background, model=model, batch_size=batch_size,
                              device=device)
-    sources = list_sources(queries, all_files=True)
+    sources = list_sources(queries, all_files=True, root=root)
     if use_ray is None:
         use_ray = bool(ray_address) or len(sources) >= RAY_AUTO_MIN_QUERIES
     backend = verify_backend or (VerifyBackend.RAY if use_ray else VerifyBackend.PROCESSES
                                  if len(sources) >= POOL_MIN_QUERIES else VerifyBackend.INLINE)
     with QueryEngine.open(index, model=model, device=device, config=config,
                           calibration=calibration, verify_backend=backend,
-                          ray_address=ray_address) as engine:
+                          ray_address=ray_address, cache_dir=cache_dir) as engine:
         if config.expand is None and use_ray:
             results = _query_whole_on_ray(engine, sources, mode=mode, model=model,
                                           batch_size=batch_size, chunk_size=chunk_size,

@@ -230,8 +230,8 @@ def test_cli_serve_binds_loopback_and_finishes_in_flight_requests_on_sigterm(ind
             proc.send_signal(signal.SIGTERM)
             r = pending.result()
         assert r.status_code == 200 and r.json()["matches"][0]["reference_id"] == "astronaut"
-        # uvicorn exits by re-raising the signal once it has shut down cleanly
-        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        # after the clean shutdown `serve` returns (uvicorn's re-raised SIGTERM is absorbed)
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
