@@ -44,7 +44,9 @@ from copytrace.descriptors.decode import (
 )
 from copytrace.indexing.catalog import read_catalog
 from copytrace.indexing.fingerprint import fingerprint, leftovers
+from copytrace.indexing.parts import manifest_version, uncommitted_parts
 from copytrace.pipelines.build import build_index
+from copytrace.pipelines.index_update import add_images, remove_images
 
 BIN = str(Path(sys.executable).parent / "copytrace")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
@@ -63,17 +65,18 @@ class FaultRow:
 
 # -- inputs -------------------------------------------------------------------------------
 
-def make_photos(folder: Path, count: int) -> Path:
-    """`count` distinct JPEGs from scikit-image's photos (rotated, re-encoded)."""
+def make_photos(folder: Path, count: int, *, prefix: str = "img", start: int = 0) -> Path:
+    """`count` distinct JPEGs from scikit-image's photos (rotated, re-encoded); `start` continues
+    the sequence (other rotations) for a second, disjoint set."""
     from skimage import data
 
     folder.mkdir(parents=True, exist_ok=True)
     names = ["astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field", "coins",
              "camera"]
     photos = [Image.fromarray(getattr(data, n)()).convert("RGB") for n in names]
-    for i in range(count):
+    for i in range(start, start + count):
         img = photos[i % len(photos)].rotate(3 * (i // len(photos)), expand=False)
-        img.save(folder / f"img{i:04d}.jpg", quality=85 + i % 10)
+        img.save(folder / f"{prefix}{i:04d}.jpg", quality=85 + i % 10)
     return folder
 
 
@@ -227,6 +230,89 @@ def kill_trials(images: Path, work: Path, *, kills: int, chunk: int, seed: int,
     row.notes = (f"kill moments uniform over a clean run ({runs}); "
                  f"{clean.catalog_rows} inputs in {chunks} parts")
     return row
+
+
+def add_cmd(images: Path, index: Path, ray: bool) -> list[str]:
+    return [BIN, "index", "add", str(images), "--index", str(index), "-q",
+            "--ray" if ray else "--no-ray"]
+
+
+def remove_cmd(ids: list[str], index: Path) -> list[str]:
+    return [BIN, "index", "remove", *ids, "--index", str(index)]
+
+
+def update_state(index: Path, proc: subprocess.Popen, committed: int) -> str:
+    """Where a killed update stood: not started, uncommitted parts, or committed."""
+    if proc.returncode == 0:
+        return "finished before the kill"
+    version = manifest_version(index)
+    if version is not None and version > committed:
+        return "manifest swapped"
+    if uncommitted_parts(index) or any(index.glob("tombstones.v*.parquet")):
+        return "new files written, manifest not swapped"
+    return "before any new file"
+
+
+def _kill_and_rerun(cmd: list[str], template: Path, index: Path, at: float, clean,
+                    version: int) -> dict:
+    shutil.copytree(template, index)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    time.sleep(at)
+    killed = kill_session(proc)
+    state = update_state(index, proc, version - 1)
+    _, rerun = timed_build(cmd)
+    ok = (rerun.returncode == 0 and fingerprint(index) == clean and not leftovers(index)
+          and manifest_version(index) == version)
+    return {"kill_at_s": round(at, 2), "processes_killed": killed, "state_after_kill": state,
+            "equal_to_clean": ok}
+
+
+def update_kill_trials(images: Path, new: Path, work: Path, *, kills: int, seed: int,
+                       modes: list[bool]) -> list[FaultRow]:
+    """kill -9 of `index add` (inline and Ray) and `index remove` at random moments of a clean
+    run's duration, then the same command again: equal to the clean add/remove, version included."""
+    base, added, removed = work / "upd-base", work / "upd-added", work / "upd-removed"
+    build_index(images, base, use_ray=False, show_progress=False)
+    shutil.copytree(base, added)
+    add_images(new, added, show_progress=False)
+    shutil.copytree(added, removed)
+    new_ids = sorted(p.stem for p in new.glob("*.jpg"))
+    drop = new_ids[::3] + sorted(p.stem for p in images.glob("*.jpg"))[:2]
+    remove_images(drop, removed)
+    clean_add, clean_remove = fingerprint(added), fingerprint(removed)
+    durations = {}
+    for ray in sorted(set(modes)):
+        shutil.copytree(base, work / f"upd-timing-{ray}")
+        durations[ray], proc = timed_build(add_cmd(new, work / f"upd-timing-{ray}", ray))
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr)
+    shutil.copytree(added, work / "upd-timing-rm")
+    durations["remove"], _ = timed_build(remove_cmd(drop, work / "upd-timing-rm"))
+    rng = random.Random(seed)
+    add_row = FaultRow("kill -9 of `index add`'s process tree, then rerun", 0, 0)
+    remove_row = FaultRow("kill -9 of `index remove`, then rerun", 0, 0)
+    for trial in range(kills):
+        ray = modes[trial % len(modes)]
+        d = _kill_and_rerun(add_cmd(new, work / f"upd-add-{trial}", ray), base,
+                            work / f"upd-add-{trial}", rng.uniform(0.05, 1.0) * durations[ray],
+                            clean_add, 2)
+        add_row.details.append({"trial": trial, "ray": ray, **d})
+        d = _kill_and_rerun(remove_cmd(drop, work / f"upd-rm-{trial}"), added,
+                            work / f"upd-rm-{trial}",
+                            rng.uniform(0.05, 1.0) * durations["remove"], clean_remove, 3)
+        remove_row.details.append({"trial": trial, **d})
+    for row in (add_row, remove_row):
+        hit = [d for d in row.details if d["state_after_kill"] != "finished before the kill"]
+        row.injected = len(hit)  # a kill after the command ended injected nothing
+        row.lost = sum(not d["equal_to_clean"] for d in row.details)
+    runs = ", ".join(f"{'ray' if r else 'inline'} {durations[r]:.0f} s" for r in sorted(set(modes)))
+    inputs = len(list(new.iterdir()))
+    add_row.notes = (f"{inputs} new inputs onto {clean_add.catalog_rows - inputs}; kill moments "
+                     f"uniform over a clean add ({runs})")
+    remove_row.notes = (f"{len(drop)} ids; kill moments uniform over a clean remove "
+                        f"({durations['remove']:.1f} s)")
+    return [add_row, remove_row]
 
 
 def disk_full_trials(images: Path, work: Path, *, chunk: int) -> FaultRow:
@@ -397,7 +483,10 @@ def main(argv: list[str] | None = None) -> None:
                                                           "(alternated over the kills)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/copytrace-reliability"))
-    ap.add_argument("--skip", default="", help="comma list of: kill, disk, hostile, load")
+    ap.add_argument("--skip", default="", help="comma list of: kill, update, disk, hostile, "
+                                               "load")
+    ap.add_argument("--update-kills", type=int, default=10, help="kills of `index add` and as "
+                                                                 "many of `index remove`")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--load-seconds", type=float, default=60)
     ap.add_argument("--json", action="store_true")
@@ -414,6 +503,12 @@ def main(argv: list[str] | None = None) -> None:
     if "kill" not in skip:
         rows.append(kill_trials(images, args.work, kills=args.kills, chunk=args.chunk_size,
                                 seed=args.seed, modes=modes))
+    if "update" not in skip:
+        new = make_photos(args.work / "new-images", max(4, args.images // 3), prefix="new",
+                          start=args.images)
+        (new / "notes.txt").write_text("an error row of the add\n")
+        rows.extend(update_kill_trials(images, new, args.work, kills=args.update_kills,
+                                       seed=args.seed, modes=modes))
     if "disk" not in skip:
         rows.append(disk_full_trials(images, args.work, chunk=args.chunk_size))
     if "hostile" not in skip:
