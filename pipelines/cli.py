@@ -264,6 +264,11 @@ def query_cmd(
     root: Annotated[Path | None, typer.Option(help="Refuse queries (and paths in a listing) "
                                               "outside this folder.")] = None,
     cache_dir: CacheDir = None,
+    distributed: Annotated[bool, typer.Option("--distributed", help="Hold the FAISS shards in "
+                                              "Ray actors (on --ray-address, else local Ray) "
+                                              "and merge their top k.")] = False,
+    shard_actors: Annotated[int, typer.Option(min=1, help="Ray actors holding shards, with "
+                                              "--distributed.")] = 2,
 ) -> None:
     """Find the originals of each query image; score in [0, 1], >= 0.5 means a copy."""
     from copytrace.pipelines.query import query
@@ -273,7 +278,8 @@ def query_cmd(
                     show_progress=not quiet and len(sys.argv) > 0,
                     verify=("full" if full_verify else True) if verify else False,
                     verify_k=verify_k, normalize=normalize, expand=expand,
-                    background=background, root=root, cache_dir=cache_dir)
+                    background=background, root=root, cache_dir=cache_dir,
+                    shard_actors=shard_actors if distributed else 0)
     _fail_without_queries(query_path, results)
     for r in results:
         if r.error:

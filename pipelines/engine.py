@@ -39,6 +39,7 @@ from copytrace.matching.query_image import QueryImage, QuerySource, decode_query
 from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
 from copytrace.matching.results import Match, QueryResult
 from copytrace.matching.verify import Verification, VerifyConfig
+from copytrace.pipelines.shard_search import RayShardedIndex, open_distributed
 from copytrace.pipelines.verify_pool import Verifier, VerifyBackend, VerifyJob
 
 log = logging.getLogger(__name__)
@@ -171,11 +172,13 @@ class QueryEngine:
              verify_backend: VerifyBackend | str = VerifyBackend.INLINE,
              verify_workers: int | None = None, cache_capacity: int = 2048,
              keypoint_cache: bool = True, ray_address: str | None = None,
-             cache_dir: str | Path | None = None) -> QueryEngine:
+             cache_dir: str | Path | None = None, shard_actors: int = 0) -> QueryEngine:
         """Open `index` for querying; the keypoint cache and background sample go to `cache_dir`
         (a subfolder per index) when given, else to the index folder when it is writable
-        (`keypoint_cache=False`: keypoints in memory only)."""
-        copy_index = CopyIndex.open(index)
+        (`keypoint_cache=False`: keypoints in memory only). `shard_actors` > 0: the FAISS
+        shards are held and searched by that many Ray actors (`pipelines.shard_search`)."""
+        copy_index = (open_distributed(index, actors=shard_actors, ray_address=ray_address)
+                      if shard_actors > 0 else CopyIndex.open(index))
         descriptor = index_model(copy_index, model)
         config = config or match_config()
         cache = index_cache_dir(cache_dir, copy_index.layout.root) if cache_dir else None
@@ -189,9 +192,11 @@ class QueryEngine:
                    verifier, cache_dir=cache)
 
     def close(self) -> None:
-        """Stop verification workers (if any)."""
+        """Stop verification workers and shard actors (if any)."""
         for verifier in [self.verifier, *self._verifiers.values()]:
             verifier.close()
+        if isinstance(self.index.faiss_index, RayShardedIndex):
+            self.index.faiss_index.close()
 
     def __enter__(self) -> QueryEngine:
         return self

@@ -84,6 +84,7 @@ def query(
     verify_backend: VerifyBackend | str | None = None,
     root: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    shard_actors: int = 0,
 ) -> list[QueryResult]:
     """Rank the index's images for each query; optionally write the ISC2021 predictions CSV.
 
@@ -95,6 +96,7 @@ def query(
     per-stage seconds. `background` (images that are not originals of the queries) is embedded
     once and stored with the index for normalization. `root` refuses queries (and listing paths)
     outside it; `cache_dir` takes the caches a read-only index cannot hold (`QueryEngine.open`).
+    `shard_actors` > 0 searches the FAISS shards in that many Ray actors (same results).
     """
     mode = (VerifyMode(verify) if not isinstance(verify, bool)
             else VerifyMode.BANDED if verify else VerifyMode.OFF)
@@ -115,7 +117,8 @@ def query(
                                  if len(sources) >= POOL_MIN_QUERIES else VerifyBackend.INLINE)
     with QueryEngine.open(index, model=model, device=device, config=config,
                           calibration=calibration, verify_backend=backend,
-                          ray_address=ray_address, cache_dir=cache_dir) as engine:
+                          ray_address=ray_address, cache_dir=cache_dir,
+                          shard_actors=shard_actors) as engine:
         if config.expand is None and use_ray:
             results = _query_whole_on_ray(engine, sources, mode=mode, model=model,
                                           batch_size=batch_size, chunk_size=chunk_size,

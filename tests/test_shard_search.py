@@ -34,3 +34,35 @@ def test_two_shard_actors_equal_in_process_search(tmp_path, local_ray, spec):
         assert all(n.image_id not in {"5", "600"} for row in got for n in row)
     finally:
         remote.faiss_index.close()
+
+
+def test_cli_query_distributed_equals_in_process(tmp_path, photos_dir, local_ray, one_torch_thread):
+    """`copytrace query --distributed` (real CLI, real model, 3 shards on 2 actors) prints what
+    the in-process query prints."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from copytrace.indexing.manifest import IndexLayout, Manifest
+    from copytrace.pipelines.build import build_index
+    from copytrace.pipelines.cli import app
+
+    build_index(photos_dir, tmp_path / "idx", use_ray=False, show_progress=False, shard_size=5)
+    assert len(Manifest.read(IndexLayout(tmp_path / "idx").manifest).index.shards) == 3
+    queries = tmp_path / "q"
+    queries.mkdir()
+    for name in ("astronaut", "coins", "grass"):
+        (queries / f"{name}.jpg").write_bytes((photos_dir / f"{name}.jpg").read_bytes())
+    args = ["query", str(queries), "--index", str(tmp_path / "idx"), "-k", "6", "--json",
+            "--no-verify", "--no-ray", "--quiet"]
+    runner = CliRunner()
+    plain = runner.invoke(app, args)
+    spread = runner.invoke(app, [*args, "--distributed", "--shard-actors", "2"])
+    assert plain.exit_code == 0 and spread.exit_code == 0, plain.output + spread.output
+    want, got = json.loads(plain.stdout), json.loads(spread.stdout)
+    assert [m["reference_id"] for r in got for m in r["matches"]] == \
+        [m["reference_id"] for r in want for m in r["matches"]]
+    assert len(want) == 3 and all(len(r["matches"]) == 6 for r in want)
+    np.testing.assert_allclose([m["score"] for r in got for m in r["matches"]],
+                               [m["score"] for r in want for m in r["matches"]], rtol=1e-5)
+    assert {r["matches"][0]["reference_id"] for r in want} == {"astronaut", "coins", "grass"}
