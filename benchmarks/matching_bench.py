@@ -64,7 +64,7 @@ from copytrace.pipelines.verify_pool import Verifier, VerifyBackend, VerifyJob
 log = logging.getLogger(__name__)
 
 THRESHOLD = 0.5
-VERIFY_CACHE_VERSION = 2  # bump when `Verification` gains fields (cached pickles go stale)
+VERIFY_CACHE_VERSION = 3  # bump when `Verification` gains fields or the verifier changes (mirror keypoints)
 
 
 def ensure_calibration_benchmark(data: Path, work: Path) -> Path:

@@ -273,21 +273,21 @@ def query_cmd(
     """Find the originals of each query image; score in [0, 1], >= 0.5 means a copy."""
     from copytrace.pipelines.query import query
 
+    localized: list = []  # localization outcomes (--localize), from the decoded queries
     results = query(query_path, index, k=k, output=output, model=model, batch_size=batch_size,
                     device=device, use_ray=ray, ray_address=ray_address,
                     show_progress=not quiet and len(sys.argv) > 0,
                     verify=("full" if full_verify else True) if verify else False,
                     verify_k=verify_k, normalize=normalize, expand=expand,
                     background=background, root=root, cache_dir=cache_dir,
-                    shard_actors=shard_actors if distributed else 0)
+                    shard_actors=shard_actors if distributed else 0, localize=localize,
+                    localized=localized)
     _fail_without_queries(query_path, results)
     for r in results:
         if r.error:
             err.print(f"[red]cannot decode[/red] '{r.uri}': {r.error} (skipped)")
     if localize is not None:
-        from copytrace.pipelines.localize import localize_top_matches
-
-        for o in localize_top_matches(results, index, localize):
+        for o in localized:
             err.print(f"{o.query_id} vs {o.reference_id}: " + (
                 f"[red]not localized[/red]: {o.error}" if o.error else
                 f"{o.regions} edited region(s), edited score {o.edited:.2f}, mask {o.mask}"))

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +42,9 @@ from copytrace.matching.results import Match, QueryResult
 from copytrace.matching.verify import Verification, VerifyConfig
 from copytrace.pipelines.shard_search import RayShardedIndex, open_distributed
 from copytrace.pipelines.verify_pool import Verifier, VerifyBackend, VerifyJob
+
+if TYPE_CHECKING:
+    from copytrace.pipelines.localize import PairOutcome
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +330,34 @@ class QueryEngine:
             VerifyMode.BANDED if verify else VerifyMode.OFF)
         return self.query([data], k=k, verify=mode, query_ids=[query_id])[0]
 
+    def localize_top(self, images: Sequence[QueryImage], matches: Sequence[Sequence[Match]],
+                     out_dir: str | Path, *, threshold: float = 0.5,
+                     overlay: bool = True) -> list[PairOutcome]:
+        """`query --localize`: each decoded query against its top match when that is a copy.
+
+        The query's pixels come from its `QueryImage` (not decoded again) and registration starts
+        from the verifier's homography; a match the decision band accepted unverified is verified
+        now (the query's keypoints are computed once and kept), so only the reference is decoded.
+        """
+        from copytrace.pipelines.localize import localize_pair
+
+        top = [(q, row[0]) for q, row in zip(images, matches, strict=True)
+               if row and row[0].score >= threshold]
+        uris = self.reference_uris({m.reference_id for _, m in top})
+        out = []
+        for q, m in top:
+            if m.reference_id not in uris:
+                continue
+            h = evidence_homography(m.evidence)
+            if h is None:
+                v = self.verifier.verify([VerifyJob(q, [uris[m.reference_id]])])[0][0]
+                h = v.homography if isinstance(v, Verification) else None
+            out.append(localize_pair(q.uri or q.query_id, uris[m.reference_id], out_dir=out_dir,
+                                     query_id=q.query_id, reference_id=m.reference_id,
+                                     score=m.score, overlay=overlay, assume_copy=True, initial=h,
+                                     query_pixels=q.pixels))
+        return out
+
     # -- pieces --------------------------------------------------------------------------------
 
     def background(self, config: MatchConfig) -> Background | None:
@@ -416,6 +448,18 @@ class _LazyQuery:
         h, w = pixels.shape[:2]
         return QueryImage(self.source.image_id, self.source.uri, pixels, pixels, [],
                           QueryViews(["full"], [(0, 0, w, h)]))
+
+
+def evidence_homography(evidence: dict | None) -> np.ndarray | None:
+    """The verifier's query -> reference homography recorded in a match's evidence, if any."""
+    h = (evidence or {}).get("homography")
+    if h is None:
+        return None
+    try:
+        m = np.asarray(h, np.float64).reshape(3, 3)
+    except ValueError:
+        return None
+    return m if np.isfinite(m).all() else None
 
 
 def _default_id(image: object) -> str:

@@ -55,6 +55,7 @@ def localize(
     max_side: int = 1024,
     assume_copy: bool = False,
     initial: np.ndarray | None = None,
+    query_pixels: np.ndarray | None = None,
 ) -> Localization:
     """Localize the edits of the image `query` relative to `original` and write the outputs.
 
@@ -62,9 +63,11 @@ def localize(
     edit objects (kind, tight query-pixel box, confidence), the overall 'edited' score and how
     the pair was registered. `assume_copy`: the pair is known to be a copy, so a mask is always
     written (with low confidence when the geometry is a best guess). `initial`: a known
-    query -> original homography (the verifier's) to start registration from.
+    query -> original homography (the verifier's) to start registration from. `query_pixels`:
+    the query already decoded (`query --localize` reuses the engine's `QueryImage`).
     """
-    q, o = _decode(query), _decode(original)
+    q = query_pixels if query_pixels is not None else _decode(query)
+    o = _decode(original)
     try:
         result = localize_arrays(q, o, config=LocalizeConfig(max_side=max_side), initial=initial,
                                  assume_copy=assume_copy)
@@ -115,6 +118,7 @@ def localize_pair(
     max_side: int = 1024,
     assume_copy: bool = False,
     initial: np.ndarray | None = None,
+    query_pixels: np.ndarray | None = None,
 ) -> PairOutcome:
     """Localize one (query, matched reference) pair into out_dir; never raises.
 
@@ -129,7 +133,7 @@ def localize_pair(
     try:
         result = localize(query, reference, mask=paths["mask"], overlay=paths["overlay"],
                           json_out=paths["json"], max_side=max_side, assume_copy=assume_copy,
-                          initial=initial)
+                          initial=initial, query_pixels=query_pixels)
     except Exception as exc:  # noqa: BLE001 - one bad pair must not stop a batch
         log.warning("localize %s vs %s failed: %s", qid, rid, exc)
         return PairOutcome(qid, rid, str(query), str(reference), score, None, None, None, 0,

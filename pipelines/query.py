@@ -85,6 +85,8 @@ def query(
     root: str | Path | None = None,
     cache_dir: str | Path | None = None,
     shard_actors: int = 0,
+    localize: str | Path | None = None,
+    localized: list | None = None,
 ) -> list[QueryResult]:
     """Rank the index's images for each query; optionally write the ISC2021 predictions CSV.
 
@@ -97,6 +99,8 @@ def query(
     once and stored with the index for normalization. `root` refuses queries (and listing paths)
     outside it; `cache_dir` takes the caches a read-only index cannot hold (`QueryEngine.open`).
     `shard_actors` > 0 searches the FAISS shards in that many Ray actors (same results).
+    `localize`: a folder for the edit masks of each query against its top match when that is a
+    copy (from the decoded query and the verifier's homography); outcomes go to `localized`.
     """
     mode = (VerifyMode(verify) if not isinstance(verify, bool)
             else VerifyMode.BANDED if verify else VerifyMode.OFF)
@@ -124,9 +128,16 @@ def query(
                                           batch_size=batch_size, chunk_size=chunk_size,
                                           device=device, ray_address=ray_address,
                                           show_progress=show_progress, timings=timings)
+            if localize is not None:  # no decoded queries on this path: files read again
+                from copytrace.pipelines.localize import localize_top_matches
+
+                outcomes = localize_top_matches(results, index, localize)
+                if localized is not None:
+                    localized.extend(outcomes)
         else:
             results = _query_chunks(engine, sources, mode=mode, batch_size=batch_size,
-                                    show_progress=show_progress, timings=timings)
+                                    show_progress=show_progress, timings=timings,
+                                    localize=localize, localized=localized)
     if output is not None:
         write_predictions(results, output)
     return results
@@ -140,9 +151,11 @@ def _decode(engine: QueryEngine, source: ImageSource) -> QueryImage | str:
 
 
 def _query_chunks(engine: QueryEngine, sources: list[ImageSource], *, mode: VerifyMode,
-                  batch_size: int, show_progress: bool,
-                  timings: QueryTimings) -> list[QueryResult]:
-    """Decode a chunk on two threads while nothing else runs, then rank it through the engine."""
+                  batch_size: int, show_progress: bool, timings: QueryTimings,
+                  localize: str | Path | None = None,
+                  localized: list | None = None) -> list[QueryResult]:
+    """Decode a chunk on two threads while nothing else runs, then rank it through the engine
+    (and localize its copies while the decoded queries are still in memory)."""
     results: list[QueryResult] = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as pool, \
             progress_bar("querying", total=len(sources), enabled=show_progress) as advance:
@@ -152,9 +165,13 @@ def _query_chunks(engine: QueryEngine, sources: list[ImageSource], *, mode: Veri
             decoded = list(pool.map(lambda s: _decode(engine, s), chunk))
             timings.embed += time.perf_counter() - t
             good = [d for d in decoded if isinstance(d, QueryImage)]
-            ranked = iter(engine.rank_images(good, verify=mode, batch_size=batch_size,
-                                             timings=timings,
-                                             config=engine.options(verify=mode)))
+            matches = engine.rank_images(good, verify=mode, batch_size=batch_size,
+                                         timings=timings, config=engine.options(verify=mode))
+            if localize is not None:
+                outcomes = engine.localize_top(good, matches, localize)
+                if localized is not None:
+                    localized.extend(outcomes)
+            ranked = iter(matches)
             for s, d in zip(chunk, decoded, strict=True):
                 results.append(QueryResult(s.image_id, s.uri, next(ranked))
                                if isinstance(d, QueryImage) else

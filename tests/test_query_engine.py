@@ -183,3 +183,36 @@ def test_process_pool_verification_matches_inline(index, copies):
     for a, b in zip(out[VerifyBackend.INLINE], out[VerifyBackend.PROCESSES], strict=True):
         assert [(m.reference_id, round(m.score, 6)) for m in a.matches] == \
             [(m.reference_id, round(m.score, 6)) for m in b.matches]
+
+
+def test_query_localize_opens_each_query_file_once(index, copies, tmp_path):
+    """`query --localize` localizes from the decoded query and the verifier's homography."""
+    from copytrace.pipelines.query import query
+
+    outcomes: list = []
+    with count_opens() as opened:
+        results = query(copies, index, k=3, use_ray=False, show_progress=False,
+                        verify_backend="inline", localize=tmp_path, localized=outcomes)
+    for f in copies.glob("*.jpg"):
+        assert times_opened(opened, f) == 1, (f, opened)
+    copies_found = {r.query_id for r in results if r.matches[0].score >= 0.5}
+    assert copies_found and {o.query_id for o in outcomes} == copies_found
+    for o in outcomes:
+        assert o.error is None and Path(o.mask).exists() and o.method == "given", o
+
+
+def test_localize_verifies_a_match_the_band_accepted_unverified(index, copies, tmp_path):
+    f = copies / "chelsea-copy.jpg"
+    with QueryEngine.open(index, keypoint_cache=False) as engine:
+        engine.band_min_catalog = 0
+        engine.calibration = replace(engine.calibration, band=DecisionBand(0.0, 0.0))
+        image = engine.decode(f)
+        matches = engine.rank_images([image], verify="banded")
+        top = matches[0][0]
+        assert top.evidence["decided_by_global_score"] == "accept" and "homography" not in \
+            top.evidence
+        [outcome] = engine.localize_top([image], matches, tmp_path)
+    assert image.prepared is not None  # the query's keypoints were computed for it, and kept
+    assert outcome.error is None and outcome.method == "given" and outcome.reference_id == \
+        "chelsea"
+    assert Path(outcome.mask).exists() and Path(outcome.json).exists()
