@@ -127,10 +127,16 @@ def run_copytrace(folder: Path, work: Path, group: dict, true_pairs: set) -> lis
     exact = {frozenset((p["image_id_a"], p["image_id_b"])) for p in pairs if p["kind"] == "exact"}
     verified_only = exact | {frozenset((c["image_id_a"], c["image_id_b"])) for c in cands
                              if c["score"] >= 0.5 or c["kind"] == "pdq"}
+    no_views = full | {frozenset((c["image_id_a"], c["image_id_b"])) for c in cands
+                       if c["reason"].startswith("another view")
+                       and (c["score"] >= 0.5 or c["kind"] == "pdq")}
     rows = [Row("copytrace (index + dedup, default)", secs, rss, len(full),
                 *score(full, group, true_pairs),
-                note="index build included; content-not-template check on")]
-    rows.append(Row("copytrace, same run without the content check", None, None,
+                note="index build included; crops, content and view checks on")]
+    rows.append(Row("copytrace, same run without the view check", None, None, len(no_views),
+                    *score(no_views, group, true_pairs),
+                    note="ablation from candidates.parquet of the run above"))
+    rows.append(Row("copytrace, same run without content and view checks", None, None,
                     len(verified_only), *score(verified_only, group, true_pairs),
                     note="ablation from candidates.parquet of the run above"))
     return rows

@@ -6,6 +6,10 @@ Non-duplicates that fool naive dedup: different photos inside the same screensho
 photos carrying the same watermark, and UKBench other-viewpoint photos of one object.
 Ground truth: `groups.csv` (file, group, role); two files are duplicates iff they share a group.
 File names are hashes, so no tool can lean on name order (`role` says what each file is).
+
+Two disjoint splits: TEST (what dedup_bench reports) and FIT (other ImageNet references, the second
+Caltech photo of each category, other UKBench objects), on which dedup's decisions are fitted
+(benchmarks.dedup_fit), so nothing is tuned on the pairs the benchmark counts.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import hashlib
 import io
 import random
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -84,6 +89,16 @@ def watermark(photo: Image.Image) -> Image.Image:
     return Image.alpha_composite(out, layer).convert("RGB")
 
 
+class Split(str, Enum):
+    """Which photos and UKBench objects a planted folder is made of; the two share none."""
+
+    TEST = "test"  # the last ImageNet references, first Caltech photos, first UKBench objects
+    FIT = "fit"  # ImageNet photos 500.., second Caltech photos, UKBench objects after the test's
+
+
+FIT_REFERENCE_START = 500
+"""FIT references start here: after the edit backgrounds (100..500), before TEST's last 300."""
+
 PHOTO_SIDE = 640
 """Photos are shrunk to fit this before planting."""
 
@@ -100,15 +115,17 @@ def _per_category(folder: Path, take: int) -> list[list[Path]]:
 
 def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references: int = 300,
                  screenshots: int = 50, framed_others: int = 40, watermarked: int = 25,
-                 ukbench_groups: int = 50, distractors: int = 37, backgrounds: int = 400
-                 ) -> PlantedSet:
+                 ukbench_groups: int = 50, distractors: int = 37, backgrounds: int = 400,
+                 split: Split | str = Split.TEST) -> PlantedSet:
     """Write `out/images/*.jpg` and `out/groups.csv` from the dev data folder `data`."""
-    data, out = Path(data), Path(out)
+    data, out, split = Path(data), Path(out), Split(split)
     rng = random.Random(seed)
     photos = [s.uri for s in scan_folder(data / "photos" / "imagenet-sample")]
-    imagenet = photos[-references:]
+    fit = split is Split.FIT
+    imagenet = (photos[FIT_REFERENCE_START:FIT_REFERENCE_START + references] if fit
+                else photos[-references:])
     # one photo per Caltech category: two photos of one category can be web near-duplicates
-    others = [c[0] for c in _per_category(data / "photos" / "caltech101", 1)]
+    others = [c[int(fit)] for c in _per_category(data / "photos" / "caltech101", 2 if fit else 1)]
     rng.shuffle(others)
     # what copy edits paste in or onto: a large pool, so two copies rarely share a background
     context = EditContext(others=[i for p in photos[100:100 + backgrounds]
@@ -143,7 +160,8 @@ def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references
     with open(data / "ukbench" / "groups.csv", newline="") as fh:
         for row in csv.DictReader(fh):
             groups.setdefault(row["group"], []).append(row["file"])
-    for g in sorted(groups, key=int)[:ukbench_groups]:
+    first = 50 if fit else 0  # TEST takes at most the first 50 objects
+    for g in sorted(groups, key=int)[first:first + ukbench_groups]:
         for f in groups[g]:
             img = load_photo(data / "ukbench" / f, PHOTO_SIDE)
             if img is not None:

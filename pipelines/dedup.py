@@ -34,6 +34,7 @@ from copytrace.pipelines.dedup_candidates import (
 )
 from copytrace.pipelines.dedup_features import ImageFeatures, catalog_features
 from copytrace.pipelines.dedup_score import Kind, ScoredPair, build_jobs, run_jobs
+from copytrace.pipelines.dedup_views import ViewCheck, shipped_view_check
 from copytrace.pipelines.engine import KEYPOINT_CACHE_DIR, QueryEngine, match_config
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ PAIR_SCHEMA = pa.schema([
     ("inliers", pa.int32()),
     ("coverage", pa.float32()),  # agreeing share of the non-template overlap
     ("template_cells", pa.int32()),  # overlap cells discounted as template
+    ("view_score", pa.float32()),  # P(copy, not another photo of the object); null: unverified
 ])
 CANDIDATE_SCHEMA = PAIR_SCHEMA.append(pa.field("duplicate", pa.bool_())).append(
     pa.field("reason", pa.string()))
@@ -61,6 +63,8 @@ CLUSTER_SCHEMA = pa.schema([
 AUDIT_FILE = "audit.json"
 RAY_MIN_PAIRS = 2000
 """Below this many candidate pairs, starting Ray costs more than it saves."""
+RAY_MIN_IMAGES = 20000
+"""Below this many catalog images, the self-join runs in-process."""
 
 
 @dataclass
@@ -100,33 +104,40 @@ def resolve_index(images_or_index: str | Path, out: Path, *, model: str, use_ray
 
 
 def _decide(c: Candidate, query: str, other: str, score: float, ev: dict,
-            threshold: float) -> ScoredPair:
+            threshold: float, views: ViewCheck | None = None) -> ScoredPair:
     check = ev["check"]
     pdq_hit = c.pdq_distance is not None
     if ev["inliers"] is None and pdq_hit:
         score = 1.0 - c.pdq_distance / 256.0
     content_ok = check is not None and check.passed
+    v = ev.get("verification")
+    coverage = None if check is None else check.coverage
+    view = views.probability(v, coverage) if views is not None and v is not None else None
+    view_ok = view is None or view >= views.cut
     if check is None:
         reason = "no local geometry"
     elif not content_ok:
         reason = "evidence on template only" if check.template_cells else "content disagrees"
+    elif not view_ok:
+        reason = "another view of the object"
     elif not pdq_hit and score < threshold:
         reason = "below threshold"
     else:
         reason = "content match"
-    duplicate = content_ok and (pdq_hit or score >= threshold)
+    duplicate = content_ok and view_ok and (pdq_hit or score >= threshold)
     return ScoredPair(c.a, c.b, Kind.PDQ if pdq_hit else Kind.NEAR, float(score), c.similarity,
                       c.pdq_distance, ev["inliers"],
                       None if check is None else round(check.coverage, 4),
                       None if check is None else check.template_cells, duplicate, reason,
-                      query, ev["homography"])
+                      query, ev["homography"], None if view is None else round(view, 4), v)
 
 
 def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, str],
                      features: ImageFeatures, *, engine: QueryEngine, threshold: float,
                      template_config: TemplateConfig, use_ray: bool | None,
-                     ray_address: str | None) -> list[ScoredPair]:
-    """Verify each candidate (a -> b, then b -> a when that failed) and decide it."""
+                     ray_address: str | None, views: ViewCheck | None = None) -> list[ScoredPair]:
+    """Verify each candidate (a -> b, then b -> a when that failed) and decide it; `views`
+    rejects verified pairs that look like two photos of one object (pipelines.dedup_views)."""
     model = learn_templates(features.thumbs, config=template_config)
     rows = features.rows()
     need = sorted({x for key in cands for x in key if x in rows})
@@ -144,7 +155,7 @@ def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
         for q, o, score, ev in run_jobs(build_jobs(todo, uris, reverse=reverse), templates,
                                         **kwargs):
             key = (q, o) if q < o else (o, q)
-            pair = _decide(cands[key], q, o, score, ev, threshold)
+            pair = _decide(cands[key], q, o, score, ev, threshold, views)
             prev = best.get(key)
             if prev is None or (pair.duplicate, pair.score) > (prev.duplicate, prev.score):
                 best[key] = pair
@@ -194,7 +205,8 @@ def pairs_table(pairs: list[ScoredPair], schema: pa.Schema = PAIR_SCHEMA) -> pa.
     rows = [{k: v for k, v in {
         "image_id_a": p.a, "image_id_b": p.b, "score": p.score, "kind": str(p.kind),
         "similarity": p.similarity, "pdq_distance": p.pdq_distance, "inliers": p.inliers,
-        "coverage": p.coverage, "template_cells": p.template_cells, "duplicate": p.duplicate,
+        "coverage": p.coverage, "template_cells": p.template_cells, "view_score": p.view_score,
+        "duplicate": p.duplicate,
         "reason": p.reason}.items() if k in names} for p in pairs]
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -224,6 +236,7 @@ def finish(out: Path, index: Path, catalog: pa.Table, pairs: list[ScoredPair],
     write_parquet_atomic(out / "clusters.parquet", clusters_table(clusters, reps))
     counts = {k: sum(1 for p in pairs if p.kind == k) for k in (Kind.EXACT, Kind.PDQ, Kind.NEAR)}
     counts["rejected_template"] = sum(1 for p in candidates if p.reason.startswith("evidence on"))
+    counts["rejected_other_view"] = sum(1 for p in candidates if p.reason.startswith("another view"))
     result = DedupReport(out, index, catalog.num_rows, pairs, candidates, clusters, reps,
                          {str(k): v for k, v in counts.items()}, features)
     write_json_atomic(out / AUDIT_FILE, {
@@ -246,6 +259,9 @@ def dedup(
     keep: KeepPolicy | str = KeepPolicy.LARGEST,
     k: int = 5,
     band: float = 0.02,
+    always_top: int = 2,
+    crops: bool = True,
+    view_check: bool = True,
     model: str = "default",
     template_config: TemplateConfig | None = None,
     report: bool = True,
@@ -256,7 +272,10 @@ def dedup(
     """Audit a folder (indexed into `out/index` first) or an existing index for duplicates.
 
     `threshold` is on the calibrated score (0.5 = the decision point); `band` is the global-only
-    score from which a descriptor neighbour is verified; `k` neighbours per image are looked at.
+    score from which a descriptor neighbour is verified, and the `always_top` best neighbours of
+    each image are verified whatever their score; `k` neighbours per image are looked at, searched
+    with the image's query crops too (`crops`). `view_check` rejects verified pairs whose
+    geometry says "two photos of one object", not a copy (pipelines.dedup_views).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,16 +293,22 @@ def dedup(
     exact = exact_pairs(index)
     found: dict[tuple[str, str], Candidate] = {}
     pdq_candidates(features, found)
-    descriptor_candidates(engine, found, k=k, min_score=band, show_progress=show_progress)
+    descriptor_candidates(engine, found, uris=uris, k=k, min_score=band, always_top=always_top,
+                          crops=crops, show_progress=show_progress, ray_address=ray_address,
+                          use_ray=bool(ray_address) or (catalog.num_rows >= RAY_MIN_IMAGES
+                                                        if use_ray is None else use_ray))
     for key in exact:
         found.pop(key, None)
     log.info("dedup: %d exact pairs, %d candidates to verify", len(exact), len(found))
     scored = score_candidates(found, uris, features, engine=engine, threshold=threshold,
                               template_config=template_config, use_ray=use_ray,
-                              ray_address=ray_address)
+                              ray_address=ray_address,
+                              views=shipped_view_check() if view_check else None)
     pairs = exact_scored(exact) + [p for p in scored if p.duplicate]
     return finish(out, index, catalog, pairs, scored, keep=keep, threshold=threshold,
                   report=report, features=features, extra={"band": band, "k": k,
+                                        "always_top": always_top, "crops": crops,
+                                        "view_check": view_check,
                                         "template_config": asdict(template_config)})
 
 

@@ -1,24 +1,32 @@
 """Candidate pairs for a dedup audit: same bytes, close PDQ hashes, close descriptors.
 
-Every stage is a chunked self-join over the index (FAISS search of stored vectors, FAISS binary
-range search of PDQ hashes): memory grows with the catalog and the pairs found, never N x N.
+Every stage is a chunked self-join over the index (FAISS search of stored vectors and of the
+images' query crops, FAISS binary range search of PDQ hashes): memory grows with the catalog and
+the pairs found, never N x N.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
+from copytrace.descriptors.decode import DecodeError
+from copytrace.descriptors.embed import embed_images
 from copytrace.indexing.catalog_sql import sql
 from copytrace.indexing.embeddings import embedding_parts, table_vectors
 from copytrace.indexing.sources import ImageSource
+from copytrace.matching.expand import ExpandConfig
 from copytrace.matching.pdq import MATCH_DISTANCE, range_pairs
-from copytrace.matching.rank import QueryViews
+from copytrace.matching.rank import MatchConfig, QueryViews
 from copytrace.pipelines.dedup_features import ImageFeatures
-from copytrace.pipelines.engine import QueryEngine
+from copytrace.pipelines.engine import QueryEngine, match_config
 from copytrace.pipelines.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,37 +64,139 @@ def pdq_candidates(features: ImageFeatures, found: dict[tuple[str, str], Candida
         cand.pdq_distance = hp.distance
 
 
+@dataclass(frozen=True)
+class Neighbour:
+    """One search result of the self-join: `reference` found for query image `query`."""
+
+    query: str
+    reference: str
+    rank: int
+    score: float  # global-only calibrated score
+    similarity: float  # best raw cosine over the query's views
+    global_score: float  # best background-normalized similarity over the views
+
+
+def _views(engine: QueryEngine, uri: str, image_id: str, whole: np.ndarray,
+           config: MatchConfig) -> tuple[np.ndarray, QueryViews, list[np.ndarray]]:
+    """The stored whole-image vector plus the engine's query crops (centre, trimmed border,
+    pasted regions) of one catalog image; the crops still to be embedded are returned."""
+    try:
+        q = engine.decode(uri, query_id=image_id, config=config)
+    except (DecodeError, OSError) as exc:
+        log.warning("dedup: cannot decode '%s' for crops: %s (whole image only)", uri, exc)
+        return whole[None], QueryViews(["full"], [(0, 0, 0, 0)]), []
+    return whole[None], q.views, q.crops
+
+
+def search_block(engine: QueryEngine, ids: list[str], vectors: np.ndarray, uris: dict[str, str],
+                 *, config: MatchConfig) -> list[Neighbour]:
+    """Neighbours of a block of catalog images searched as queries (their stored vectors, plus
+    their crops when `config.expand` is set); a query never finds itself."""
+    got = [_views(engine, uris[i], i, v, config) if config.expand is not None and uris.get(i)
+           else (v[None], QueryViews(["full"], [(0, 0, 0, 0)]), [])
+           for i, v in zip(ids, vectors, strict=True)]
+    pending = [c for _, _, cs in got for c in cs]
+    crop_vecs = (embed_images(pending, engine.embedder) if pending
+                 else np.zeros((0, vectors.shape[1]), np.float32))
+    stacked, pos = [], 0
+    for whole, _, cs in got:
+        stacked.append(np.concatenate([whole, crop_vecs[pos : pos + len(cs)]]))
+        pos += len(cs)
+    ranked = engine.rank([ImageSource(i, "") for i in ids], stacked,
+                         [views for _, views, _ in got], config=config, exclude_self=True)
+    return [Neighbour(qid, m.reference_id, r, float(m.score), float(m.similarity),
+                      float(m.evidence.get("global_score", m.similarity)))
+            for qid, matches in ranked.items() for r, m in enumerate(matches)]
+
+
+def _add(found: dict[tuple[str, str], Candidate], n: Neighbour) -> None:
+    key = pair_key(n.query, n.reference)
+    cand = found.setdefault(key, Candidate(*key))
+    cand.similarity = max(cand.similarity, n.similarity)
+    side = "global_ab" if n.query == key[0] else "global_ba"
+    prev = getattr(cand, side)
+    setattr(cand, side, n.global_score if prev is None else max(prev, n.global_score))
+
+
+def _self_join_config(engine: QueryEngine, k: int, crops: bool) -> MatchConfig:
+    return replace(engine.config, k=k, search_k=max(engine.config.search_k, 2 * k), verify=None,
+                   expand=ExpandConfig() if crops else None)
+
+
+def shard_neighbours(index: str, part: str, start: int, stop: int, uris: dict[str, str], *,
+                     k: int, crops: bool, batch: int = 64) -> list[Neighbour]:
+    """One Ray task of the self-join: rows [start, stop) of one embeddings part, searched
+    against the whole index by an engine the task opens itself."""
+    engine = QueryEngine.open(index, config=match_config(k=k, expand=False, verify=False),
+                              keypoint_cache=False)
+    config = _self_join_config(engine, k, crops)
+    table = pq.read_table(part).slice(start, stop - start)
+    ids, vectors = table.column("image_id").to_pylist(), table_vectors(table)
+    return [n for s in range(0, len(ids), batch) for n in search_block(
+        engine, ids[s : s + batch], vectors[s : s + batch], uris, config=config)]
+
+
+SHARD_ROWS = 4096
+"""Images per Ray task of the self-join."""
+
+
 def descriptor_candidates(engine: QueryEngine, found: dict[tuple[str, str], Candidate], *,
-                          k: int, min_score: float, batch: int = 1024,
-                          show_progress: bool = False) -> None:
-    """Search every stored vector against the index (the query engine's search and background
-    normalization, no verification) and add the neighbours whose global-only calibrated score
-    reaches `min_score`: the band that verification then decides."""
-    config = replace(engine.config, k=k, search_k=max(engine.config.search_k, 2 * k),
-                     verify=None, expand=None)
-    total = len(engine.index)
-    with progress_bar("neighbours", total=total, enabled=show_progress) as advance:
-        for part in embedding_parts(engine.index.layout.embeddings_dir):
+                          uris: dict[str, str], k: int, min_score: float, always_top: int = 2,
+                          crops: bool = True, use_ray: bool = False, ray_address: str | None = None,
+                          batch: int = 64, show_progress: bool = False) -> None:
+    """Search every catalog image against the index as the query engine searches a query: its
+    stored whole-image vector plus its crops (a cropped or framed copy is often a neighbour of
+    its original only through a crop), background-normalized, no verification. A neighbour is a
+    candidate when its global-only calibrated score reaches `min_score` (the band verification
+    then decides) or it is among the `always_top` best of its query (hard copies score low
+    against a busy background but still rank first). Memory: one block of queries at a time;
+    with `use_ray`, blocks of SHARD_ROWS images are Ray tasks."""
+
+    def keep(n: Neighbour) -> bool:
+        return n.score >= min_score or n.rank < always_top
+
+    parts = list(embedding_parts(engine.index.layout.embeddings_dir))
+    if use_ray:
+        _ray_candidates(engine, found, parts, uris, k=k, crops=crops, keep=keep,
+                        ray_address=ray_address, show_progress=show_progress)
+        return
+    config = _self_join_config(engine, k, crops)
+    with progress_bar("neighbours", total=len(engine.index), enabled=show_progress) as advance:
+        for part in parts:
             table = pq.read_table(part)
             ids = table.column("image_id").to_pylist()
             vectors = table_vectors(table)
             for s in range(0, len(ids), batch):
-                block = ids[s : s + batch]
-                ranked = engine.rank([ImageSource(i, "") for i in block],
-                                     [v[None] for v in vectors[s : s + batch]],
-                                     [QueryViews(["full"], [(0, 0, 0, 0)]) for _ in block],
-                                     config=config, exclude_self=True)
-                for qid, matches in ranked.items():
-                    for m in matches:
-                        if m.score < min_score:
-                            continue
-                        key = pair_key(qid, m.reference_id)
-                        cand = found.setdefault(key, Candidate(*key))
-                        cand.similarity = max(cand.similarity, m.similarity)
-                        g = float(m.evidence.get("global_score", m.similarity))
-                        if qid == key[0]:
-                            cand.global_ab = g
-                        else:
-                            cand.global_ba = g
-                advance(len(block))
+                for n in search_block(engine, ids[s : s + batch], vectors[s : s + batch], uris,
+                                      config=config):
+                    if keep(n):
+                        _add(found, n)
+                advance(len(ids[s : s + batch]))
 
+
+def _ray_candidates(engine: QueryEngine, found: dict[tuple[str, str], Candidate], parts: list,
+                    uris: dict[str, str], *, k: int, crops: bool, keep, ray_address: str | None,
+                    show_progress: bool) -> None:
+    import ray
+
+    from copytrace.pipelines.ray_runtime import ensure_ray
+
+    ensure_ray(ray_address)
+    task = ray.remote(num_cpus=1)(shard_neighbours)
+    root = str(engine.index.layout.root)
+    futures = {}
+    for part in parts:
+        rows = pq.ParquetFile(part).metadata.num_rows
+        ids = pq.read_table(part, columns=["image_id"]).column("image_id").to_pylist()
+        for s in range(0, rows, SHARD_ROWS):
+            shard_uris = {i: uris[i] for i in ids[s : s + SHARD_ROWS] if i in uris}
+            futures[task.remote(root, str(part), s, min(rows, s + SHARD_ROWS), shard_uris, k=k,
+                                crops=crops)] = min(rows, s + SHARD_ROWS) - s
+    with progress_bar("neighbours", total=len(engine.index), enabled=show_progress) as advance:
+        pending = list(futures)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for n in ray.get(done[0]):
+                if keep(n):
+                    _add(found, n)
+            advance(futures[done[0]])

@@ -89,7 +89,7 @@ def sweep_rows(candidates: list[ScoredPair], exact: int) -> list[tuple[float, in
     """
     rows = []
     for t in SWEEP:
-        kept = [p for p in candidates if p.reason == "content match" and
+        kept = [p for p in candidates if p.reason in ("content match", "below threshold") and
                 (p.kind == Kind.PDQ or p.score >= t)]
         probs = [1.0 if p.kind == Kind.PDQ else p.score for p in kept] + [1.0] * exact
         template = sum(1 for p in candidates if p.reason.startswith("evidence on") and p.score >= t)
@@ -144,7 +144,8 @@ def write_report(audit, catalog: pa.Table, *, threshold: float) -> Path:
              ("exact", audit.counts.get("exact", 0)), ("PDQ", audit.counts.get("pdq", 0)),
              ("near (verified)", audit.counts.get("near", 0)), ("clusters", len(audit.clusters)),
              ("to drop", audit.duplicates_to_drop),
-             ("rejected: template only", audit.counts.get("rejected_template", 0))]
+             ("rejected: template only", audit.counts.get("rejected_template", 0)),
+             ("rejected: another view", audit.counts.get("rejected_other_view", 0))]
     parts = [f"<h1>copytrace dedup audit</h1><p class=muted>index {html.escape(str(audit.index))}"
              f" · decision threshold {threshold:.2f} (calibrated P(copy))</p><div class=cards>"
              + "".join(f"<div class=card><b>{v}</b>{html.escape(k)}</div>" for k, v in cards)

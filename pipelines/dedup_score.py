@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -57,6 +57,8 @@ class ScoredPair:
     reason: str  # why kept or rejected, for the audit trail
     query: str = ""  # which of a/b was the verification query (homography goes query -> other)
     homography: tuple[float, ...] = ()
+    view_score: float | None = None  # P(copy, not another photo of the object) from the geometry
+    verification: Verification | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ def score_jobs(jobs: Sequence[ScoreJob], templates: dict[str, np.ndarray], *,
                 log.warning("dedup: cannot verify '%s' vs '%s': %s", job.query, other, v.reason)
             elif v is not None:
                 ev["inliers"] = v.inliers
+                ev["verification"] = v
                 ev["homography"] = tuple(float(x) for x in v.homography.reshape(-1))
                 try:
                     pixels = load_rgb(job.query_uri) if pixels is None else pixels

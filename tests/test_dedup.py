@@ -5,6 +5,7 @@ hash lists and the CLI as a real process."""
 from __future__ import annotations
 
 import base64
+import calendar
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups
 from copytrace.matching.pdq import from_hex, pdq_hash, range_pairs, read_hash_list, to_hex
 from copytrace.matching.templates import TemplateConfig, content_check, learn_templates, thumbnail
 from copytrace.matching.verify import verify_batch
-from copytrace.pipelines.dedup import CLUSTER_SCHEMA, PAIR_SCHEMA, dedup
+from copytrace.pipelines.dedup import CLUSTER_SCHEMA, PAIR_SCHEMA, dedup, taken_time
 from copytrace.pipelines.dedup_incremental import dedup_against
 from copytrace.pipelines.dedup_sql import audit_sql
 
@@ -48,6 +49,19 @@ def test_connected_groups_and_keep_policies():
     assert representative(["a", "b", "c"], facts, KeepPolicy.OLDEST) == "c"
     assert representative(["a", "b"], facts, KeepPolicy.OLDEST) == "a"
     assert representative(["a", "b"], facts, KeepPolicy.FIRST) == "b"
+
+
+def test_taken_time_reads_exif_before_file_time(tmp_path):
+    path = tmp_path / "dated.jpg"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = "2003:04:05 06:07:08"  # DateTimeOriginal
+    Image.fromarray(photo("coffee")).save(path, exif=exif)
+    os.utime(path, (0, 0))  # 1970: older still, but EXIF says when it was taken
+    assert taken_time(str(path)) == calendar.timegm((2003, 4, 5, 6, 7, 8, 0, 0, 0))
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(photo("coffee")).save(plain)
+    os.utime(plain, (1e9, 1e9))
+    assert taken_time(str(plain)) == 1e9
 
 
 def test_pdq_hex_round_trip_and_matching(tmp_path):
@@ -157,6 +171,27 @@ def test_dedup_outputs(audit, dup_folder):
     assert json.loads((out / "audit.json").read_text())["pairs"] == len(audit.pairs)
 
 
+def test_self_join_as_ray_job_matches_in_process(audit, monkeypatch):
+    """The descriptor self-join sharded into Ray tasks (each opens its own engine) finds the
+    same neighbours as the in-process loop, crops included."""
+    from copytrace.pipelines import dedup_candidates as dc
+    from copytrace.pipelines.engine import QueryEngine, match_config
+
+    monkeypatch.setattr(dc, "SHARD_ROWS", 7)  # several tasks on a small index
+    engine = QueryEngine.open(audit.index, config=match_config(k=5, expand=False, verify=True))
+    catalog = engine.index.catalog()
+    uris = dict(zip(catalog.column("image_id").to_pylist(), catalog.column("uri").to_pylist(),
+                    strict=True))
+    inline: dict = {}
+    ray_found: dict = {}
+    dc.descriptor_candidates(engine, inline, uris=uris, k=5, min_score=0.02)
+    dc.descriptor_candidates(engine, ray_found, uris=uris, k=5, min_score=0.02, use_ray=True)
+    assert inline and set(ray_found) == set(inline)
+    assert ("astronaut", "astronaut-edited") in inline
+    for key, c in inline.items():
+        assert ray_found[key].similarity == pytest.approx(c.similarity, abs=1e-4)
+
+
 def test_sql_over_audit(audit):
     t = audit_sql(audit.out, "SELECT p.kind, count(*) n, min(c.width) w FROM pairs p "
                   "JOIN catalog c ON c.image_id = p.image_id_a GROUP BY 1 ORDER BY 1")
@@ -199,11 +234,23 @@ def test_cli_hash_match_hashes_and_sql(audit, dup_folder, tmp_path):
     lines = r.stdout.strip().splitlines()
     assert lines[0] == "pdq_hex,image_id,quality" and len(lines[1].split(",")[0]) == 64
     (tmp_path / "hashes.csv").write_text(r.stdout)
+    # --keep oldest: no EXIF dates here, so file times decide; the copies are made the oldest,
+    # which --keep largest would never pick (the edited copy is a crop, the other a tie)
+    for name, year in (("astronaut-edited", 2001), ("coffee-again", 2002)):
+        stamp = time.mktime((year, 6, 1, 12, 0, 0, 0, 0, -1))
+        os.utime(dup_folder / f"{name}.jpg", (stamp, stamp))
     r = _cli("dedup", str(audit.index), "--out", str(tmp_path / "a2"), "--no-report",
-             "--match-hashes", str(tmp_path / "hashes.csv"), "--quiet", cwd=tmp_path)
+             "--keep", "oldest", "--match-hashes", str(tmp_path / "hashes.csv"), "--quiet",
+             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     matched = pq.read_table(tmp_path / "a2" / "hash_matches.parquet").column("image_id").to_pylist()
     assert "chelsea" in matched and "rocket" not in matched
+    clusters = pq.read_table(tmp_path / "a2" / "clusters.parquet").to_pylist()
+    cluster_of = {r["image_id"]: r["cluster_id"] for r in clusters}
+    kept = {r["cluster_id"]: r["image_id"] for r in clusters if r["keep"]}
+    assert kept[cluster_of["astronaut"]] == "astronaut-edited"
+    assert kept[cluster_of["coffee"]] == "coffee-again"
+    assert json.loads((tmp_path / "a2" / "audit.json").read_text())["keep"] == "oldest"
     r = _cli("sql", str(tmp_path / "a2"), "SELECT count(*) AS n FROM clusters WHERE keep",
              cwd=tmp_path)
     assert r.returncode == 0 and str(len(audit.clusters)) in r.stdout
