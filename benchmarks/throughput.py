@@ -4,9 +4,11 @@ End to end = files on disk -> decoded, resized, embedded, written as Parquet par
 and manifest (the whole `build_index`, model load included), with Ray already started so its
 fixed start-up cost is reported separately. The embedding stage alone (threaded decoding +
 forward, model loaded) is the steady-state rate a long build approaches. Bare forward = the same
-model on ready-made uint8 batches of the same size.
+model on ready-made uint8 batches of the same size, both as one process with torch's default
+threads and as one one-thread process per core (how the build runs on CPUs,
+`pipelines.embed_job`); the build's ratio is reported against each.
 
-    python -m copytrace.benchmarks.throughput [--images DIR] [--count 512]
+    python -m copytrace.benchmarks.throughput [--images DIR] [--count 2000]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from copytrace.descriptors.embed import Embedder, auto_decode_processes
+from copytrace.descriptors.embed import Embedder, auto_decode_processes, granted_cores
 from copytrace.descriptors.model import load_descriptor
 from copytrace.pipelines.build import build_index
 from copytrace.pipelines.ray_runtime import ensure_ray
@@ -35,11 +37,12 @@ BUILD_TARGET = 0.85  # issue 11: on CPU, the whole build at >= 0.85 of the bare 
 
 def _default_images(count: int, folder: Path) -> Path:
     """Dev photos when present, else scikit-image's photos re-encoded to `count` distinct files."""
-    dev = Path(os.environ.get("COPYTRACE_DEV_DATA") or "../shared/data") / "photos/imagenet-sample"
-    if dev.is_dir():
-        files = sorted(dev.iterdir())[:count]
-        for f in files:
-            shutil.copy(f, folder / f.name)
+    dev = Path(os.environ.get("COPYTRACE_DEV_DATA") or "../shared/data") / "photos"
+    if dev.is_dir():  # the ImageNet sample first, then Caltech-101
+        files = sorted(p for p in (dev / "imagenet-sample").glob("*") if p.is_file())
+        files += sorted(p for p in (dev / "caltech101").rglob("*") if p.is_file())
+        for i, f in enumerate(files[:count]):
+            shutil.copy(f, folder / f"{i:05d}{f.suffix}")
         return folder
     from skimage import data
 
@@ -65,6 +68,20 @@ def bare_forward(model: str, batch_size: int, count: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def _bare_one_thread(args: tuple[str, int, int]) -> float:
+    torch.set_num_threads(1)
+    return bare_forward(*args)
+
+
+def bare_forward_per_core(model: str, batch_size: int, count: int, cores: int) -> float:
+    """Summed rate of `cores` one-thread processes running the bare forward at once."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(cores, mp_context=get_context("forkserver")) as pool:
+        return sum(pool.map(_bare_one_thread, [(model, batch_size, count // cores)] * cores))
+
+
 def decode_and_embed(images: Path, model: str, batch_size: int,
                      decode_processes: int | None = None) -> float:
     """Steady-state rate of the embedding stage alone (decode + forward), model loaded."""
@@ -83,7 +100,7 @@ def decode_and_embed(images: Path, model: str, batch_size: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, help="folder of images (default: dev photos)")
-    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", default="default")
     args = parser.parse_args()
@@ -109,26 +126,36 @@ def main() -> None:
         results[f"embedding stage ({procs} decode processes)"] = decode_and_embed(
             images, args.model, args.batch_size, decode_processes=procs)
         forward = bare_forward(args.model, args.batch_size, n_files)
+        cores = granted_cores()
+        per_core = bare_forward_per_core(args.model, args.batch_size, n_files, cores)
         report = {
             "images": n_files, "batch_size": args.batch_size, "model": args.model,
             "tcmalloc": tcmalloc_active(), "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "ray_start_seconds": round(ray_start, 1),
             "bare_forward_img_per_s": round(forward, 1),
+            f"bare_forward_{cores}x1_thread_img_per_s": round(per_core, 1),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             **{f"{k}_img_per_s": round(v, 1) for k, v in results.items()},
             **{f"{k}_ratio_to_forward": round(v / forward, 3) for k, v in results.items()},
+            **{f"{k}_ratio_to_faster_forward": round(v / max(forward, per_core), 3)
+               for k, v in results.items()},
         }
         print(json.dumps(report, indent=2))
         print(f"\n{'path':<30}{'img/s':>8}{'ratio':>8}")
         print(f"{'bare model forward':<30}{forward:>8.1f}{1.0:>8.2f}")
+        print(f"{f'bare forward, {cores} x 1 thread':<30}{per_core:>8.1f}{per_core / forward:>8.2f}")
         for k, v in results.items():
             print(f"{k:<30}{v:>8.1f}{v / forward:>8.2f}")
         print("(whole-build rates include model load, Parquet, FAISS and manifest)")
         for k in ("pipeline (in-process)", "pipeline (Ray job)"):
             ratio = results[k] / forward
+            best = results[k] / max(forward, per_core)
             print(f"target: {k} >= {BUILD_TARGET:.2f} of bare forward: {ratio:.2f} "
-                  f"{'met' if ratio >= BUILD_TARGET else 'NOT met'}")
+                  f"{'met' if ratio >= BUILD_TARGET else 'NOT met'} ({best:.2f} of the faster "
+                  f"bare forward)")
         print(f"(tcmalloc {'on' if tcmalloc_active() else 'off'}; Ray start-up "
-              f"{ray_start:.1f}s not included)")
+              f"{ray_start:.1f}s not included; load average at the end "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

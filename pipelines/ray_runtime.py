@@ -44,3 +44,10 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+def cluster_cpus() -> int:
+    """CPUs Ray grants across the cluster (one one-thread embedding actor each on CPU nodes)."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
