@@ -547,3 +547,11 @@ def verify_jobs(items: list[tuple[Prepared | object, Sequence[str]]], config: Ve
             continue
         out.append((prepared, _verify_row(prepared, refs, cache, config)))
     return out
+
+
+def prepare_references(uris: Sequence[str], config: VerifyConfig, capacity: int = 512,
+                       disk: str | None = None) -> int:
+    """Prepare the keypoints of these references ahead of queries (into the worker's cache and
+    the on-disk cache, which every process reads); returns how many could not be read."""
+    cache = _worker_cache or PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)
+    return sum(isinstance(cache.get(uri), Unavailable) for uri in uris)

@@ -358,6 +358,14 @@ class QueryEngine:
                                      query_pixels=q.pixels))
         return out
 
+    def prepare_references(self, ids: Sequence[str] | None = None) -> int:
+        """Detect the keypoints of these references (default: the whole catalog) into the
+        keypoint cache now rather than on a query's first use: what a service does before it
+        takes traffic. Returns how many references could not be read."""
+        self.reference_uris([])  # loads the catalog's URIs once
+        uris = self._uris if ids is None else self.reference_uris(ids)
+        return self.verifier.prepare_references(list(uris.values()))
+
     # -- pieces --------------------------------------------------------------------------------
 
     def background(self, config: MatchConfig) -> Background | None:

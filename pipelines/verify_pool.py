@@ -13,7 +13,7 @@ import math
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING
 
 from copytrace.matching.verify import (
     PreparedCache,
+    Unavailable,
     Verification,
     VerifyConfig,
     init_worker,
     load_rgb,
+    prepare_references,
     verify_jobs,
     verify_prepared,
 )
@@ -139,22 +141,34 @@ class Verifier:
             out[j].extend(part[0][1])
         return out
 
-    def _map(self, chunks: list[list]) -> list[list]:
+    def prepare_references(self, uris: Sequence[str]) -> int:
+        """Detect reference keypoints before queries need them, on the verifier's backend;
+        returns how many references could not be read. Workers share them through the on-disk
+        cache (without one, only this process's memory cache is filled)."""
+        uris = list(dict.fromkeys(uris))
+        if (self.backend is VerifyBackend.INLINE or self.disk is None or self.workers == 1
+                or not uris):
+            return sum(isinstance(self.cache.get(u), Unavailable) for u in uris)
+        size = max(1, math.ceil(len(uris) / (4 * self.workers)))
+        return sum(self._map([uris[s : s + size] for s in range(0, len(uris), size)],
+                             task=prepare_references))
+
+    def _map(self, chunks: list[list], task: Callable = verify_jobs) -> list:
         if self.backend is VerifyBackend.RAY:
             import ray
 
             from copytrace.pipelines.ray_runtime import ensure_ray
 
             ensure_ray(self.ray_address)
-            task = ray.remote(num_cpus=1)(verify_jobs)
-            return ray.get([task.remote(c, self.config, self.capacity, self.disk)
+            remote = ray.remote(num_cpus=1)(task)
+            return ray.get([remote.remote(c, self.config, self.capacity, self.disk)
                             for c in chunks])
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=init_worker, initargs=(self.config, self.capacity, self.disk))
         with _main_module_hidden():  # workers may start during submit
-            futures = [self._pool.submit(verify_jobs, c, self.config) for c in chunks]
+            futures = [self._pool.submit(task, c, self.config) for c in chunks]
         return [f.result() for f in futures]
 
     def close(self) -> None:
