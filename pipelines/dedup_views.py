@@ -25,18 +25,41 @@ from copytrace.matching.calibrate import fit_logistic
 from copytrace.matching.verify import Verification
 
 VIEW_FEATURES = ("log_inliers", "inlier_ratio", "residual", "tight", "photometric", "detail",
-                 "agreement", "distortion", "log_off_axis", "log_min_coverage", "content_coverage")
+                 "agreement", "distortion", "log_off_axis", "log_min_coverage", "content_coverage",
+                 "log_perspective", "log_anisotropy")
+
+
+def perspective(v: Verification) -> tuple[float, float]:
+    """How projective the homography is over the matched query box (its last row scaled by the
+    box side: 0 for any affine map), and the anisotropy of its linear part (1 for a similarity).
+    A digital copy is (almost) a similarity; a second photo of a flat object is seen from
+    another camera position, so it is foreshortened."""
+    h = np.asarray(v.homography, np.float64)
+    if not np.isfinite(h).all() or abs(h[2, 2]) < 1e-9:
+        return 1.0, 10.0
+    h = h / h[2, 2]
+    x0, y0, x1, y1 = v.query_box
+    side = max(1.0, float(max(x1 - x0, y1 - y0)))
+    sv = np.linalg.svd(h[:2, :2], compute_uv=False)
+    return float(np.hypot(h[2, 0], h[2, 1]) * side), float(min(10.0, sv[0] / max(sv[1], 1e-9)))
+SIGNS = (1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+"""Where a fitted weight must be >= 0 (1) or is free (0). The fit split's other views are
+well-textured objects with hundreds of inliers, so an unconstrained fit learns "more inliers means
+another photo", which would push a large exact copy towards rejection: that feature is dropped
+when its sign comes out negative, as the engine's calibration does with wrong-signed features."""
 SHIPPED = Path(__file__).with_name("dedup_views.json")
 
 
 def view_features(v: Verification, coverage: float | None) -> np.ndarray:
     """The measurements in `VIEW_FEATURES` order; `coverage` is the content check's agreeing
     share of the non-template overlap (0 when not checked)."""
+    persp, aniso = perspective(v)
     return np.array([
         math.log1p(v.inliers), v.inliers / max(1, v.matches), min(8.0, v.residual), v.tight,
         max(0.0, v.photometric), max(0.0, v.detail), v.agreement, min(0.5, v.distortion),
         math.log1p(v.off_axis_degrees), math.log(min(v.query_coverage, v.reference_coverage) + 0.01),
         0.0 if coverage is None else coverage,
+        math.log(min(1.0, persp) + 1e-3), math.log(aniso),
     ], np.float64)
 
 
@@ -75,21 +98,34 @@ def shipped_view_check() -> ViewCheck | None:
     return ViewCheck.load(SHIPPED) if SHIPPED.exists() else None
 
 
-def fit_view_check(x: np.ndarray, y: np.ndarray, *, keep_recall: float = 0.98,
-                   l2: float = 1.0, source: str = "") -> ViewCheck:
-    """Fit on feature rows `x` (copies y=1, other views y=0); the cut keeps `keep_recall` of the
-    fit split's copies (a copy rejected here is a silent miss, so recall is fixed first)."""
+def fit_view_check(x: np.ndarray, y: np.ndarray, decides: np.ndarray | None = None, *,
+                   keep_recall: float = 0.98, l2: float = 1.0, source: str = "") -> ViewCheck:
+    """Fit on feature rows `x` (copies y=1, other photos y=0). The cut keeps `keep_recall` of the
+    copies among the rows it `decides` (those the calibrated score would otherwise accept): a
+    copy rejected here is a silent miss, so recall is fixed first and precision follows."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    decides = np.ones(len(y), bool) if decides is None else np.asarray(decides, bool)
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    w, b = fit_logistic((x - mean) / scale, y, l2=l2)
-    p = 1.0 / (1.0 + np.exp(-np.clip(((x - mean) / scale) @ w + b, -50, 50)))
-    pos = np.sort(p[y == 1])
+    z = (x - mean) / scale
+    active = list(range(x.shape[1]))
+    while True:
+        wa, b = fit_logistic(z[:, active], y, l2=l2)
+        wrong = [(abs(v), j) for v, j in zip(wa, active, strict=True) if SIGNS[j] and v < 0]
+        if not wrong:
+            break
+        active.remove(max(wrong)[1])
+    w = np.zeros(x.shape[1])
+    w[active] = wa
+    p = 1.0 / (1.0 + np.exp(-np.clip(z @ w + b, -50, 50)))
+    pos = np.sort(p[(y == 1) & decides])
     cut = float(pos[int(math.floor((1.0 - keep_recall) * len(pos)))]) if len(pos) else 0.5
-    kept_neg = int((p[y == 0] >= cut).sum())
+    both = decides & (p >= cut)
     return ViewCheck(tuple(round(float(v), 5) for v in w), round(float(b), 5),
                      tuple(round(float(v), 5) for v in mean), tuple(round(float(v), 5) for v in scale),
                      round(cut, 5), fitted_on={
-                         "source": source, "copies": int(y.sum()), "other_views": int((1 - y).sum()),
+                         "source": source, "rows": len(y), "copies": int(y.sum()),
+                         "others": int((1 - y).sum()), "decided_rows": int(decides.sum()),
                          "keep_recall": keep_recall,
-                         "copies_kept": int((p[y == 1] >= cut).sum()),
-                         "other_views_kept": kept_neg})
+                         "decided_copies_kept": f"{int((both & (y == 1)).sum())}/{len(pos)}",
+                         "decided_others_kept": f"{int((both & (y == 0)).sum())}/"
+                                                f"{int((decides & (y == 0)).sum())}"})
