@@ -520,6 +520,14 @@ def _verify_row(prepared: Prepared, refs: Sequence[str], cache: PreparedCache,
 _worker_cache: PreparedCache | None = None
 
 
+def _task_cache(config: VerifyConfig, capacity: int, disk: str | None) -> PreparedCache:
+    """The worker's cache (kept across tasks), or one for this task (a Ray task). Not `or`: an
+    empty cache is falsy (`__len__`), which made every pool task start a cache of its own."""
+    if _worker_cache is not None:
+        return _worker_cache
+    return PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)
+
+
 def init_worker(config: VerifyConfig, capacity: int, disk: str | None) -> None:
     """Process-pool initializer: one reference cache per worker, one OpenCV thread."""
     global _worker_cache
@@ -535,7 +543,7 @@ def verify_jobs(items: list[tuple[Prepared | object, Sequence[str]]], config: Ve
     """Prepare each query (pixels, unless prepared already) and verify it against its references;
     returns the prepared query with its row. The task a worker process or Ray task runs (this
     module imports no torch, FAISS or Arrow, so workers start fast and small)."""
-    cache = _worker_cache or PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)
+    cache = _task_cache(config, capacity, disk)
     out = []
     for query, refs in items:
         try:
@@ -553,5 +561,5 @@ def prepare_references(uris: Sequence[str], config: VerifyConfig, capacity: int 
                        disk: str | None = None) -> int:
     """Prepare the keypoints of these references ahead of queries (into the worker's cache and
     the on-disk cache, which every process reads); returns how many could not be read."""
-    cache = _worker_cache or PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)
+    cache = _task_cache(config, capacity, disk)
     return sum(isinstance(cache.get(uri), Unavailable) for uri in uris)

@@ -216,3 +216,17 @@ def test_localize_verifies_a_match_the_band_accepted_unverified(index, copies, t
     assert outcome.error is None and outcome.method == "given" and outcome.reference_id == \
         "chelsea"
     assert Path(outcome.mask).exists() and Path(outcome.json).exists()
+
+
+def test_reference_keypoints_prepared_ahead_by_the_pool(index, copies, tmp_path):
+    files = sorted(copies.glob("*.jpg"))
+    with QueryEngine.open(index, verify_backend=VerifyBackend.PROCESSES, verify_workers=2,
+                          cache_dir=tmp_path) as engine:
+        assert engine.prepare_references() == 0
+        stored = list(tmp_path.rglob("*.npz"))
+        assert len(stored) == len(engine.index)  # every reference, once, shared by the workers
+    with QueryEngine.open(index, verify_backend=VerifyBackend.INLINE, cache_dir=tmp_path) as engine:
+        results = engine.query(files, k=3, verify="full")
+        assert engine.verifier.cache.misses > 0 and not list(
+            set(tmp_path.rglob("*.npz")) - set(stored))  # read from disk, none detected again
+    assert [r.matches[0].reference_id for r in results] == [f.stem[:-5] for f in files]
