@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from copytrace.benchmarks.scale_data import (
     make_distractors,
     similarity_quantiles,
 )
+from copytrace.descriptors.embed import granted_cores
 from copytrace.indexing.budget import parse_size
 from copytrace.indexing.index_spec import choose_index
 from copytrace.indexing.shards import ShardedIndex, index_bytes, train_template
@@ -47,13 +49,29 @@ log = logging.getLogger(__name__)
 
 AUTOFAISS_PYTHON = Path("/tmp/autofaiss-venv/bin/python")
 _AUTOFAISS_SCRIPT = """
-import json, sys
+import json, logging, sys
 from autofaiss import build_index
-emb, index_path, infos_path, budget, cores = sys.argv[1:6]
+emb, index_path, infos_path, budget, cores, memory = sys.argv[1:7]
 build_index(embeddings=emb, index_path=index_path, index_infos_path=infos_path,
-            max_index_memory_usage=budget, current_memory_available="4G", metric_type="ip",
-            nb_cores=int(cores), save_on_disk=True, verbose=30)
+            max_index_memory_usage=budget, current_memory_available=memory, metric_type="ip",
+            nb_cores=int(cores), save_on_disk=True, verbose=logging.INFO)
 """
+# How autofaiss is run, as a fair user would on this machine: its own index choice and search-time
+# tuning (max_index_query_time_ms stays at its 10 ms default, make_direct_map off: we never
+# reconstruct), every granted core for its build (nb_cores; earlier runs passed our 1 search
+# thread, which also throttled its training; its search is timed with the same FAISS threads as
+# ours), and the memory we allow ourselves (6 GiB) as current_memory_available, which sets how
+# many vectors it trains on (up to 100 per IVF list: all 1M at 1M). Its log (per-phase times) is
+# kept beside the JSON. Why it is slow here: at a quarter of Flat's bytes every key it ranks is
+# OPQ{m}_{d},IVF{n}_HNSW32,PQ{m}x8 (100k: OPQ128_384,IVF1024_HNSW32,PQ128x8; 1M: IVF16384), and
+# training OPQ128_384 (faiss default: 50 iterations, each re-training 128 sub-quantizers on
+# 65,536 points) dominates. Measured one training iteration at a time (faiss 1.7.4, 2 threads,
+# 100k vectors, load ~20): 2 OPQ iterations 741 s (about an hour for 50), IVF1024 k-means 7 s
+# per iteration, PQ128x8 13 s per iteration. At 1M the IVF16384 k-means on 1M 384-d vectors
+# adds ~160x that k-means. Its maintainers' answer to slow training is more cores
+# (criteo/autofaiss#157); no option caps the OPQ iterations or the training-set size below 31
+# points per list, so it is run as is, with a timeout.
+AUTOFAISS_MEMORY = "6G"
 
 
 @dataclass(frozen=True)
@@ -108,28 +126,30 @@ def _copytrace(data: np.ndarray, real: RealSet, tune: tuple[np.ndarray, np.ndarr
             {"choice_reason": choice.reason, "tuning": tuned.as_dict()})
 
 
-def _autofaiss(data: np.ndarray, real: RealSet, budget: int, work: Path, python: Path,
+def _autofaiss(emb_dir: Path, n: int, real: RealSet, budget: int, work: Path, python: Path,
                timeout: float | None = None) -> tuple[Result | None, dict]:
+    """Build with autofaiss in its venv from `emb_dir` (one .npy part), then time its search here."""
     if not python.exists():
         return None, {"error": f"autofaiss venv not found at {python}"}
-    folder = work / f"autofaiss-{len(data)}"
-    shutil.rmtree(folder, ignore_errors=True)
-    (folder / "emb").mkdir(parents=True)
-    np.save(folder / "emb" / "part-0.npy", data)
+    folder = emb_dir.parent
     index_path, infos_path = folder / "knn.index", folder / "infos.json"
+    log_path = work / f"autofaiss-{n}.log"
+    cores = granted_cores()
     t = time.perf_counter()
-    threads = faiss.omp_get_max_threads()
     try:
-        proc = subprocess.run([str(python), "-c", _AUTOFAISS_SCRIPT, str(folder / "emb"),
-                               str(index_path), str(infos_path), f"{budget}B", str(threads)],
-                              capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        with log_path.open("w") as log_file:
+            proc = subprocess.run([str(python), "-c", _AUTOFAISS_SCRIPT, str(emb_dir),
+                                   str(index_path), str(infos_path), f"{budget}B", str(cores),
+                                   AUTOFAISS_MEMORY], stdout=log_file, stderr=subprocess.STDOUT,
+                                  timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": str(cores)})
     except subprocess.TimeoutExpired:
         shutil.rmtree(folder, ignore_errors=True)
-        return None, {"error": f"autofaiss build did not finish in {timeout:.0f} s"}
+        return None, {"error": f"autofaiss build did not finish in {timeout:.0f} s",
+                      "log": str(log_path), "phases": _autofaiss_phases(log_path)}
     build = time.perf_counter() - t
     if proc.returncode != 0 or not index_path.exists():
-        return None, {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
+        tail = log_path.read_text().strip().splitlines()[-1:] or ["failed"]
+        return None, {"error": tail, "log": str(log_path)}
     infos = json.loads(infos_path.read_text())
     index = faiss.read_index(str(index_path))
     if infos.get("index_param"):
@@ -141,7 +161,24 @@ def _autofaiss(data: np.ndarray, real: RealSet, budget: int, work: Path, python:
     return (Result(spec, round(recall_at_k(ids, real.truth), 4), round(qps, 1), size,
                    round(build, 2)),
             {"index_infos": {k: infos[k] for k in ("index_key", "index_param", "avg_search_speed_ms",
-                                                    "size in bytes") if k in infos}})
+                                                    "size in bytes") if k in infos},
+             "nb_cores": cores, "current_memory_available": AUTOFAISS_MEMORY,
+             "log": str(log_path), "phases": _autofaiss_phases(log_path)})
+
+
+def _autofaiss_phases(log_path: Path) -> dict[str, float]:
+    """Seconds per phase from autofaiss's own timer lines ('>>> Finished "X" in S secs')."""
+    found = re.findall(r'Finished "(.+?)" in ([0-9.]+) secs', log_path.read_text(errors="replace"))
+    return {name.strip("-> ").strip(): round(float(sec), 1) for name, sec in found}
+
+
+def _write_parts(data: np.ndarray, work: Path) -> Path:
+    """The vectors as autofaiss reads them (a folder of .npy parts)."""
+    folder = work / f"autofaiss-{len(data)}"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "emb").mkdir(parents=True)
+    np.save(folder / "emb" / "part-0.npy", data)
+    return folder / "emb"
 
 
 def run_one(n: int, real: RealSet, tune: tuple[np.ndarray, np.ndarray], *, budget: int | None,
@@ -153,14 +190,18 @@ def run_one(n: int, real: RealSet, tune: tuple[np.ndarray, np.ndarray], *, budge
     data = np.ascontiguousarray(np.concatenate([real.refs, distractors])[:n])
     del distractors
     budget = budget or len(data) * data.shape[1] * 4 // 4
+    n, dims = data.shape
     exact = _exact(data, real) if "exact" in indexes else None
     ours, ours_extra = (_copytrace(data, real, tune, budget, target) if "copytrace" in indexes
                         else (None, {}))
-    theirs, theirs_extra = (_autofaiss(data, real, budget, work, autofaiss_python,
-                                       autofaiss_timeout) if "autofaiss" in indexes
-                            else (None, {"error": "not run (--indexes)"}))
+    theirs, theirs_extra = None, {"error": "not run (--indexes)"}
+    if "autofaiss" in indexes:
+        emb_dir = _write_parts(data, work)
+        del data  # autofaiss reads the parts in its own process: keep one copy in RAM, not two
+        theirs, theirs_extra = _autofaiss(emb_dir, n, real, budget, work, autofaiss_python,
+                                          autofaiss_timeout)
     return {
-        "n": len(data), "dims": int(data.shape[1]), "queries": len(real.queries),
+        "n": n, "dims": int(dims), "queries": len(real.queries),
         "exact": exact.as_dict() if exact else None,
         "copytrace": ours.as_dict() if ours else None,
         "autofaiss": theirs.as_dict() if theirs else None,
