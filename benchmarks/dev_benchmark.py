@@ -16,7 +16,6 @@ from pathlib import Path
 
 from copytrace.benchmarks.disc_eval import eval_disc, metrics_table, score_predictions
 from copytrace.benchmarks.make_disc import make_disc
-from copytrace.benchmarks.pdq import pdq_predictions
 
 
 def dev_data_root(explicit: str | None = None) -> Path:
@@ -41,6 +40,8 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    from copytrace.benchmarks.pdq import pdq_predictions  # pdqhash: only this command needs it
+
     work = Path(args.work)
     bench = ensure_dev_benchmark(dev_data_root(args.data), work, seed=args.seed)
     gt = bench / "gt.csv"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from copytrace.descriptors.batch_decode import decode_batch
+from copytrace.descriptors.batch_decode import DeviceBatch, decode_to_device
 from copytrace.descriptors.decode import (
     DEFAULT_MAX_PIXELS,
     DecodedImage,
@@ -64,7 +64,12 @@ class Embedder:
         if not pixels.flags.writeable:  # PIL-backed arrays are read-only; torch wants to own
             pixels = pixels.copy()
         x = torch.from_numpy(pixels).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        return self.embed_tensor(x.permute(0, 3, 1, 2))
+
+    @torch.inference_mode()
+    def embed_tensor(self, x: torch.Tensor) -> np.ndarray:
+        """N x 3 x S x S pixel values 0-255 (any dtype, already on any device) -> N x D."""
+        x = x.to(self.device).float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
@@ -158,8 +163,8 @@ def embed_files(
                 s = starts.popleft()
                 chunk = list(paths[s : s + batch_size])
                 if device is not None:
-                    pending.append((s, [pool.submit(decode_batch, chunk, size=size, device=device,
-                                                    max_pixels=max_pixels)]))
+                    pending.append((s, [pool.submit(decode_to_device, chunk, size=size,
+                                                    device=device, max_pixels=max_pixels)]))
                 else:
                     pending.append((s, [pool.submit(_decode, p, size, max_pixels)
                                         for p in chunk]))
@@ -169,9 +174,10 @@ def embed_files(
         while pending:
             start, futures = pending.popleft()
             submit_next()
-            decoded = [r for f in futures for r in (f.result() if device is not None
-                                                    else [f.result()])]
-            yield _embed_batch(start, decoded, embedder)
+            if device is not None:
+                yield _embed_device_batch(start, futures[0].result(), embedder)
+            else:
+                yield _embed_batch(start, [f.result() for f in futures], embedder)
 
 
 def _embed_batch(start: int, decoded: list, embedder: Embedder) -> list[EmbeddedFile]:
@@ -186,6 +192,19 @@ def _embed_batch(start: int, decoded: list, embedder: Embedder) -> list[Embedded
             image = DecodedImage(np.empty((0, 0, 3), np.uint8), d.width, d.height, d.format,
                                  d.sha256, d.num_bytes)
             out.append(EmbeddedFile(start + i, image, vectors[row[i]], None))
+        else:
+            out.append(EmbeddedFile(start + i, None, None, d))
+    return out
+
+
+def _embed_device_batch(start: int, batch: DeviceBatch, embedder: Embedder) -> list[EmbeddedFile]:
+    vectors = embedder.embed_tensor(batch.pixels) if len(batch.pixels) else None
+    out: list[EmbeddedFile] = []
+    k = 0
+    for i, d in enumerate(batch.images):
+        if isinstance(d, DecodedImage):
+            out.append(EmbeddedFile(start + i, d, vectors[k], None))
+            k += 1
         else:
             out.append(EmbeddedFile(start + i, None, None, d))
     return out

@@ -66,3 +66,19 @@ def test_decode_batch_squashes_to_the_model_square(files):
 def test_decode_processes_follow_the_granted_cores():
     assert auto_decode_processes(2) == 0  # threads on a 2-core box
     assert auto_decode_processes(16) == 14
+
+
+@pytest.mark.parametrize("shape", [(768, 1024), (300, 260), (90, 120)])
+def test_batch_decoding_matches_the_cpu_decoders_pixels(tmp_path, shape):
+    """Same geometry as the CPU decoder (its DCT shrink of big JPEGs, PIL's two rounded resize
+    passes), so an index built on a GPU embeds like one built on the CPU."""
+    from PIL import Image
+
+    from copytrace.descriptors.decode import decode_file
+
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(photo("astronaut")).resize(shape[::-1]).save(path, quality=90)
+    cpu = decode_file(path, target_size=224).pixels.astype(int)
+    (batched,) = decode_batch([path], size=224, device="cpu")
+    diff = np.abs(cpu - batched.pixels.astype(int))
+    assert diff.mean() < 0.3 and np.quantile(diff, 0.999) <= 4, (diff.mean(), diff.max())
