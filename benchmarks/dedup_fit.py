@@ -49,7 +49,7 @@ def training_rows(work: Path, folder: Path, group: dict[str, str]
     jobs = [ScoreJob(q, uri[q], [(o, uri[o], g)]) for c in cands for q, o, g in (
         (c["image_id_a"], c["image_id_b"], c["similarity"]),
         (c["image_id_b"], c["image_id_a"], c["similarity"]))]
-    rows = [(view_features(ev["verification"], ev["check"].coverage),
+    rows = [(view_features(ev["verification"], ev["check"].coverage, ev.get("shading")),
              float(group[q] == group[o]), score >= 0.5, (q, o))
             for q, o, score, ev in score_jobs(jobs, {}, verify_config=VerifyConfig(),
                                               calibration=load_calibration(),

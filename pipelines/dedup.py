@@ -112,7 +112,8 @@ def _decide(c: Candidate, query: str, other: str, score: float, ev: dict,
     content_ok = check is not None and check.passed
     v = ev.get("verification")
     coverage = None if check is None else check.coverage
-    view = views.probability(v, coverage) if views is not None and v is not None else None
+    view = (views.probability(v, coverage, ev.get("shading")) if views is not None and v is not None
+            else None)
     view_ok = view is None or view >= views.cut
     if check is None:
         reason = "no local geometry"

@@ -23,6 +23,7 @@ from copytrace.matching.verify import (
     verify_batch,
 )
 from copytrace.pipelines.dedup_candidates import Candidate
+from copytrace.pipelines.dedup_views import shading_residual
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +102,13 @@ def score_jobs(jobs: Sequence[ScoreJob], templates: dict[str, np.ndarray], *,
                 ev["homography"] = tuple(float(x) for x in v.homography.reshape(-1))
                 try:
                     pixels = load_rgb(job.query_uri) if pixels is None else pixels
+                    other_pixels = load_rgb(uri)
                     check: ContentCheck = content_check(
-                        pixels, load_rgb(uri), v.homography,
+                        pixels, other_pixels, v.homography,
                         templates.get(job.query, np.zeros((16, 16), bool)),
                         config=template_config)
                     ev["check"] = check
+                    ev["shading"] = shading_residual(pixels, other_pixels, v.homography)
                 except Exception as exc:  # noqa: BLE001
                     log.warning("dedup: content check of '%s' vs '%s' failed: %s", job.query,
                                 other, exc)

@@ -26,7 +26,7 @@ from copytrace.matching.verify import Verification
 
 VIEW_FEATURES = ("log_inliers", "inlier_ratio", "residual", "tight", "photometric", "detail",
                  "agreement", "distortion", "log_off_axis", "log_min_coverage", "content_coverage",
-                 "log_perspective", "log_anisotropy")
+                 "log_perspective", "log_anisotropy", "log_shading")
 
 
 def perspective(v: Verification) -> tuple[float, float]:
@@ -42,7 +42,7 @@ def perspective(v: Verification) -> tuple[float, float]:
     side = max(1.0, float(max(x1 - x0, y1 - y0)))
     sv = np.linalg.svd(h[:2, :2], compute_uv=False)
     return float(np.hypot(h[2, 0], h[2, 1]) * side), float(min(10.0, sv[0] / max(sv[1], 1e-9)))
-SIGNS = (1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+SIGNS = (1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 """Where a fitted weight must be >= 0 (1) or is free (0). The fit split's other views are
 well-textured objects with hundreds of inliers, so an unconstrained fit learns "more inliers means
 another photo", which would push a large exact copy towards rejection: that feature is dropped
@@ -50,9 +50,51 @@ when its sign comes out negative, as the engine's calibration does with wrong-si
 SHIPPED = Path(__file__).with_name("dedup_views.json")
 
 
-def view_features(v: Verification, coverage: float | None) -> np.ndarray:
+def shading_residual(query: np.ndarray, other: np.ndarray, homography: np.ndarray, *,
+                     block: int = 16) -> float:
+    """How far the smoothed brightness of `other` warped onto `query` departs from one global
+    gain and offset (robust fit over BLOCKxBLOCK means), relative to the query's contrast.
+
+    A copy's colour edits are global, so what is left is its local edits (outliers of the
+    robust fit); a second photo is lit differently across the object (shading, highlights),
+    which no global gain explains."""
+    import cv2
+
+    def grey(x: np.ndarray) -> np.ndarray:
+        return (x if x.ndim == 2 else cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)).astype(np.float32)
+
+    a, b = grey(query), grey(other)
+    h, w = a.shape
+    flags = cv2.WARP_INVERSE_MAP
+    warped = cv2.warpPerspective(b, homography, (w, h), flags=flags | cv2.INTER_LINEAR)
+    valid = cv2.warpPerspective(np.ones_like(b), homography, (w, h),
+                                flags=flags | cv2.INTER_NEAREST)
+    ny, nx = h // block, w // block
+    if ny * nx == 0:
+        return 1.0
+
+    def means(x: np.ndarray) -> np.ndarray:
+        return x[: ny * block, : nx * block].reshape(ny, block, nx, block).mean(axis=(1, 3))
+
+    full = means(valid) > 0.99
+    ma = means(cv2.GaussianBlur(a, (0, 0), 3))[full].astype(np.float64)
+    mb = means(cv2.GaussianBlur(warped, (0, 0), 3))[full].astype(np.float64)
+    if len(ma) < 12:
+        return 1.0
+    design = np.c_[mb, np.ones_like(mb)]
+    coef = np.linalg.lstsq(design, ma, rcond=None)[0]
+    for _ in range(3):  # reweighted: local edits (text, pasted shapes) are outliers
+        res = ma - design @ coef
+        inl = np.abs(res) < 3 * 1.4826 * np.median(np.abs(res)) + 2
+        coef = np.linalg.lstsq(design[inl], ma[inl], rcond=None)[0]
+    return float(np.median(np.abs(ma - design @ coef)) / (ma.std() + 1e-6))
+
+
+def view_features(v: Verification, coverage: float | None, shading: float | None = None
+                  ) -> np.ndarray:
     """The measurements in `VIEW_FEATURES` order; `coverage` is the content check's agreeing
-    share of the non-template overlap (0 when not checked)."""
+    share of the non-template overlap (0 when not checked), `shading` the `shading_residual`
+    of the pair (0 when not measured)."""
     persp, aniso = perspective(v)
     return np.array([
         math.log1p(v.inliers), v.inliers / max(1, v.matches), min(8.0, v.residual), v.tight,
@@ -60,6 +102,7 @@ def view_features(v: Verification, coverage: float | None) -> np.ndarray:
         math.log1p(v.off_axis_degrees), math.log(min(v.query_coverage, v.reference_coverage) + 0.01),
         0.0 if coverage is None else coverage,
         math.log(min(1.0, persp) + 1e-3), math.log(aniso),
+        math.log(min(1.0, shading or 0.0) + 1e-3),
     ], np.float64)
 
 
@@ -75,13 +118,18 @@ class ViewCheck:
     features: tuple[str, ...] = VIEW_FEATURES
     fitted_on: dict = field(default_factory=dict)
 
-    def probability(self, v: Verification, coverage: float | None) -> float:
-        x = (view_features(v, coverage) - np.asarray(self.mean)) / np.asarray(self.scale)
+    def probability(self, v: Verification, coverage: float | None,
+                    shading: float | None = None) -> float:
+        if len(self.weights) != len(VIEW_FEATURES):
+            raise ValueError(f"view check fitted on {len(self.weights)} features, "
+                             f"this copytrace measures {len(VIEW_FEATURES)}: refit it")
+        x = (view_features(v, coverage, shading) - np.asarray(self.mean)) / np.asarray(self.scale)
         z = float(np.dot(self.weights, x) + self.bias)
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
-    def is_copy(self, v: Verification, coverage: float | None) -> bool:
-        return self.probability(v, coverage) >= self.cut
+    def is_copy(self, v: Verification, coverage: float | None,
+                shading: float | None = None) -> bool:
+        return self.probability(v, coverage, shading) >= self.cut
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(Path(path), asdict(self))
