@@ -52,6 +52,7 @@ BIN = str(Path(sys.executable).parent / "copytrace")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
        "RAY_USAGE_STATS_ENABLED": "0"}
 DEEP = 1100
+RETRIES = 3  # kill moments tried per trial while the command keeps finishing before them
 
 
 @dataclass
@@ -212,16 +213,22 @@ def kill_trials(images: Path, work: Path, *, kills: int, chunk: int, seed: int,
         ray = modes[trial % len(modes)]
         index = work / f"kill-{trial}"
         at = rng.uniform(0.05, 1.0) * durations[ray]
-        proc = subprocess.Popen(build_cmd(images, index, chunk, ray), env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        time.sleep(at)
-        killed = kill_session(proc)
-        state = phase(index, chunks)
+        for _ in range(RETRIES):  # a build that ended before the kill moment injected nothing:
+            proc = subprocess.Popen(build_cmd(images, index, chunk, ray), env=ENV,  # aim earlier
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            time.sleep(at)
+            ended = proc.poll() is not None
+            killed = kill_session(proc)
+            state = phase(index, chunks)
+            if not ended:
+                break
+            remove_tree(index)
+            at *= rng.uniform(0.05, 0.9)
         _, rerun = timed_build(build_cmd(images, index, chunk, ray))
         ok = (rerun.returncode == 0 and fingerprint(index) == cleans[ray]
               and not leftovers(index))
-        row.injected += 1
+        row.injected += int(not ended)  # a kill after the build ended injected nothing
         row.lost += 0 if ok else 1
         row.details.append({"trial": trial, "ray": ray, "kill_at_s": round(at, 2),
                             "processes_killed": killed, "state_after_kill": state,
