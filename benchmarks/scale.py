@@ -148,8 +148,10 @@ def _autofaiss(emb_dir: Path, n: int, real: RealSet, budget: int, work: Path, py
                       "log": str(log_path), "phases": _autofaiss_phases(log_path)}
     build = time.perf_counter() - t
     if proc.returncode != 0 or not index_path.exists():
+        shutil.rmtree(folder, ignore_errors=True)
         tail = log_path.read_text().strip().splitlines()[-1:] or ["failed"]
-        return None, {"error": tail, "log": str(log_path)}
+        return None, {"error": tail, "exit_code": proc.returncode, "log": str(log_path),
+                      "phases": _autofaiss_phases(log_path)}
     infos = json.loads(infos_path.read_text())
     index = faiss.read_index(str(index_path))
     if infos.get("index_param"):
