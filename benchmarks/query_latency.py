@@ -278,7 +278,7 @@ def mode_run(index: Path, files: list[Path], sample: list[Path], mode: VerifyMod
 
 
 def run(data: Path, work: Path, *, model: str, k: int, limit: int | None, single: int,
-        backend: str, calibration: Calibration | None) -> dict:
+        backend: str, calibration: Calibration | None, service: bool = True) -> dict:
     """Every mode with the reference keypoints prepared once beforehand (a fresh on-disk cache
     under WORK, as a service prepares them before it takes traffic), plus the banded default
     with an empty keypoint cache (the first run on a new index)."""
@@ -310,6 +310,9 @@ def run(data: Path, work: Path, *, model: str, k: int, limit: int | None, single
     report["modes"]["banded-cold"] = mode_run(index, files, sample[:1], VerifyMode.BANDED, k,
                                               calibration=calibration, backend=backend,
                                               cache_dir=cold)
+    if not service:
+        report["load_after"] = os.getloadavg()
+        return report
     with _Service(index, backend, cache_dir) as url:
         http_single(url, sample[:3], VerifyMode.OFF, k)  # warm-up
         for mode in MODES:
@@ -360,6 +363,8 @@ def main() -> None:
                         choices=[b.value for b in VerifyBackend])
     parser.add_argument("--calibration", type=Path, help="calibration.json to use")
     parser.add_argument("--fit-band", action="store_true", help="fit the decision band")
+    parser.add_argument("--no-service", action="store_true",
+                        help="engine only (no HTTP runs, no 50-client load test)")
     parser.add_argument("--backends", action="store_true", help="compare verify backends")
     parser.add_argument("--many", type=int, default=1000,
                         help="queries in the --backends bulk run (dev queries repeated)")
@@ -387,7 +392,7 @@ def main() -> None:
                   f"{r['verify_ms_per_query_many']:>7.1f} ({r['wall_ms_per_query_many']:.1f})")
         return
     report = run(data, work, model=args.model, k=args.k, limit=args.limit, single=args.single,
-                 backend=args.backend, calibration=calibration)
+                 backend=args.backend, calibration=calibration, service=not args.no_service)
     print(json.dumps(report, indent=2))
     print(table(report))
 
