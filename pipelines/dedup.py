@@ -103,8 +103,10 @@ def resolve_index(images_or_index: str | Path, out: Path, *, model: str, use_ray
     return index
 
 
-def _decide(c: Candidate, query: str, other: str, score: float, ev: dict,
-            threshold: float, views: ViewCheck | None = None) -> ScoredPair:
+def decide(c: Candidate, query: str, other: str, score: float, ev: dict,
+           threshold: float, views: ViewCheck | None = None) -> ScoredPair:
+    """The audit's verdict on one scored pair (`score_jobs` evidence): content, not template;
+    not another view of the object (`views`); then the threshold. `--against` uses it too."""
     check = ev["check"]
     pdq_hit = c.pdq_distance is not None
     if ev["inliers"] is None and pdq_hit:
@@ -156,7 +158,7 @@ def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
         for q, o, score, ev in run_jobs(build_jobs(todo, uris, reverse=reverse), templates,
                                         **kwargs):
             key = (q, o) if q < o else (o, q)
-            pair = _decide(cands[key], q, o, score, ev, threshold, views)
+            pair = decide(cands[key], q, o, score, ev, threshold, views)
             prev = best.get(key)
             if prev is None or (pair.duplicate, pair.score) > (prev.duplicate, prev.score):
                 best[key] = pair

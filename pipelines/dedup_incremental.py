@@ -1,11 +1,14 @@
 """`copytrace dedup NEW_IMAGES --against IDX`: which new images duplicate the catalog, without
-re-auditing the catalog. New images are queried through the query engine (search, verification,
-calibration), hashed against the catalog's stored PDQ hashes and checked for identical bytes; the
-content-not-template check uses template cells learned from the catalog."""
+re-auditing the catalog. New images are searched against the index (whole image plus crops,
+background-normalized), hashed against the catalog's stored PDQ hashes and checked for identical
+bytes; candidates are verified and decided by the full audit's own scorer and `decide`: the
+content-not-template check (template cells learned from the catalog) and the view check."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +18,14 @@ import pyarrow.compute as pc
 from copytrace.indexing.sources import list_sources
 from copytrace.matching.clusters import KeepPolicy
 from copytrace.matching.pdq import MATCH_DISTANCE, range_pairs
-from copytrace.matching.templates import TemplateConfig, content_check, learn_templates
-from copytrace.matching.verify import load_rgb
-from copytrace.pipelines.dedup import DedupReport, finish
+from copytrace.matching.templates import TemplateConfig, learn_templates
+from copytrace.matching.verify import VerifyConfig
+from copytrace.pipelines.dedup import DedupReport, decide, finish
+from copytrace.pipelines.dedup_candidates import Candidate
 from copytrace.pipelines.dedup_features import as_features, catalog_features, compute_features
-from copytrace.pipelines.dedup_score import Kind, ScoredPair
-from copytrace.pipelines.query import query
+from copytrace.pipelines.dedup_score import Kind, ScoredPair, ScoreJob, run_jobs
+from copytrace.pipelines.dedup_views import ViewCheck, shipped_view_check
+from copytrace.pipelines.engine import KEYPOINT_CACHE_DIR, QueryEngine, match_config
 
 
 def _sha256(uri: str) -> str | None:
@@ -30,46 +35,58 @@ def _sha256(uri: str) -> str | None:
         return None
 
 
-def _near(new: dict[str, str], index: Path, rows: dict[str, int], templates: np.ndarray, *,
-          k: int, threshold: float, catalog_uris: dict[str, str], config: TemplateConfig,
-          images: str | Path, use_ray: bool | None, ray_address: str | None,
-          show_progress: bool) -> list[ScoredPair]:
+def _neighbours(engine: QueryEngine, new: dict[str, str], *, k: int, band: float,
+                always_top: int, batch: int = 256) -> list[tuple[str, str, float, float]]:
+    """(new id, catalog id, raw cosine, normalized global score) for the catalog neighbours worth
+    verifying, chosen as the full audit chooses them: global-only calibrated score >= `band`, or
+    among the `always_top` best of the new image."""
+    ids = sorted(new)
     out = []
-    for result in query(images, index, k=k, use_ray=use_ray, ray_address=ray_address,
-                        show_progress=show_progress):
-        for m in result.matches:
-            if m.score < min(threshold, 0.3) or "homography" not in m.evidence:
-                continue
-            check = content_check(load_rgb(new[result.query_id]),
-                                  load_rgb(catalog_uris[m.reference_id]),
-                                  np.asarray(m.evidence["homography"], np.float64),
-                                  templates[rows[result.query_id]], config=config)
-            ok = check.passed and m.score >= threshold
-            reason = ("content match" if ok else "below threshold" if check.passed
-                      else "evidence on template only" if check.template_cells
-                      else "content disagrees")
-            out.append(ScoredPair(result.query_id, m.reference_id, Kind.NEAR, m.score,
-                                  m.similarity, None, m.evidence.get("inliers"),
-                                  round(check.coverage, 4), check.template_cells, ok, reason,
-                                  result.query_id))
+    for s in range(0, len(ids), batch):
+        chunk = ids[s : s + batch]
+        for result in engine.query([new[i] for i in chunk], k=k, verify="off", query_ids=chunk):
+            out.extend((result.query_id, m.reference_id, float(m.similarity),
+                        float(m.evidence.get("global_score", m.similarity)))
+                       for r, m in enumerate(result.matches) if m.score >= band or r < always_top)
     return out
+
+
+def _score(cands: dict[tuple[str, str], Candidate], new: dict[str, str], cat_uris: dict[str, str],
+           templates: dict[str, np.ndarray], *, engine: QueryEngine, threshold: float,
+           config: TemplateConfig, views: ViewCheck | None, use_ray: bool,
+           ray_address: str | None) -> list[ScoredPair]:
+    """Verify new -> catalog with the audit's scorer and decide with its `decide` (content check,
+    view check, threshold); a new image is always the query."""
+    groups: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    for (a, b), c in sorted(cands.items()):
+        groups[a].append((b, cat_uris[b], c.global_ab if c.global_ab is not None else 0.0))
+    jobs = [ScoreJob(q, new[q], others) for q, others in groups.items()]
+    keypoints = engine.index.layout.root / KEYPOINT_CACHE_DIR
+    scored = run_jobs(jobs, templates, use_ray=use_ray, ray_address=ray_address,
+                      verify_config=engine.config.verify or VerifyConfig(),
+                      calibration=engine.calibration, template_config=config,
+                      keypoint_dir=keypoints if os.access(keypoints, os.W_OK) else None)
+    return [decide(cands[(q, o)], q, o, score, ev, threshold, views) for q, o, score, ev in scored]
 
 
 def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
                   threshold: float = 0.5, keep: KeepPolicy | str = KeepPolicy.LARGEST, k: int = 5,
+                  band: float = 0.02, always_top: int = 2, view_check: bool = True,
                   template_config: TemplateConfig | None = None, report: bool = True,
                   use_ray: bool | None = None, ray_address: str | None = None,
                   show_progress: bool = True) -> DedupReport:
     """Pairs (new image, catalog image) that are duplicates; `image_id_a` is the new image.
 
-    In the clusters, the catalog's image is the one kept (the policy chooses among catalog
-    images when a new image duplicates several)."""
+    Candidates (catalog neighbours of each new image within `band` or its `always_top` best, and
+    PDQ matches) are verified and decided exactly as `dedup` decides its pairs: content, not
+    template, and not another photo of the same object (`view_check`). In the clusters, the
+    catalog's image is the one kept (the policy chooses among catalog images when a new image
+    duplicates several)."""
     out, index = Path(out), Path(index)
     out.mkdir(parents=True, exist_ok=True)
     config = template_config or TemplateConfig()
-    from copytrace.indexing.store import CopyIndex
-
-    catalog = CopyIndex.open(index).catalog()
+    engine = QueryEngine.open(index, config=match_config(k=k, verify=True))
+    catalog = engine.index.catalog()
     catalog = catalog.filter(pc.equal(catalog.column("status"), "ok"))
     cat_uris = dict(zip(catalog.column("image_id").to_pylist(), catalog.column("uri").to_pylist(),
                         strict=True))
@@ -77,9 +94,8 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
                                     show_progress=show_progress)
     new = {s.image_id: s.uri for s in list_sources(new_images)}
     new_features = as_features(compute_features(sorted(new.items()), show_progress=show_progress))
-    rows = new_features.rows()
-    templates = learn_templates(cat_features.thumbs, config=config).template_cells(
-        new_features.thumbs)
+    templates = dict(zip(new_features.ids, learn_templates(cat_features.thumbs, config=config)
+                         .template_cells(new_features.thumbs), strict=True))
     by_sha: dict[str, list[str]] = {}
     for i, sha in zip(catalog.column("image_id").to_pylist(), catalog.column("sha256").to_pylist(),
                       strict=True):
@@ -87,21 +103,22 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
     pairs = [ScoredPair(n, c, Kind.EXACT, 1.0, 1.0, 0, None, 1.0, None, True, "same bytes")
              for n, uri in sorted(new.items()) for c in by_sha.get(_sha256(uri), [])]
     seen = {(p.a, p.b) for p in pairs}
+    cands: dict[tuple[str, str], Candidate] = {}
+    for a, b, sim, g in _neighbours(engine, new, k=k, band=band, always_top=always_top):
+        c = cands.setdefault((a, b), Candidate(a, b))
+        c.similarity = max(c.similarity, sim)
+        c.global_ab = g if c.global_ab is None else max(c.global_ab, g)
     for hp in range_pairs(new_features.pdq, cat_features.pdq, max_distance=MATCH_DISTANCE):
         a, b = new_features.ids[hp.a], cat_features.ids[hp.b]
-        if (a, b) in seen:
-            continue
-        check = content_check(load_rgb(new[a]), load_rgb(cat_uris[b]), _scaling(new[a], cat_uris[b]),
-                              templates[rows[a]], config=config)
-        pairs.append(ScoredPair(a, b, Kind.PDQ, 1.0 - hp.distance / 256.0, 0.0, hp.distance, None,
-                                round(check.coverage, 4), check.template_cells, check.passed,
-                                "content match" if check.passed else "evidence on template only",
-                                a))
-        seen.add((a, b))
-    near = [p for p in _near(new, index, rows, templates, k=k, threshold=threshold,
-                             catalog_uris=cat_uris, config=config, images=new_images,
-                             use_ray=use_ray, ray_address=ray_address, show_progress=show_progress)
-            if (p.a, p.b) not in seen]
+        cands.setdefault((a, b), Candidate(a, b)).pdq_distance = hp.distance
+    for key in seen:
+        cands.pop(key, None)
+    try:
+        near = _score(cands, new, cat_uris, templates, engine=engine, threshold=threshold,
+                      config=config, views=shipped_view_check() if view_check else None,
+                      use_ray=bool(use_ray) or bool(ray_address), ray_address=ray_address)
+    finally:
+        engine.close()
     scored = pairs + near
     listing = pa.table({"image_id": list(new) + list(cat_uris), "uri": list(new.values())
                         + list(cat_uris.values())})
@@ -109,13 +126,7 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
     return finish(out, index, facts_catalog, [p for p in scored if p.duplicate], scored,
                   keep=KeepPolicy(keep), threshold=threshold, report=report,
                   extra={"against": str(index.resolve()), "new_images": str(new_images),
-                         "new": len(new)}, listing=listing, keep_only=set(cat_uris),
+                         "new": len(new), "band": band, "k": k, "always_top": always_top,
+                         "view_check": view_check}, listing=listing, keep_only=set(cat_uris),
                   features=new_features)
 
-
-def _scaling(a_uri: str, b_uri: str) -> np.ndarray:
-    """A PDQ match is a whole-image match: map A's frame onto B's."""
-    from PIL import Image
-
-    with Image.open(a_uri) as a, Image.open(b_uri) as b:
-        return np.diag([b.width / a.width, b.height / a.height, 1.0])
