@@ -394,7 +394,9 @@ class PreparedCache:
 
     With `disk` (a writable folder, e.g. inside the index), prepared references are also stored
     there as small .npz files, so a later process (or a worker of a pool) does not detect them
-    again. Keys are reference URIs; the file name also depends on the alignment settings.
+    again. Keys are reference URIs; the file name also depends on the alignment settings and on
+    the file's size and modification time, so a file replaced at the same path is detected anew
+    instead of being verified against the keypoints of what used to be there.
     """
 
     def __init__(self, loader: Callable[[str], np.ndarray], *,
@@ -437,7 +439,12 @@ class PreparedCache:
     def _disk_path(self, key: str) -> Path | None:
         if self.disk is None:
             return None
-        digest = hashlib.sha1(repr((key, self.config.align)).encode()).hexdigest()
+        try:
+            stat = os.stat(key)
+        except (OSError, ValueError):
+            return None  # unreadable now: the loader says why; nothing stale is served
+        version = (stat.st_size, stat.st_mtime_ns)
+        digest = hashlib.sha1(repr((key, version, self.config.align)).encode()).hexdigest()
         return self.disk / digest[:2] / f"{digest}.npz"
 
     def _from_disk(self, key: str) -> Prepared | None:

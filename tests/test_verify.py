@@ -134,3 +134,21 @@ def test_other_photos_of_the_same_object_do_not_pass(dev_data, tmp_path):
     # objects shot from nearby viewpoints: one homography maps the print exactly and its pixels
     # agree, as a copy's would. A regression guard, not the goal (which is 0).
     assert len(passed) <= 6, passed
+
+
+def test_disk_keypoint_cache_never_serves_a_replaced_file(tmp_path):
+    """A reference replaced at the same path is detected anew, not verified against the
+    keypoints of the file that used to be there."""
+    from copytrace.matching.verify import PreparedCache, load_rgb
+
+    path = tmp_path / "ref.jpg"
+    path.write_bytes(jpeg_bytes(photo("astronaut")))
+    cache_dir = tmp_path / "keypoints"
+    first = PreparedCache(load_rgb, disk=cache_dir).get(str(path))
+    again = PreparedCache(load_rgb, disk=cache_dir)
+    assert np.array_equal(again.get(str(path)).gray, first.gray) and again.misses == 1
+    path.write_bytes(jpeg_bytes(photo("coffee")))
+    replaced = PreparedCache(load_rgb, disk=cache_dir).get(str(path))
+    fresh = PreparedCache(load_rgb).get(str(path))
+    assert replaced.gray.shape == fresh.gray.shape and np.array_equal(replaced.gray, fresh.gray)
+    assert not np.array_equal(replaced.gray, first.gray)
