@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from copytrace.indexing.atomic import write_file_atomic, write_parquet_atomic
 from copytrace.indexing.catalog import STATUS_OK, read_catalog
 from copytrace.indexing.embeddings import embedding_parts, table_vectors
+from copytrace.indexing.hold_points import hold
 from copytrace.indexing.manifest import IndexLayout, Manifest, utc_now
 from copytrace.indexing.parts import (
     PART_GLOB,
@@ -79,6 +80,7 @@ def _open_for_update(layout: IndexLayout) -> Manifest:
 
 def _publish(layout: IndexLayout, old: Manifest, new: Manifest) -> None:
     """Swap the manifest, then delete files neither this version nor the previous one reads."""
+    hold("manifest-swap")
     new.write(layout.manifest)
     keep = new.files() | old.files()
     stale = [p for p in [*layout.faiss_dir.glob("*.faiss"), *layout.root.glob("ids*.parquet"),

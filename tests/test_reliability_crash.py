@@ -8,10 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 
 from copytrace.benchmarks.reliability import kill_session, session_pids
 from copytrace.indexing.fingerprint import fingerprint, leftovers
@@ -38,18 +38,6 @@ def start_build(images: Path, index: Path, *extra: str) -> subprocess.Popen:
                              "--chunk-size", str(CHUNK), "-q", *extra], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 400) -> bool:
-    """Poll until `condition()`; False if the build ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.005)
-    raise TimeoutError("the build neither reached the kill point nor ended")
 
 
 def parts(index: Path) -> int:

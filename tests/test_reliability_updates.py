@@ -11,17 +11,18 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from polling import wait_for
 
 from copytrace.benchmarks.reliability import kill_session, session_pids
 from copytrace.indexing.catalog import read_catalog
 from copytrace.indexing.catalog_sql import sql
 from copytrace.indexing.fingerprint import fingerprint, leftovers
+from copytrace.indexing.hold_points import ENV as HOLD_ENV
 from copytrace.indexing.parts import manifest_version, uncommitted_parts
 from copytrace.pipelines.build import build_index
 from copytrace.pipelines.engine import QueryEngine
@@ -33,7 +34,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
 BASE = ("astronaut", "chelsea", "coffee")
 NEW = ("rocket", "coins", "camera")
 DROP = ["chelsea", "rocket"]
-ATTEMPTS = 4  # a narrow kill window (parts written, manifest not yet swapped) may be missed
+ATTEMPTS = 4  # a kill polled from outside may come after the moment it waits for
 
 pytestmark = pytest.mark.slow
 
@@ -83,20 +84,11 @@ def _lock_purpose(index: Path) -> str | None:
         return None
 
 
-def _wait_for(condition, proc: subprocess.Popen, timeout: float = 400) -> bool:
-    """Poll (1 ms) until `condition()`; False if the command ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.001)
-    raise TimeoutError("the command neither reached the kill point nor ended")
-
-
-def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([BIN, "index", *args], env=ENV, stdout=subprocess.DEVNULL,
+def _start(*args: str, hold_at_swap: bool = False) -> subprocess.Popen:
+    """The command in its own session; `hold_at_swap` holds it (60 s) just before its manifest
+    swap, so a kill lands inside the commit window every time instead of by luck."""
+    env = {**ENV, HOLD_ENV: "manifest-swap:60"} if hold_at_swap else ENV
+    return subprocess.Popen([BIN, "index", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -126,13 +118,14 @@ def test_kill_9_during_add_then_rerun_equals_a_clean_add(runs, request, tmp_path
     for _ in range(ATTEMPTS):
         shutil.rmtree(index, ignore_errors=True)
         shutil.copytree(runs["base"], index)
-        proc = _start(*args)
+        proc = _start(*args, hold_at_swap=moment != "embedding")
         if moment == "embedding":
             sid = proc.pid
-            hit = _wait_for(lambda: _lock_purpose(index) == "add_images"
-                            and (not ray or len(session_pids(sid)) > 3), proc)  # noqa: B023
+            hit = wait_for(lambda: _lock_purpose(index) == "add_images"
+                            and (not ray or len(session_pids(sid)) > 3), proc,  # noqa: B023
+                           interval=0.001)
         else:
-            hit = _wait_for(lambda: _new_parts(index), proc)
+            hit = wait_for(lambda: _new_parts(index), proc, interval=0.001)
         killed = _kill(proc)
         version = manifest_version(index)
         if moment != "embedding":
@@ -170,14 +163,15 @@ def test_rerun_of_an_add_that_committed_is_a_no_op(runs, tmp_path):
 def test_kill_9_during_remove_then_rerun_equals_a_clean_remove(runs, tmp_path, moment):
     index = tmp_path / "idx"
     args = ("remove", *DROP, "--index", str(index))
-    for _ in range(ATTEMPTS * 2):  # a remove's commit window is a few milliseconds
+    for _ in range(ATTEMPTS):
         shutil.rmtree(index, ignore_errors=True)
         shutil.copytree(runs["added"], index)
-        proc = _start(*args)
+        proc = _start(*args, hold_at_swap=moment != "lock taken")
         if moment == "lock taken":
-            hit = _wait_for(lambda: _lock_purpose(index) == "remove_images", proc)
+            hit = wait_for(lambda: _lock_purpose(index) == "remove_images", proc, interval=0.001)
         else:
-            hit = _wait_for(lambda: (index / "tombstones.v3.parquet").exists(), proc)
+            hit = wait_for(lambda: (index / "tombstones.v3.parquet").exists(), proc,
+                           interval=0.001)
         _kill(proc)
         if hit and manifest_version(index) == 2:
             break
