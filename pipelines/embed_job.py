@@ -35,7 +35,7 @@ from copytrace.pipelines.ray_runtime import cluster_cpus, cluster_gpus, cluster_
 
 log = logging.getLogger(__name__)
 
-POOL_MIN_IMAGES = 512  # below this a worker pool's model loads cost more than they save
+POOL_MIN_IMAGES = 4096  # below this a worker pool's model loads cost more than they save
 
 
 @dataclass(frozen=True)
