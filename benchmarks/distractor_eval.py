@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from copytrace.benchmarks.make_disc import jpeg_bytes, load_photo
+from copytrace.indexing.atomic import write_bytes_atomic
 
 SOURCE_IMAGENET = 700  # the first 700 ImageNet-sample photos: not used by the dev benchmark
 MAX_SIDE = 512
@@ -64,9 +64,7 @@ def _write_crops(task: tuple[Path, list[Path], int]) -> int:
         crop.thumbnail((MAX_SIDE, MAX_SIDE))
         data = jpeg_bytes(crop, quality=rng.randint(80, 92))
         if out in todo:
-            tmp = out.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, out)
+            write_bytes_atomic(out, data)
     return len(todo)
 
 

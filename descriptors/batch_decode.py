@@ -148,8 +148,7 @@ def decode_to_device(paths: list[str | Path], *, size: int, device: str | torch.
             item = DecodedImage(_NO_PIXELS, item.width, item.height, item.format, item.sha256,
                                 item.num_bytes)
         images.append(item)
-    pixels = (torch.stack(squares).round_().clamp_(0, 255) if squares
-              else torch.zeros((0, 3, size, size), device=device))
+    pixels = torch.stack(squares) if squares else torch.zeros((0, 3, size, size), device=device)
     return DeviceBatch(pixels, images)
 
 

@@ -33,6 +33,7 @@ from copytrace.descriptors.model import LoadedDescriptor
 log = logging.getLogger(__name__)
 
 _PREFETCH_BATCHES = 2
+_NO_PIXELS = np.empty((0, 0, 3), np.uint8)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -181,29 +182,25 @@ def embed_files(
 
 
 def _embed_batch(start: int, decoded: list, embedder: Embedder) -> list[EmbeddedFile]:
-    good = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
-    vectors = (
-        embedder.embed_pixels(np.stack([decoded[i].pixels for i in good])) if good else None
-    )
-    out: list[EmbeddedFile] = []
-    row = {i: r for r, i in enumerate(good)}
-    for i, d in enumerate(decoded):
-        if isinstance(d, DecodedImage):
-            image = DecodedImage(np.empty((0, 0, 3), np.uint8), d.width, d.height, d.format,
-                                 d.sha256, d.num_bytes)
-            out.append(EmbeddedFile(start + i, image, vectors[row[i]], None))
-        else:
-            out.append(EmbeddedFile(start + i, None, None, d))
-    return out
+    good = [d.pixels for d in decoded if isinstance(d, DecodedImage)]
+    vectors = embedder.embed_pixels(np.stack(good)) if good else None
+    return _records(start, decoded, vectors)
 
 
 def _embed_device_batch(start: int, batch: DeviceBatch, embedder: Embedder) -> list[EmbeddedFile]:
     vectors = embedder.embed_tensor(batch.pixels) if len(batch.pixels) else None
+    return _records(start, batch.images, vectors)
+
+
+def _records(start: int, decoded: list, vectors: np.ndarray | None) -> list[EmbeddedFile]:
+    """One record per input, in order: the k-th decoded image gets the k-th vector (its pixels
+    dropped: the catalog keeps only the file's facts)."""
     out: list[EmbeddedFile] = []
     k = 0
-    for i, d in enumerate(batch.images):
+    for i, d in enumerate(decoded):
         if isinstance(d, DecodedImage):
-            out.append(EmbeddedFile(start + i, d, vectors[k], None))
+            image = DecodedImage(_NO_PIXELS, d.width, d.height, d.format, d.sha256, d.num_bytes)
+            out.append(EmbeddedFile(start + i, image, vectors[k], None))
             k += 1
         else:
             out.append(EmbeddedFile(start + i, None, None, d))

@@ -418,7 +418,8 @@ class PreparedCache:
                 self.hits += 1
                 return self._items[key]
             self.misses += 1
-        item = self._from_disk(key)
+        path = self._disk_path(key)
+        item = self._from_disk(path)
         if item is None:
             try:
                 item = prepare(self.loader(key), config=self.config)
@@ -426,7 +427,7 @@ class PreparedCache:
                 log.warning("cannot verify against '%s': %s", key, exc)
                 item = Unavailable(f"cannot read reference '{key}': {exc}")
             else:
-                self._to_disk(key, item)
+                self._to_disk(path, item)
         with self._lock:
             self._items[key] = item
             while len(self._items) > self.capacity:
@@ -447,8 +448,7 @@ class PreparedCache:
         digest = hashlib.sha1(repr((key, version, self.config.align)).encode()).hexdigest()
         return self.disk / digest[:2] / f"{digest}.npz"
 
-    def _from_disk(self, key: str) -> Prepared | None:
-        path = self._disk_path(key)
+    def _from_disk(self, path: Path | None) -> Prepared | None:
         if path is None or not path.exists():
             return None
         try:
@@ -460,8 +460,7 @@ class PreparedCache:
             log.info("ignoring unreadable keypoint cache file '%s': %s", path, exc)
             return None
 
-    def _to_disk(self, key: str, item: Prepared) -> None:
-        path = self._disk_path(key)
+    def _to_disk(self, path: Path | None, item: Prepared) -> None:
         if path is None:
             return
         kp = item.keypoints
