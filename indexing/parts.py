@@ -3,8 +3,10 @@
 A build writes `part-NNNNNN.parquet`: each is committed as it lands (a resumed build reuses it).
 `index add` writes `part-NNNNNN.vV.parquet`, which belongs to version V: it stays invisible to
 readers (catalog SQL, the background sample, `read_catalog`) until manifest.json says version V or
-later, so a reader never sees rows of an add before its manifest swap. A part of a version the
-manifest never reached is left by a killed writer; the next writer deletes it.
+later, so a reader never sees rows of an add before its manifest swap. `index compact` writes a
+part's filtered copy under the same number and its new version: from that version on it replaces
+the older file of that number (the latest committed version of each number is read). A part of a
+version the manifest never reached is left by a killed writer; the next writer deletes it.
 """
 
 from __future__ import annotations
@@ -48,12 +50,19 @@ def _committed(path: Path, version: int | None) -> bool:
 
 def committed_parts(folder: str | Path, version: int | None = None) -> list[Path]:
     """The parts of `folder` (an index's catalog/ or embeddings/) that `version` reads, in
-    position order; `version` defaults to the one manifest.json names now."""
+    position order: of each number, the file of the latest version not after `version` (a
+    build's part counts as version 0). `version` defaults to the one manifest.json names now."""
     folder = Path(folder)
     if version is None:
         version = manifest_version(folder.parent)
-    parts = [p for p in folder.glob(PART_GLOB) if part_number(p) is not None]
-    return sorted((p for p in parts if _committed(p, version)), key=lambda p: (part_number(p), p.name))
+    latest: dict[int, Path] = {}
+    for p in folder.glob(PART_GLOB):
+        number = part_number(p)
+        if number is None or not _committed(p, version):
+            continue
+        if number not in latest or (part_version(p) or 0) > (part_version(latest[number]) or 0):
+            latest[number] = p
+    return [latest[n] for n in sorted(latest)]
 
 
 def uncommitted_parts(root: str | Path, version: int | None = None) -> list[Path]:
@@ -71,3 +80,14 @@ def remove_uncommitted_parts(root: str | Path, version: int) -> int:
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
+
+
+def superseded_parts(root: str | Path, versions: tuple[int, ...]) -> list[Path]:
+    """Committed parts that none of `versions` reads: replaced by a compaction before them."""
+    root = Path(root)
+    out = []
+    for sub in ("catalog", "embeddings"):
+        read = {p for v in versions for p in committed_parts(root / sub, v)}
+        out += [p for p in (root / sub).glob(PART_GLOB) if part_number(p) is not None
+                and _committed(p, max(versions)) and p not in read]
+    return sorted(out)

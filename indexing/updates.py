@@ -27,8 +27,10 @@ from copytrace.indexing.hold_points import hold
 from copytrace.indexing.manifest import IndexLayout, Manifest, utc_now
 from copytrace.indexing.parts import (
     PART_GLOB,
+    committed_parts,
     part_number,
     remove_uncommitted_parts,
+    superseded_parts,
     versioned_part_name,
 )
 from copytrace.indexing.shards import build_shards, empty_like, write_shard
@@ -86,6 +88,7 @@ def _publish(layout: IndexLayout, old: Manifest, new: Manifest) -> None:
     stale = [p for p in [*layout.faiss_dir.glob("*.faiss"), *layout.root.glob("ids*.parquet"),
                          *layout.root.glob("tombstones*.parquet")]
              if str(p.relative_to(layout.root)) not in keep]
+    stale += superseded_parts(layout.root, (old.version, new.version))
     for p in stale:
         p.unlink(missing_ok=True)
 
@@ -183,14 +186,15 @@ def remove(root: str | Path, ids: list[str]) -> UpdateReport:
 def compact(root: str | Path) -> UpdateReport:
     """Drop tombstoned rows from the Parquet parts and rebuild FAISS from what is left
     (call under the index lock). The coarse quantizer is retrained on the live vectors, as a
-    fresh build would; the tuned search parameters are kept."""
+    fresh build would; the tuned search parameters are kept. Filtered parts are new files of the
+    new version, so readers of the current one see its rows until the manifest swap."""
     layout = IndexLayout(Path(root))
     old = _open_for_update(layout)
     dead = read_tombstones(layout, old)
-    _filter_parts(layout.embeddings_dir, dead)
-    _filter_parts(layout.catalog_dir, dead)
-    ids, vectors = _live_vectors(layout)
     version = old.version + 1
+    _filter_parts(layout.embeddings_dir, dead, old.version, version)
+    _filter_parts(layout.catalog_dir, dead, old.version, version)
+    ids, vectors = _live_vectors(layout, version)
     sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:200_000]]
     paths = build_shards(old.index.spec, old.model.dims, len(vectors), lambda a, b: vectors[a:b],
                          lambda: sample, layout.faiss_dir, shard_size=old.index.shard_size,
@@ -205,23 +209,26 @@ def compact(root: str | Path) -> UpdateReport:
     return UpdateReport(version, removed=len(dead), live=len(ids), shards=len(shards))
 
 
-def _filter_parts(folder: Path, dead: set[str]) -> None:
+def _filter_parts(folder: Path, dead: set[str], old_version: int, new_version: int) -> None:
+    """Each part of `old_version` that holds tombstoned rows gets a filtered copy of its number
+    at `new_version`, unseen until the swap (`indexing.parts`)."""
     if not dead:
         return
     dead_ids = pa.array(sorted(dead), pa.string())
-    for part in sorted(folder.glob("part-*.parquet")):
+    for part in committed_parts(folder, old_version):
         table = pq.read_table(part)
         drop = pc.is_in(table.column("image_id"), value_set=dead_ids)
         if "status" in table.column_names:  # the catalog keeps failed inputs, never removed
             drop = pc.and_(drop, pc.equal(table.column("status"), STATUS_OK))
         if pc.any(drop).as_py():
-            write_parquet_atomic(part, table.filter(pc.invert(drop)))
+            name = versioned_part_name(part_number(part), new_version)  # type: ignore[arg-type]
+            write_parquet_atomic(folder / name, table.filter(pc.invert(drop)))
 
 
-def _live_vectors(layout: IndexLayout) -> tuple[list[str], np.ndarray]:
+def _live_vectors(layout: IndexLayout, version: int) -> tuple[list[str], np.ndarray]:
     ids: list[str] = []
     chunks = []
-    for part in embedding_parts(layout.embeddings_dir):
+    for part in embedding_parts(layout.embeddings_dir, version):
         t = pq.read_table(part)
         ids.extend(t.column("image_id").to_pylist())
         chunks.append(table_vectors(t))

@@ -209,3 +209,41 @@ def test_query_after_add_and_remove_scores_as_a_fresh_build(runs, tmp_path, phot
     assert after[0][0] == "coffee" and sorted(i for i, _ in after) == ["astronaut", "coffee",
                                                                        "rocket"]
     assert after == _scores(fresh, crop)
+
+
+def test_kill_9_inside_compact_then_rerun_equals_a_clean_compact(runs, tmp_path):
+    """Compaction writes filtered parts as files of the new version: until its manifest swap a
+    reader sees the removed rows' version whole (catalog SQL, the catalog reader), a kill leaves
+    the index as it was, and a rerun equals a clean compact. The replaced parts stay for readers
+    of the previous version and go with the next change."""
+    clean = tmp_path / "clean"
+    shutil.copytree(runs["removed"], clean)
+    done = _run("compact", str(clean))
+    assert done.returncode == 0, done.stderr
+    before = sql(runs["removed"], "SELECT count(*) AS n FROM catalog").column("n")[0].as_py()
+    index = tmp_path / "idx"
+    shutil.copytree(runs["removed"], index)
+    proc = _start("compact", str(index), hold_at_swap=True)
+    hit = wait_for(lambda: (index / "ids.v4.parquet").exists()
+                   and any((index / "catalog").glob("part-*.v4.parquet")), proc, interval=0.01)
+    assert hit and manifest_version(index) == 3
+    assert sql(index, "SELECT count(*) AS n FROM catalog").column("n")[0].as_py() == before
+    assert set(DROP) <= set(read_catalog(index / "catalog").column("image_id").to_pylist())
+    _kill(proc)
+    rerun = _run("compact", str(index))
+    assert rerun.returncode == 0, rerun.stderr
+    assert fingerprint(index) == fingerprint(clean)
+    assert manifest_version(index) == 4 and leftovers(index) == []
+    assert sql(index, "SELECT count(*) AS n FROM catalog").column("n")[0].as_py() == before - 2
+    assert not set(DROP) & set(read_catalog(index / "catalog").column("image_id").to_pylist())
+    assert _numbers_twice(index), "the replaced parts are kept for readers of version 3"
+    remove_images(["astronaut"], index)  # the next change deletes what version 3 read only
+    assert not _numbers_twice(index)
+    assert sql(index, "SELECT count(*) AS n FROM catalog").column("n")[0].as_py() == before - 2
+
+
+def _numbers_twice(index: Path) -> list[str]:
+    """Part numbers present in more than one file (a part and its compacted replacement)."""
+    names = [f"{sub}/{p.name.split('.')[0]}" for sub in ("catalog", "embeddings")
+             for p in (index / sub).glob("part-*.parquet")]
+    return sorted({n for n in names if names.count(n) > 1})
