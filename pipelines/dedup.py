@@ -25,7 +25,7 @@ from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic
 from copytrace.indexing.manifest import IndexLayout
 from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
 from copytrace.matching.templates import TemplateConfig, learn_templates
-from copytrace.matching.verify import VerifyConfig
+from copytrace.matching.verify import VerifyConfig, load_rgb
 from copytrace.pipelines.dedup_candidates import (
     Candidate,
     descriptor_candidates,
@@ -33,6 +33,12 @@ from copytrace.pipelines.dedup_candidates import (
     pdq_candidates,
 )
 from copytrace.pipelines.dedup_features import ImageFeatures, catalog_features
+from copytrace.pipelines.dedup_keep import (
+    Content,
+    largest_content,
+    member_content,
+    member_templates,
+)
 from copytrace.pipelines.dedup_score import Kind, ScoredPair, build_jobs, run_jobs
 from copytrace.pipelines.dedup_views import ViewCheck, shipped_view_check
 from copytrace.pipelines.engine import KEYPOINT_CACHE_DIR, QueryEngine, match_config
@@ -177,6 +183,26 @@ def image_facts(catalog: pa.Table, ids: set[str], policy: KeepPolicy) -> dict[st
                                       else float("inf"), order[r["image_id"]]) for r in rows}
 
 
+def keep_content(catalog: pa.Table, pairs: list[ScoredPair], members: set[str],
+                 features: ImageFeatures | None, config: TemplateConfig) -> dict[str, Content]:
+    """Content of the clustered catalog images, for `--keep largest` (pipelines.dedup_keep)."""
+    rows = {r["image_id"]: r for r in catalog.select(["image_id", "uri", "width", "height"])
+            .to_pylist() if r["image_id"] in members}
+    sizes = {i: (r["width"] or 0, r["height"] or 0) for i, r in rows.items()}
+    templates = ({} if features is None else
+                 member_templates(features.thumbs, features.rows(), sorted(rows), config=config))
+    return member_content(sorted(rows), pairs, sizes, templates,
+                          lambda i: load_rgb(rows[i]["uri"]), texture_std=config.texture_std)
+
+
+def pick_representative(members: list[str], facts: dict[str, ImageFacts], keep: KeepPolicy,
+                        content: dict[str, Content] | None) -> str:
+    if keep is KeepPolicy.LARGEST and content and all(m in content for m in members):
+        return largest_content(members, content, lambda m: (-facts[m].num_bytes, facts[m].order, m)
+                               if m in facts else (0, 1 << 62, m))
+    return representative(members, facts, keep)
+
+
 def taken_time(uri: str) -> float:
     """EXIF DateTimeOriginal (or DateTime) as epoch seconds, else the file's modification time."""
     import datetime
@@ -224,16 +250,20 @@ def clusters_table(clusters: list[list[str]], reps: list[str]) -> pa.Table:
 def finish(out: Path, index: Path, catalog: pa.Table, pairs: list[ScoredPair],
            candidates: list[ScoredPair], *, keep: KeepPolicy, threshold: float,
            report: bool, extra: dict | None = None, listing: pa.Table | None = None,
-           keep_only: set[str] | None = None, features: ImageFeatures | None = None
-           ) -> DedupReport:
+           keep_only: set[str] | None = None, features: ImageFeatures | None = None,
+           template_config: TemplateConfig | None = None) -> DedupReport:
     """Clusters, Parquet tables, audit.json and the HTML report.
 
     `listing` (image_id, uri) names images beyond the catalog (incremental runs); `keep_only`
-    limits which images may be a cluster's representative."""
+    limits which images may be a cluster's representative. `--keep largest` compares content
+    pixels: a frame learned as template (`features`' thumbnails) does not count."""
     clusters = connected_groups((p.a, p.b) for p in pairs)
-    facts = image_facts(catalog, {m for c in clusters for m in c}, keep)
-    reps = [representative([m for m in c if keep_only is None or m in keep_only] or c, facts, keep)
-            for c in clusters]
+    members = {m for c in clusters for m in c}
+    facts = image_facts(catalog, members, keep)
+    content = (keep_content(catalog, pairs, members, features, template_config or TemplateConfig())
+               if keep is KeepPolicy.LARGEST and members else None)
+    reps = [pick_representative([m for m in c if keep_only is None or m in keep_only] or c, facts,
+                                keep, content) for c in clusters]
     write_parquet_atomic(out / "pairs.parquet", pairs_table(pairs))
     write_parquet_atomic(out / "candidates.parquet", pairs_table(candidates, CANDIDATE_SCHEMA))
     write_parquet_atomic(out / "clusters.parquet", clusters_table(clusters, reps))
@@ -309,10 +339,9 @@ def dedup(
                               views=shipped_view_check() if view_check else None)
     pairs = exact_scored(exact) + [p for p in scored if p.duplicate]
     return finish(out, index, catalog, pairs, scored, keep=keep, threshold=threshold,
-                  report=report, features=features, extra={"band": band, "k": k,
-                                        "always_top": always_top, "crops": crops,
-                                        "view_check": view_check,
-                                        "template_config": asdict(template_config)})
+                  report=report, features=features, template_config=template_config,
+                  extra={"band": band, "k": k, "always_top": always_top, "crops": crops,
+                         "view_check": view_check, "template_config": asdict(template_config)})
 
 
 def write_hash_matches(audit: DedupReport, hash_list: str | Path) -> int:

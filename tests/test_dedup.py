@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +177,18 @@ def test_dedup_outputs(audit, dup_folder):
         keep = [m for m in members if m["keep"]]
         assert len(keep) == 1 and keep[0]["is_representative"]
     pixels = {p.stem: Image.open(p).size[0] * Image.open(p).size[1] for p in dup_folder.iterdir()}
-    for members in by_cluster.values():  # --keep largest: the most pixels
+    framed_kept = framed_larger = 0
+    for members in by_cluster.values():  # --keep largest: the most content pixels
+        ids = {r["image_id"] for r in members}
         kept = next(r["image_id"] for r in members if r["keep"])
-        assert pixels[kept] == max(pixels[r["image_id"]] for r in members)
+        shots = [i for i in ids if i.startswith("post-") and i.removeprefix("post-") in ids]
+        if shots:  # a screenshot mostly has more pixels (the frame) than its photo; keep the photo
+            framed_larger += pixels[shots[0]] > pixels[shots[0].removeprefix("post-")]
+            assert not kept.startswith("post-"), (kept, ids)
+            framed_kept += 1
+        else:
+            assert pixels[kept] == max(pixels[i] for i in ids)
+    assert framed_kept >= 6 and framed_larger >= 4
     html = (out / "report.html").read_text()
     assert "Threshold sweep" in html and "Cluster sizes" in html
     for src in re.findall(r'src="([^"]+)"', html):
@@ -348,3 +358,34 @@ def test_view_check_rejects_other_photos_of_a_flat_object_keeps_copies(dev_data,
     decided = [v for v in other if v is not None]
     assert len(decided) >= 8, "the other views should verify (a flat object)"
     assert sum(not v for v in decided) >= 0.75 * len(decided), other
+
+
+def test_keep_largest_prefers_content_over_pixels():
+    """A crop copy has less content than its original; an upscaled screenshot-like copy in a
+    blank frame has more pixels but the same content, so the original is kept."""
+    from copytrace.pipelines.dedup_keep import largest_content, member_content
+
+    orig = photo("coffee")  # 400 x 600
+    crop = orig[50:350, 100:500]
+    framed = np.full((700, 800, 3), 255, np.uint8)
+    framed[150:550, 100:700] = orig
+    images = {"orig": orig, "crop": crop, "framed": framed}
+    sizes = {k: (v.shape[1], v.shape[0]) for k, v in images.items()}
+
+    @dataclass
+    class Pair:
+        a: str
+        b: str
+        query: str
+        homography: tuple
+
+    def shift(dx: float, dy: float) -> tuple:
+        return (1.0, 0.0, dx, 0.0, 1.0, dy, 0.0, 0.0, 1.0)
+
+    pairs = [Pair("crop", "orig", "crop", shift(100, 50)),
+             Pair("framed", "orig", "orig", shift(100, 150))]
+    content = member_content(list(images), pairs, sizes, {}, images.__getitem__, texture_std=5.0)
+    assert content["orig"].pixels > content["crop"].pixels
+    assert sizes["framed"][0] * sizes["framed"][1] > content["framed"].pixels
+    assert largest_content(list(images), content, lambda m: (m,)) == "orig"
+    assert largest_content(["crop", "framed"], content, lambda m: (m,)) == "framed"

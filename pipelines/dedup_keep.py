@@ -1,0 +1,103 @@
+"""`--keep largest` by content, not raw pixels: a screenshot of a photo has more pixels than the
+photo (the frame adds them), yet the photo is the one to keep.
+
+An image's content is the part a verified duplicate pair covers (the shared picture) plus its
+textured, non-template rest; a recurring frame, caption band or logo (template cells learned
+from the catalog, as the content check does) and blank margins or letterbox bars are not
+content. So a crop copy loses to its original (the original has more content), and a
+screenshot showing the photo at about the photo's own scale ties with it: within `TIE` the
+image that is most content (least frame) is kept, then more bytes, then catalog order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from copytrace.matching.templates import ALIGN, TemplateConfig, learn_templates, thumbnail, with_margin
+
+TIE = 0.05
+"""Content pixel counts within this relative margin are equal (homography and cell noise)."""
+
+
+@dataclass(frozen=True)
+class Content:
+    pixels: int  # content pixels, at the image's own resolution
+    share: float  # content pixels / all pixels
+
+
+def covered_mask(homography: np.ndarray, size_from: tuple[int, int],
+                 size_to: tuple[int, int]) -> np.ndarray:
+    """ALIGN x ALIGN bool over the `size_from` (w, h) image: where `homography` (its pixels ->
+    the other image's pixels) lands inside the `size_to` image, i.e. what the other shows too."""
+    (wf, hf), (wt, ht) = size_from, size_to
+    to_small = np.diag([ALIGN / wt, ALIGN / ht, 1.0])
+    from_small = np.diag([wf / ALIGN, hf / ALIGN, 1.0])
+    h = to_small @ homography @ from_small  # small-from -> small-to
+    ones = np.ones((ALIGN, ALIGN), np.uint8)
+    return cv2.warpPerspective(ones, h, (ALIGN, ALIGN), flags=cv2.INTER_NEAREST
+                               | cv2.WARP_INVERSE_MAP) > 0
+
+
+def content_of(pixels: np.ndarray, covered: np.ndarray, template: np.ndarray | None, *,
+               texture_std: float) -> Content:
+    """Content of one image (RGB or grey at full size): covered, or textured and not template."""
+    h, w = pixels.shape[:2]
+    g = thumbnail(pixels, ALIGN).astype(np.float32)
+    mean = cv2.blur(g, (5, 5))
+    textured = np.sqrt(np.maximum(cv2.blur(g * g, (5, 5)) - mean * mean, 0)) >= texture_std
+    # the 5 x 5 window sees an edge from 2 px away: a blank margin beside a photo is not textured
+    textured = cv2.erode(textured.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    if template is not None:
+        cell = ALIGN // template.shape[0]
+        textured &= ~np.kron(template, np.ones((cell, cell), bool))
+    share = float((covered | textured).mean())
+    return Content(int(round(w * h * share)), share)
+
+
+def member_content(members: Sequence[str], pairs: Iterable, sizes: dict[str, tuple[int, int]],
+                   templates: dict[str, np.ndarray], load: Callable[[str], np.ndarray], *,
+                   texture_std: float) -> dict[str, Content]:
+    """Content of each member from the verified pairs (ScoredPair: `query`, `homography`
+    query -> other) among them; `load` reads an image's pixels by id."""
+    covered = {m: np.zeros((ALIGN, ALIGN), bool) for m in members}
+    for p in pairs:
+        if len(p.homography) != 9 or not p.query or p.a not in covered or p.b not in covered:
+            continue
+        h = np.asarray(p.homography, np.float64).reshape(3, 3)
+        if not np.isfinite(h).all() or abs(np.linalg.det(h)) < 1e-12:
+            continue
+        q, o = p.query, (p.b if p.query == p.a else p.a)
+        covered[q] |= covered_mask(h, sizes[q], sizes[o])
+        covered[o] |= covered_mask(np.linalg.inv(h), sizes[o], sizes[q])
+    out = {}
+    for m in members:
+        try:
+            out[m] = content_of(load(m), covered[m], templates.get(m), texture_std=texture_std)
+        except Exception:  # noqa: BLE001 - unreadable now: judged by its pixel count
+            w, h = sizes[m]
+            out[m] = Content(w * h, 1.0)
+    return out
+
+
+def largest_content(members: Sequence[str], content: dict[str, Content],
+                    tiebreak: Callable[[str], tuple]) -> str:
+    """The member with the most content; within TIE of the most, the one that is most content
+    (least frame), then `tiebreak` (smallest first)."""
+    best = max(content[m].pixels for m in members)
+    close = [m for m in members if content[m].pixels >= (1.0 - TIE) * best]
+    return min(close, key=lambda m: (-round(content[m].share, 2), tiebreak(m)))
+
+
+def member_templates(thumbs: np.ndarray, rows: dict[str, int], members: Iterable[str], *,
+                     config: TemplateConfig) -> dict[str, np.ndarray]:
+    """Template cells (with the content check's margin) of `members`, learned from `thumbs`
+    (every audited image's thumbnail; `rows`: id -> row)."""
+    ids = [m for m in members if m in rows]
+    if not ids:
+        return {}
+    cells = learn_templates(thumbs, config=config).template_cells(thumbs[[rows[m] for m in ids]])
+    return {m: with_margin(c, config.template_margin) for m, c in zip(ids, cells, strict=True)}
