@@ -54,19 +54,38 @@ def _neighbours(engine: QueryEngine, new: dict[str, str], *, k: int, band: float
 def _score(cands: dict[tuple[str, str], Candidate], new: dict[str, str], cat_uris: dict[str, str],
            templates: dict[str, np.ndarray], *, engine: QueryEngine, threshold: float,
            config: TemplateConfig, views: ViewCheck | None, use_ray: bool,
-           ray_address: str | None) -> list[ScoredPair]:
+           ray_address: str | None, reverse: bool = True) -> list[ScoredPair]:
     """Verify new -> catalog with the audit's scorer and decide with its `decide` (content check,
-    view check, threshold); a new image is always the query."""
-    groups: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
-    for (a, b), c in sorted(cands.items()):
-        groups[a].append((b, cat_uris[b], c.global_ab if c.global_ab is not None else 0.0))
-    jobs = [ScoreJob(q, new[q], others) for q, others in groups.items()]
+    view check, threshold). Where that found geometry but fell short, the catalog image is tried
+    as the query (`reverse`), as the full audit does: the fused score and the content check are
+    asymmetric (a crop, searched from its original, covers the original's cells only in part).
+    `templates` must hold the catalog images' template cells too."""
     keypoints = engine.index.layout.root / KEYPOINT_CACHE_DIR
-    scored = run_jobs(jobs, templates, use_ray=use_ray, ray_address=ray_address,
-                      verify_config=engine.config.verify or VerifyConfig(),
-                      calibration=engine.calibration, template_config=config,
-                      keypoint_dir=keypoints if os.access(keypoints, os.W_OK) else None)
-    return [decide(cands[(q, o)], q, o, score, ev, threshold, views) for q, o, score, ev in scored]
+    kwargs = dict(use_ray=use_ray, ray_address=ray_address,
+                  verify_config=engine.config.verify or VerifyConfig(),
+                  calibration=engine.calibration, template_config=config,
+                  keypoint_dir=keypoints if os.access(keypoints, os.W_OK) else None)
+    uris = {**cat_uris, **new}
+    best: dict[tuple[str, str], ScoredPair] = {}
+    todo = sorted(cands)
+    for backwards in ((False, True) if reverse else (False,)):
+        groups: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+        for a, b in todo:
+            c = cands[(a, b)]
+            g = (c.global_ba if backwards else c.global_ab)
+            g = g if g is not None else (c.global_ab if backwards else c.global_ba)
+            q, o = (b, a) if backwards else (a, b)
+            groups[q].append((o, uris[o], g if g is not None else 0.0))
+        jobs = [ScoreJob(q, uris[q], others) for q, others in sorted(groups.items())]
+        for q, o, score, ev in run_jobs(jobs, templates, **kwargs):
+            key = (o, q) if backwards else (q, o)
+            pair = decide(cands[key], q, o, score, ev, threshold, views)
+            prev = best.get(key)
+            if prev is None or (pair.duplicate, pair.score) > (prev.duplicate, prev.score):
+                best[key] = pair
+        todo = [k for k in todo if (p := best.get(k)) is not None and not p.duplicate
+                and p.inliers is not None]
+    return [best[k] for k in sorted(best)]
 
 
 def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
@@ -74,14 +93,15 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
                   band: float = 0.02, always_top: int = 2, view_check: bool = True,
                   template_config: TemplateConfig | None = None, report: bool = True,
                   use_ray: bool | None = None, ray_address: str | None = None,
-                  show_progress: bool = True) -> DedupReport:
+                  show_progress: bool = True, reverse: bool = True) -> DedupReport:
     """Pairs (new image, catalog image) that are duplicates; `image_id_a` is the new image.
 
     Candidates (catalog neighbours of each new image within `band` or its `always_top` best, and
     PDQ matches) are verified and decided exactly as `dedup` decides its pairs: content, not
     template, and not another photo of the same object (`view_check`). In the clusters, the
     catalog's image is the one kept (the policy chooses among catalog images when a new image
-    duplicates several)."""
+    duplicates several). `reverse`: retry failed pairs with geometry from the catalog side.
+    """
     out, index = Path(out), Path(index)
     out.mkdir(parents=True, exist_ok=True)
     config = template_config or TemplateConfig()
@@ -94,8 +114,8 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
                                     show_progress=show_progress)
     new = {s.image_id: s.uri for s in list_sources(new_images)}
     new_features = as_features(compute_features(sorted(new.items()), show_progress=show_progress))
-    templates = dict(zip(new_features.ids, learn_templates(cat_features.thumbs, config=config)
-                         .template_cells(new_features.thumbs), strict=True))
+    model = learn_templates(cat_features.thumbs, config=config)
+    templates = dict(zip(new_features.ids, model.template_cells(new_features.thumbs), strict=True))
     by_sha: dict[str, list[str]] = {}
     for i, sha in zip(catalog.column("image_id").to_pylist(), catalog.column("sha256").to_pylist(),
                       strict=True):
@@ -113,10 +133,16 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
         cands.setdefault((a, b), Candidate(a, b)).pdq_distance = hp.distance
     for key in seen:
         cands.pop(key, None)
+    rows = cat_features.rows()
+    partners = sorted({b for _, b in cands if b in rows})
+    if reverse and partners:  # the catalog side queries too when the new side fell short
+        templates.update(zip(partners, model.template_cells(
+            cat_features.thumbs[[rows[b] for b in partners]]), strict=True))
     try:
         near = _score(cands, new, cat_uris, templates, engine=engine, threshold=threshold,
                       config=config, views=shipped_view_check() if view_check else None,
-                      use_ray=bool(use_ray) or bool(ray_address), ray_address=ray_address)
+                      use_ray=bool(use_ray) or bool(ray_address), ray_address=ray_address,
+                      reverse=reverse)
     finally:
         engine.close()
     scored = pairs + near

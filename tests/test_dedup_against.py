@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from copytrace.descriptors.augment import random_copy
+from copytrace.descriptors.augment import EditContext, random_copy
 from copytrace.pipelines.build import build_index
 from copytrace.pipelines.dedup_incremental import dedup_against
 
-from photos import jpeg_bytes
+from photos import jpeg_bytes, photo
 
 CATALOG = (0, 4, 8, 12, 16, 20)  # first photo of six UKBench objects (4 photos per object)
 OTHER_VIEWS = (5, 6, 7)  # other photos of object 1 (ukbench00004, a flat CD cover)
@@ -57,3 +57,28 @@ def test_against_rejects_other_views_reports_edited_copies(dev_data, tmp_path):
     off = dedup_against(new, tmp_path / "idx", tmp_path / "off", threshold=0.1, view_check=False,
                         use_ray=False, report=False, show_progress=False)
     assert any(p.a.startswith("view") and p.b == "ukbench00004" for p in off.pairs), off.candidates
+
+
+def test_against_retries_from_the_catalog_side(tmp_path):
+    """Hard edits (crop, rotation, blur, rescale at strength 1.6) of flat, dark photos fail as
+    the query yet verify with the catalog photo as the query: `--against` retries that way, as
+    the full audit does, and finds copies the one-way check misses."""
+    catalog, new = tmp_path / "catalog", tmp_path / "new"
+    catalog.mkdir()
+    new.mkdir()
+    for name in ("moon", "retina", "coffee", "chelsea", "rocket", "brick"):
+        Image.fromarray(photo(name)).save(catalog / f"{name}.png")
+    for name, seed in (("moon", 1), ("moon", 3), ("retina", 0), ("retina", 1)):
+        edited, _ = random_copy(Image.fromarray(photo(name)), random.Random(seed),
+                                allowed=["crop", "text", "shapes", "rescale", "blur", "rotate"],
+                                min_edits=3, max_edits=3, context=EditContext(strength=1.6))
+        (new / f"{name}-{seed}.jpg").write_bytes(jpeg_bytes(edited, 80))
+    build_index(catalog, tmp_path / "idx", use_ray=False, show_progress=False)
+    runs = {rev: dedup_against(new, tmp_path / "idx", tmp_path / f"out-{rev}", use_ray=False,
+                               report=False, show_progress=False, reverse=rev)
+            for rev in (False, True)}
+    found = {rev: {(p.a, p.b) for p in r.pairs} for rev, r in runs.items()}
+    assert all(a.split("-")[0] == b for a, b in found[True]), found[True]
+    assert found[False] < found[True]  # the retry only adds pairs, and here it adds some
+    rescued = [p for p in runs[True].pairs if (p.a, p.b) not in found[False]]
+    assert all(p.query == p.b for p in rescued), rescued  # decided with the catalog image as query
