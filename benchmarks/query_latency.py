@@ -11,8 +11,9 @@ acc@1), then single-image queries one at a time through the engine and through t
 (p50 / p95 / p99), then 50 concurrent HTTP clients (errors, p50 / p99, health latency under
 load). Reference keypoints are prepared once into a fresh on-disk cache under WORK before the
 modes (as a service does before it takes traffic; the time is reported), each mode gets a fresh
-engine; `banded-cold` repeats the default with an empty cache (references prepared on first
-use, as on a new index). Folder and single runs use `--backend` (default:
+engine (its verification workers started before the clock runs, like its model);
+`banded-cold` repeats the default with an empty cache (references prepared on first use, as on a
+new index). Folder and single runs use `--backend` (default:
 a process pool, as `copytrace query` does for folders).
 
 `--fit-band` runs full verification on the calibration benchmark (disjoint from the dev one) and
@@ -265,6 +266,8 @@ def mode_run(index: Path, files: list[Path], sample: list[Path], mode: VerifyMod
     """The folder through the engine, then single queries (keypoint cache under `cache_dir`)."""
     with open_engine(index, calibration, backend, cache_dir=cache_dir) as engine:
         engine.query(files[:1], k=k, verify=VerifyMode.OFF)  # background, catalog, model
+        if mode is not VerifyMode.OFF:
+            engine.verifier.start()  # pool workers start with the engine, as the model loads
         results, wall, t = folder_run(engine, files, mode, k)
         return {**accuracy(results, files[0].parent.parent / "gt.csv"),
                 "wall_ms_per_query": round(1000 * wall / len(files), 1),

@@ -81,21 +81,30 @@ def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float) -> np.ndarray:
 
     Both directions come from one BLAS distance matrix (the same matches as OpenCV's brute-force
     knnMatch + reverse match, about 8x faster on 1,500 x 1,500 descriptors: matching was most of
-    a verified pair's cost)."""
+    a verified pair's cost). The matrix is built in place, and the reverse nearest neighbour is
+    looked up only for the columns some row's nearest neighbour lands on at that column's
+    minimum (an arg-min down the whole matrix cost about a third of the GEMM); ties resolve to
+    the first row, as a full arg-min would.
+    """
     if len(a) < 2 or len(b) < 2:
         return np.zeros((0, 2), np.int64)
     a = np.ascontiguousarray(a, np.float32)
     b = np.ascontiguousarray(b, np.float32)
-    d2 = (a * a).sum(axis=1)[:, None] - 2.0 * (a @ b.T)
+    d2 = a @ b.T
+    d2 *= -2.0
+    d2 += (a * a).sum(axis=1)[:, None]
     d2 += (b * b).sum(axis=1)[None, :]
     np.maximum(d2, 0.0, out=d2)
     rows = np.arange(len(a))
-    back = np.ascontiguousarray(d2.T).argmin(axis=1)  # nearest a for every b
     first = d2.argmin(axis=1)
-    best = d2[rows, first].copy()
+    best = d2[rows, first]
+    mutual = np.zeros(len(a), bool)
+    cand = np.flatnonzero(best <= d2.min(axis=0)[first])  # row i is its column's minimum
+    if len(cand):
+        mutual[cand] = d2[:, first[cand]].argmin(axis=0) == cand  # the first such row wins
     d2[rows, first] = np.inf
     second = d2.min(axis=1)
-    keep = (np.sqrt(best) < ratio * np.sqrt(second)) & (back[first] == rows)
+    keep = (np.sqrt(best) < ratio * np.sqrt(second)) & mutual
     return np.stack([rows[keep], first[keep]], axis=1).astype(np.int64)
 
 

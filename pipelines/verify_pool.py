@@ -28,6 +28,7 @@ from copytrace.matching.verify import (
     VerifyConfig,
     init_worker,
     load_rgb,
+    one_blas_thread,
     prepare_references,
     verify_jobs,
     verify_prepared,
@@ -101,7 +102,8 @@ class Verifier:
             return []
         if self.backend is VerifyBackend.INLINE or (self.workers == 1 and
                                                      self.backend is VerifyBackend.PROCESSES):
-            return [self._inline(job) for job in jobs]
+            with one_blas_thread():
+                return [self._inline(job) for job in jobs]
         if len(jobs) < self.workers:
             return self._split_references(jobs)
         items = [(job.query.prepared or job.query.pixels, list(job.references)) for job in jobs]
@@ -140,6 +142,12 @@ class Verifier:
         for j, part in zip(owners, self._map(chunks), strict=True):
             out[j].extend(part[0][1])
         return out
+
+    def start(self) -> None:
+        """Start the pool's workers now (about a second on a busy 2-core box) rather than inside
+        the first query that needs them: part of opening, like loading the model."""
+        if self.backend is VerifyBackend.PROCESSES and self.workers > 1:
+            self._map([[] for _ in range(self.workers)], task=prepare_references)
 
     def prepare_references(self, uris: Sequence[str]) -> int:
         """Detect reference keypoints before queries need them, on the verifier's backend;

@@ -230,3 +230,15 @@ def test_reference_keypoints_prepared_ahead_by_the_pool(index, copies, tmp_path)
         assert engine.verifier.cache.misses > 0 and not list(
             set(tmp_path.rglob("*.npz")) - set(stored))  # read from disk, none detected again
     assert [r.matches[0].reference_id for r in results] == [f.stem[:-5] for f in files]
+
+
+def test_verifier_start_runs_the_pool_workers_before_any_query(index):
+    import multiprocessing
+
+    with QueryEngine.open(index, verify_backend=VerifyBackend.PROCESSES, verify_workers=2,
+                          keypoint_cache=False) as engine:
+        before = set(multiprocessing.active_children())
+        engine.verifier.start()
+        started = set(multiprocessing.active_children()) - before
+        assert len(started) == 2 and all(p.is_alive() for p in started)
+    assert not any(p.is_alive() for p in started)  # closed with the engine

@@ -152,3 +152,60 @@ def test_disk_keypoint_cache_never_serves_a_replaced_file(tmp_path):
     fresh = PreparedCache(load_rgb).get(str(path))
     assert replaced.gray.shape == fresh.gray.shape and np.array_equal(replaced.gray, fresh.gray)
     assert not np.array_equal(replaced.gray, first.gray)
+
+
+def _brute_force_matches(a: np.ndarray, b: np.ndarray, ratio: float) -> np.ndarray:
+    """Mutual nearest neighbours passing the ratio test, the obvious way (full arg-min both
+    ways; ties go to the lowest index, as `np.argmin` resolves them)."""
+    d = np.sqrt(((a[:, None, :].astype(np.float64) - b[None, :, :]) ** 2).sum(axis=2))
+    first, back = d.argmin(axis=1), d.argmin(axis=0)
+    out = []
+    for i, j in enumerate(first):
+        second = np.partition(d[i], 1)[1]
+        if d[i, j] < ratio * second and back[j] == i:
+            out.append((i, j))
+    return np.array(out, np.int64).reshape(-1, 2)
+
+
+def test_descriptor_matching_finds_the_mutual_ratio_test_matches():
+    """On real SIFT descriptors of a photo and its edited copy, plus duplicated descriptors
+    (exact ties: which of equal rows is the mutual match must not depend on the shortcut)."""
+    from copytrace.matching.align import detect, match_descriptors
+
+    ref = photo("coffee")
+    a = detect(_jpeg(ref[20:, 30:], 70)).descriptors
+    b = detect(ref).descriptors
+    a = np.concatenate([a, a[:5], b[10:14]])  # repeated query rows; rows equal to some of b
+    b = np.concatenate([b, b[:3]])  # repeated reference columns
+    got = match_descriptors(a, b, 0.8)
+    assert len(got) > 50
+    np.testing.assert_array_equal(got, _brute_force_matches(a, b, 0.8))
+    np.testing.assert_array_equal(match_descriptors(a, b, 0.8), got)  # no state kept
+
+
+def test_matching_runs_on_one_blas_thread_and_restores_it():
+    from threadpoolctl import threadpool_info
+
+    from copytrace.matching.verify import one_blas_thread
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    with one_blas_thread():
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
+
+def test_a_pool_worker_matches_on_one_blas_thread():
+    """The pool initializer, in a real fresh process: BLAS threads there would fight the other
+    workers for the same cores."""
+    import subprocess
+    import sys
+
+    code = ("from threadpoolctl import threadpool_info\n"
+            "from copytrace.matching.verify import VerifyConfig, init_worker\n"
+            "init_worker(VerifyConfig(), 8, None)\n"
+            "print(sorted({i['num_threads'] for i in threadpool_info() "
+            "if i['user_api'] == 'blas'}))\n")
+    env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True, timeout=120).stdout
+    assert out.strip() == "[1]"
