@@ -123,17 +123,14 @@ def query(
                           calibration=calibration, verify_backend=backend,
                           ray_address=ray_address, cache_dir=cache_dir,
                           shard_actors=shard_actors) as engine:
-        if config.expand is None and use_ray:
+        if config.expand is None and use_ray and localize is None:
+            # Localizing needs the decoded queries here: the chunked path below decodes each once
+            # (the Ray job would decode on the workers, then verification and localization
+            # would read every query file again).
             results = _query_whole_on_ray(engine, sources, mode=mode, model=model,
                                           batch_size=batch_size, chunk_size=chunk_size,
                                           device=device, ray_address=ray_address,
                                           show_progress=show_progress, timings=timings)
-            if localize is not None:  # no decoded queries on this path: files read again
-                from copytrace.pipelines.localize import localize_top_matches
-
-                outcomes = localize_top_matches(results, index, localize)
-                if localized is not None:
-                    localized.extend(outcomes)
         else:
             results = _query_chunks(engine, sources, mode=mode, batch_size=batch_size,
                                     show_progress=show_progress, timings=timings,

@@ -242,3 +242,19 @@ def test_verifier_start_runs_the_pool_workers_before_any_query(index):
         started = set(multiprocessing.active_children()) - before
         assert len(started) == 2 and all(p.is_alive() for p in started)
     assert not any(p.is_alive() for p in started)  # closed with the engine
+
+
+def test_query_localize_no_expand_on_ray_opens_each_query_file_once(index, copies, tmp_path,
+                                                                     local_ray):
+    """`query --no-expand --ray --localize`: the queries are decoded once in the driver (the Ray
+    embedding job would read them on the workers, then verification and localization again)."""
+    from copytrace.pipelines.query import query
+
+    outcomes: list = []
+    with count_opens() as opened:
+        results = query(copies, index, k=3, use_ray=True, expand=False, show_progress=False,
+                        localize=tmp_path, localized=outcomes)
+    for f in copies.glob("*.jpg"):
+        assert times_opened(opened, f) == 1, (f, opened)
+    found = {r.query_id for r in results if r.matches and r.matches[0].score >= 0.5}
+    assert found and {o.query_id for o in outcomes} == found
