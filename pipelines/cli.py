@@ -188,6 +188,22 @@ def index_verify(index: Annotated[Path, typer.Argument(help="Index folder.")]) -
         raise typer.Exit(1)
 
 
+@index_app.command("prepare-keypoints")
+def index_prepare_keypoints(
+    index: Annotated[Path, typer.Argument(help="Index folder.")],
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")]
+    = None,
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Detect every reference's keypoints into the keypoint cache now, not on first use."""
+    from copytrace.pipelines.engine import prepare_keypoints
+
+    r = prepare_keypoints(index, cache_dir=cache_dir, workers=workers, show_progress=not quiet)
+    out.print(f"keypoints of {r.references} references in {r.seconds:.1f} s ({r.unreadable} "
+              f"unreadable) in {r.folder}", markup=False, highlight=False)
+
+
 @index_app.command("relocate")
 def index_relocate(index: Annotated[Path, typer.Argument(help="Index folder.")],
                    old: Annotated[str, typer.Argument(help="Folder the images were indexed "
@@ -585,6 +601,12 @@ def serve_cmd(
     timeout: Annotated[float, typer.Option(help="Seconds per request, queue wait included "
                                            "(then 503).")] = 30,
     cache_dir: CacheDir = None,
+    prepare: Annotated[bool, typer.Option(help="Detect every reference's keypoints into the "
+                                          "keypoint cache before taking traffic.")] = False,
+    verify_workers: Annotated[bool, typer.Option(
+        "--verify-workers/--verify-inline", help="Verify keypoints on a pool of worker processes "
+                                                 "(one per core) instead of in the service "
+                                                 "process.")] = False,
 ) -> None:
     """Serve query-by-image over HTTP: POST the image bytes to /v1/query?k=10.
 
@@ -595,7 +617,8 @@ def serve_cmd(
     err.print(f"serving '{index}' on http://{host}:{port} (docs at /docs"
               f"{', bearer token required' if token else ''})")
     serve(index, host=host, port=port, model=model, device=device, token=token,
-          max_upload_mb=max_upload_mb, timeout=timeout, cache_dir=cache_dir)
+          max_upload_mb=max_upload_mb, timeout=timeout, cache_dir=cache_dir, prepare=prepare,
+          verify_backend="processes" if verify_workers else "inline")
 
 
 @app.command("models")

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -358,13 +358,32 @@ class QueryEngine:
                                      query_pixels=q.pixels))
         return out
 
-    def prepare_references(self, ids: Sequence[str] | None = None) -> int:
+    def prepare_references(self, ids: Sequence[str] | None = None, *,
+                           progress: Callable[[int], None] | None = None,
+                           chunk: int = 256) -> int:
         """Detect the keypoints of these references (default: the whole catalog) into the
         keypoint cache now rather than on a query's first use: what a service does before it
-        takes traffic. Returns how many references could not be read."""
+        takes traffic. An inline engine with an on-disk cache prepares them on a temporary
+        process pool (the disk cache is what its queries then read). `progress` is called with
+        the number of references done after each chunk. Returns how many could not be read."""
         self.reference_uris([])  # loads the catalog's URIs once
-        uris = self._uris if ids is None else self.reference_uris(ids)
-        return self.verifier.prepare_references(list(uris.values()))
+        uris = list((self._uris if ids is None else self.reference_uris(ids)).values())
+        verifier, own = self.verifier, False
+        if (verifier.backend is VerifyBackend.INLINE and verifier.disk is not None
+                and verifier.workers > 1 and len(uris) > chunk):
+            verifier, own = Verifier(verifier.config, backend=VerifyBackend.PROCESSES,
+                                     workers=verifier.workers, cache_capacity=verifier.capacity,
+                                     disk_cache=verifier.disk), True
+        failed = 0
+        try:
+            for s in range(0, len(uris), chunk):
+                failed += verifier.prepare_references(uris[s : s + chunk])
+                if progress is not None:
+                    progress(len(uris[s : s + chunk]))
+        finally:
+            if own:
+                verifier.close()
+        return failed
 
     # -- pieces --------------------------------------------------------------------------------
 
@@ -438,6 +457,35 @@ class QueryEngine:
                                             cache_capacity=base.capacity, disk_cache=base.disk,
                                             ray_address=ray_address)
         return self._verifiers[key]
+
+
+@dataclass(frozen=True)
+class PreparedKeypoints:
+    """What `prepare_keypoints` did."""
+
+    references: int
+    unreadable: int
+    seconds: float
+    folder: str  # where the keypoint files are ("" when no writable cache folder)
+
+
+def prepare_keypoints(index: str | Path, *, cache_dir: str | Path | None = None,
+                      workers: int | None = None, show_progress: bool = True) -> PreparedKeypoints:
+    """`copytrace index prepare-keypoints`: every reference's keypoints into the index's on-disk
+    keypoint cache (or `cache_dir`'s), on a process pool, so no query or service start pays for
+    detecting them. Already cached references are read back, not detected again."""
+    from copytrace.pipelines.progress import progress_bar
+
+    t = time.perf_counter()
+    with QueryEngine.open(index, verify_backend=VerifyBackend.PROCESSES, verify_workers=workers,
+                          cache_dir=cache_dir) as engine:
+        if engine.verifier.disk is None:
+            raise ValueError(f"no writable keypoint cache folder for '{index}': give --cache-dir")
+        engine.reference_uris([])  # the catalog's URIs, loaded once
+        n = len(engine._uris or {})
+        with progress_bar("keypoints", total=n, enabled=show_progress) as advance:
+            failed = engine.prepare_references(progress=advance)
+        return PreparedKeypoints(n, failed, time.perf_counter() - t, engine.verifier.disk)
 
 
 @dataclass

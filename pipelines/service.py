@@ -97,13 +97,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def create_app(index: str | Path, *, model: str | None = None, device: str = "auto",
                config: ServiceConfig | None = None,
                verify_backend: VerifyBackend | str = VerifyBackend.INLINE,
-               cache_dir: str | Path | None = None) -> FastAPI:
+               cache_dir: str | Path | None = None, prepare: bool = False) -> FastAPI:
     """A FastAPI app serving one index; the engine is opened here, once (`cache_dir`: where the
-    caches go when the index folder is read-only)."""
+    caches go when the index folder is read-only; `prepare`: every reference's keypoints into
+    the keypoint cache before the first request, and a process pool backend's workers started)."""
     config = config or ServiceConfig(token=os.environ.get(TOKEN_ENV) or None)
     engine = QueryEngine.open(index, model=model, device=device, verify_backend=verify_backend,
                               cache_dir=cache_dir)
     engine.background(engine.config)  # load now, not on the first request
+    if prepare:
+        failed = engine.prepare_references()
+        log.warning("reference keypoints prepared (%d unreadable)", failed)
+        engine.verifier.start()
     batcher: Batcher | None = None
     metrics = _Metrics(lambda: batcher.depth if batcher else 0)
 
@@ -200,14 +205,16 @@ def _verify_param(value: str) -> VerifyMode:
 def serve(index: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
           model: str | None = None, device: str = "auto", token: str | None = None,
           max_upload_mb: float = 50, timeout: float = 30.0,
-          cache_dir: str | Path | None = None) -> None:
+          cache_dir: str | Path | None = None, prepare: bool = False,
+          verify_backend: VerifyBackend | str = VerifyBackend.INLINE) -> None:
     """Run the service until SIGTERM / Ctrl-C; in-flight requests are finished first, and a
     SIGTERM shutdown returns normally (exit status 0)."""
     import uvicorn
 
     config = ServiceConfig(max_upload_bytes=int(max_upload_mb * 2**20), request_timeout=timeout,
                            token=token or os.environ.get(TOKEN_ENV) or None)
-    app = create_app(index, model=model, device=device, config=config, cache_dir=cache_dir)
+    app = create_app(index, model=model, device=device, config=config, cache_dir=cache_dir,
+                     prepare=prepare, verify_backend=verify_backend)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            timeout_graceful_shutdown=int(timeout) + 5))
     # uvicorn re-raises a SIGTERM it shut down on once it restored the handler it found; the

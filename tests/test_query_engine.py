@@ -223,12 +223,12 @@ def test_reference_keypoints_prepared_ahead_by_the_pool(index, copies, tmp_path)
     with QueryEngine.open(index, verify_backend=VerifyBackend.PROCESSES, verify_workers=2,
                           cache_dir=tmp_path) as engine:
         assert engine.prepare_references() == 0
-        stored = list(tmp_path.rglob("*.npz"))
+        stored = list(tmp_path.rglob(f"{KEYPOINT_CACHE_DIR}/*/*.npz"))
         assert len(stored) == len(engine.index)  # every reference, once, shared by the workers
     with QueryEngine.open(index, verify_backend=VerifyBackend.INLINE, cache_dir=tmp_path) as engine:
         results = engine.query(files, k=3, verify="full")
-        assert engine.verifier.cache.misses > 0 and not list(
-            set(tmp_path.rglob("*.npz")) - set(stored))  # read from disk, none detected again
+        assert engine.verifier.cache.misses > 0 and not list(  # read from disk, none detected again
+            set(tmp_path.rglob(f"{KEYPOINT_CACHE_DIR}/*/*.npz")) - set(stored))
     assert [r.matches[0].reference_id for r in results] == [f.stem[:-5] for f in files]
 
 
@@ -258,3 +258,41 @@ def test_query_localize_no_expand_on_ray_opens_each_query_file_once(index, copie
         assert times_opened(opened, f) == 1, (f, opened)
     found = {r.query_id for r in results if r.matches and r.matches[0].score >= 0.5}
     assert found and {o.query_id for o in outcomes} == found
+
+
+def test_an_inline_engine_prepares_references_on_a_temporary_pool(index, tmp_path):
+    import multiprocessing
+
+    done: list[int] = []
+    with QueryEngine.open(index, verify_backend=VerifyBackend.INLINE, cache_dir=tmp_path) as engine:
+        before = set(multiprocessing.active_children())
+        assert engine.prepare_references(progress=done.append, chunk=4) == 0
+        assert not set(multiprocessing.active_children()) - before  # the pool is gone again
+        assert engine.verifier.cache.misses == 0  # prepared in the workers, not here
+    assert sum(done) == len(engine.index) and max(done) <= 4
+    assert len(list(tmp_path.rglob(f"{KEYPOINT_CACHE_DIR}/*/*.npz"))) == len(engine.index)
+
+
+def test_index_prepare_keypoints_command_and_serve_prepare(index, tmp_path):
+    """The real console script fills the keypoint cache and a second run finds it complete; a
+    service created with `prepare` fills its own before the first request."""
+    import re
+    import subprocess
+    import sys
+
+    from copytrace.pipelines.service import create_app
+
+    cli = [sys.executable, "-m", "copytrace.pipelines.cli", "index", "prepare-keypoints",
+           str(index), "--cache-dir", str(tmp_path / "a"), "-q", "--workers", "2"]
+    first = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    n = int(re.search(r"keypoints of (\d+) references", first.stdout).group(1))
+    stored = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.npz")}
+    assert n > 0 and len(stored) == n
+    assert subprocess.run(cli, capture_output=True, timeout=300).returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.npz")} == stored
+    create_app(index, cache_dir=tmp_path / "b", prepare=True)
+    assert len(list((tmp_path / "b").rglob(f"{KEYPOINT_CACHE_DIR}/*/*.npz"))) == n
+    bad = subprocess.run([*cli[:5], str(tmp_path / "nope"), "-q"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
