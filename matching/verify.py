@@ -195,23 +195,22 @@ def _warp_reference(query: Prepared, reference: Prepared,
     return warped, valid
 
 
-def _photometric(query: Prepared, warped: np.ndarray, valid: np.ndarray,
+def _photometric(query: Prepared, blurred: tuple[np.ndarray, np.ndarray], overlap: np.ndarray,
                  hull_q: np.ndarray) -> tuple[float, float]:
     """NCC inside the query's inlier hull between the query and the reference warped onto it.
 
-    Both are blurred a little first so JPEG and resampling noise do not count; NCC ignores
-    brightness/contrast edits. A copy scores high; another photo of the same object scores
-    lower (lighting, parallax), even when a homography fits its keypoints.
+    Both are blurred a little first (`_blurred`) so JPEG and resampling noise do not count; NCC
+    ignores brightness/contrast edits. A copy scores high; another photo of the same object
+    scores lower (lighting, parallax), even when a homography fits its keypoints.
     """
     qh, qw = query.gray.shape
     mask = np.zeros((qh, qw), np.uint8)
     cv2.fillConvexPoly(mask, hull_q.astype(np.int32), 255)
-    mask &= cv2.erode(valid, np.ones((5, 5), np.uint8))
+    mask &= overlap
     sel = mask > 0
     if sel.sum() < 64:
         return 0.0, 0.0
-    a = cv2.GaussianBlur(query.gray, (0, 0), 1.5).astype(np.float32)
-    b = cv2.GaussianBlur(warped, (0, 0), 1.5).astype(np.float32)
+    a, b = blurred
     # Band-pass (difference of Gaussians): a copy's fine texture lands on the same pixels;
     # another photo of the same planar object matches only the coarse layout.
     da = a - cv2.GaussianBlur(a, (0, 0), 2.5)
@@ -219,8 +218,14 @@ def _photometric(query: Prepared, warped: np.ndarray, valid: np.ndarray,
     return _ncc(a[sel], b[sel]), _ncc(da[sel], db[sel])
 
 
-def _agreement(query: Prepared, warped: np.ndarray, valid: np.ndarray, hull_q: np.ndarray,
-               block: int = 16) -> float:
+def _blurred(query: Prepared, warped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Query and warped reference, lightly blurred (float32): shared by the pixel checks."""
+    return (cv2.GaussianBlur(query.gray, (0, 0), 1.5).astype(np.float32),
+            cv2.GaussianBlur(warped, (0, 0), 1.5).astype(np.float32))
+
+
+def _agreement(query: Prepared, blurred: tuple[np.ndarray, np.ndarray], overlap_mask: np.ndarray,
+               hull_q: np.ndarray, block: int = 16) -> float:
     """Share of the blocks of the overlap (the reference frame inside the query) that agree.
 
     A copy agrees wherever it was not overlaid; another photo of a planar object agrees only on
@@ -229,14 +234,13 @@ def _agreement(query: Prepared, warped: np.ndarray, valid: np.ndarray, hull_q: n
     a block agrees when its mean difference is small or its texture correlates.
     """
     qh, qw = query.gray.shape
-    overlap = cv2.erode(valid, np.ones((5, 5), np.uint8)) > 0
+    overlap = overlap_mask > 0
     hull = np.zeros((qh, qw), np.uint8)
     cv2.fillConvexPoly(hull, hull_q.astype(np.int32), 255)
     inner = (hull > 0) & overlap
     if inner.sum() < 64:
         return 0.0
-    a = cv2.GaussianBlur(query.gray, (0, 0), 1.5).astype(np.float32)
-    b = cv2.GaussianBlur(warped, (0, 0), 1.5).astype(np.float32)
+    a, b = blurred
     gain, offset = np.polyfit(b[inner], a[inner], 1)
     b = gain * b + offset
     ny, nx = qh // block, qw // block
@@ -376,8 +380,10 @@ def _measure(query: Prepared, reference: Prepared, a: Alignment, mirrored: bool,
     # stored in the query's own coordinates), so the pixel checks need no special case.
     hull_q = cv2.convexHull(q_small.astype(np.float32)).reshape(-1, 2)
     warped, valid = _warp_reference(query, reference, h_small)
-    photometric, detail = _photometric(query, warped, valid, hull_q)
-    agreement = _agreement(query, warped, valid, hull_q)
+    overlap = cv2.erode(valid, np.ones((5, 5), np.uint8))  # away from the warped border
+    blurred = _blurred(query, warped)
+    photometric, detail = _photometric(query, blurred, overlap, hull_q)
+    agreement = _agreement(query, blurred, overlap, hull_q)
     share, seam, extends = _border_geometry(query, reference, h_small, warped, config)
     return Verification(
         inliers=a.inliers, matches=a.matches, homography=a.homography,
