@@ -26,6 +26,7 @@ from copytrace.indexing.manifest import IndexLayout
 from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
 from copytrace.matching.templates import TemplateConfig, learn_templates
 from copytrace.matching.verify import VerifyConfig, load_rgb
+from copytrace.pipelines.dedup_bridges import INCONSISTENT, bridges, drop_inconsistent
 from copytrace.pipelines.dedup_candidates import (
     Candidate,
     descriptor_candidates,
@@ -175,6 +176,26 @@ def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
     return sorted(best.values(), key=lambda p: (-p.score, p.a, p.b))
 
 
+def consistent_pairs(pairs: list[ScoredPair], scored: list[ScoredPair], uris: dict[str, str],
+                     features: ImageFeatures, *, engine: QueryEngine,
+                     template_config: TemplateConfig) -> tuple[list[ScoredPair], list[ScoredPair]]:
+    """`pairs` and `scored` with the inconsistent bridges re-decided (pipelines.dedup_bridges)."""
+    found = bridges(pairs)
+    if not found:
+        return pairs, scored
+    rows = features.rows()
+    ids = sorted({x for _, c, d in found for x in (c, d) if x in rows})
+    cells = (learn_templates(features.thumbs, config=template_config)
+             .template_cells(features.thumbs[[rows[i] for i in ids]]) if ids else [])
+    keypoints = engine.index.layout.root / KEYPOINT_CACHE_DIR
+    kept, dropped = drop_inconsistent(
+        pairs, uris, dict(zip(ids, cells, strict=True)), use_ray=False, ray_address=None,
+        keypoint_dir=keypoints if os.access(keypoints, os.W_OK) else None,
+        verify_config=engine.config.verify or VerifyConfig(), calibration=engine.calibration,
+        template_config=template_config)
+    return kept, [dropped.get(frozenset((p.a, p.b)), p) for p in scored]
+
+
 def image_facts(catalog: pa.Table, ids: set[str], policy: KeepPolicy) -> dict[str, ImageFacts]:
     rows = [r for r in catalog.to_pylist() if r["image_id"] in ids]
     order = {r: n for n, r in enumerate(catalog.column("image_id").to_pylist())}
@@ -270,6 +291,8 @@ def finish(out: Path, index: Path, catalog: pa.Table, pairs: list[ScoredPair],
     counts = {k: sum(1 for p in pairs if p.kind == k) for k in (Kind.EXACT, Kind.PDQ, Kind.NEAR)}
     counts["rejected_template"] = sum(1 for p in candidates if p.reason.startswith("evidence on"))
     counts["rejected_other_view"] = sum(1 for p in candidates if p.reason.startswith("another view"))
+    counts["rejected_inconsistent"] = sum(1 for p in candidates
+                                          if p.reason.startswith(INCONSISTENT))
     result = DedupReport(out, index, catalog.num_rows, pairs, candidates, clusters, reps,
                          {str(k): v for k, v in counts.items()}, features)
     write_json_atomic(out / AUDIT_FILE, {
@@ -295,6 +318,7 @@ def dedup(
     always_top: int = 2,
     crops: bool = True,
     view_check: bool = True,
+    bridge_check: bool = True,
     model: str = "default",
     template_config: TemplateConfig | None = None,
     report: bool = True,
@@ -308,7 +332,9 @@ def dedup(
     score from which a descriptor neighbour is verified, and the `always_top` best neighbours of
     each image are verified whatever their score; `k` neighbours per image are looked at, searched
     with the image's query crops too (`crops`). `view_check` rejects verified pairs whose
-    geometry says "two photos of one object", not a copy (pipelines.dedup_views).
+    geometry says "two photos of one object", not a copy (pipelines.dedup_views). `bridge_check`
+    drops a pair that alone joins two groups whose other members share no content
+    (pipelines.dedup_bridges).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -338,10 +364,14 @@ def dedup(
                               ray_address=ray_address,
                               views=shipped_view_check() if view_check else None)
     pairs = exact_scored(exact) + [p for p in scored if p.duplicate]
+    if bridge_check:
+        pairs, scored = consistent_pairs(pairs, scored, uris, features, engine=engine,
+                                         template_config=template_config)
     return finish(out, index, catalog, pairs, scored, keep=keep, threshold=threshold,
                   report=report, features=features, template_config=template_config,
                   extra={"band": band, "k": k, "always_top": always_top, "crops": crops,
-                         "view_check": view_check, "template_config": asdict(template_config)})
+                         "view_check": view_check, "bridge_check": bridge_check,
+                         "template_config": asdict(template_config)})
 
 
 def write_hash_matches(audit: DedupReport, hash_list: str | Path) -> int:

@@ -145,7 +145,8 @@ def write_report(audit, catalog: pa.Table, *, threshold: float) -> Path:
              ("near (verified)", audit.counts.get("near", 0)), ("clusters", len(audit.clusters)),
              ("to drop", audit.duplicates_to_drop),
              ("rejected: template only", audit.counts.get("rejected_template", 0)),
-             ("rejected: another view", audit.counts.get("rejected_other_view", 0))]
+             ("rejected: another view", audit.counts.get("rejected_other_view", 0)),
+             ("rejected: partners disagree", audit.counts.get("rejected_inconsistent", 0))]
     parts = [f"<h1>copytrace dedup audit</h1><p class=muted>index {html.escape(str(audit.index))}"
              f" · decision threshold {threshold:.2f} (calibrated P(copy))</p><div class=cards>"
              + "".join(f"<div class=card><b>{v}</b>{html.escape(k)}</div>" for k, v in cards)

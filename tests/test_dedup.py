@@ -26,12 +26,15 @@ from PIL import Image
 
 from copytrace.benchmarks.dedup_planted import social_frame
 from copytrace.descriptors.augment import random_copy
+from copytrace.matching.calibrate import load_calibration
 from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
 from copytrace.matching.pdq import from_hex, pdq_hash, range_pairs, read_hash_list, to_hex
 from copytrace.matching.templates import TemplateConfig, content_check, learn_templates, thumbnail
-from copytrace.matching.verify import verify_batch
+from copytrace.matching.verify import VerifyConfig, verify_batch
 from copytrace.pipelines.dedup import CLUSTER_SCHEMA, PAIR_SCHEMA, dedup, taken_time
+from copytrace.pipelines.dedup_bridges import bridges, drop_inconsistent
 from copytrace.pipelines.dedup_incremental import dedup_against
+from copytrace.pipelines.dedup_score import ScoredPair
 from copytrace.pipelines.dedup_sql import audit_sql
 
 from photos import PHOTO_NAMES, jpeg_bytes, photo
@@ -390,3 +393,39 @@ def test_keep_largest_prefers_content_over_pixels():
     assert sizes["framed"][0] * sizes["framed"][1] > content["framed"].pixels
     assert largest_content(list(images), content, lambda m: (m,)) == "orig"
     assert largest_content(["crop", "framed"], content, lambda m: (m,)) == "framed"
+
+
+def _pair(a: str, b: str, score: float = 0.9) -> ScoredPair:
+    return ScoredPair(a, b, "near", score, 0.9, None, 50, 1.0, 0, True, "content match")
+
+
+def test_bridges_are_pairs_joining_two_groups():
+    pairs = [_pair("a", "c"), _pair("a", "b"), _pair("b", "d"), _pair("x", "y"), _pair("y", "z"),
+             _pair("x", "z")]
+    assert [(p.a, p.b, c, d) for p, c, d in bridges(pairs)] == [("a", "b", "c", "d")]
+
+
+def test_inconsistent_bridge_dropped_consistent_chain_kept(tmp_path, frames):
+    """Two screenshots in one frame joined by a (frame-only) pair whose photos share nothing
+    are split; a chain photo - screenshot - crop of the screenshot - smaller crop stays."""
+    files = {}
+    for name, pixels in (("astronaut", photo("astronaut")), ("coffee", photo("coffee")),
+                         ("post-astronaut", frames["astronaut"]), ("post-coffee", frames["coffee"]),
+                         ("shot-crop", frames["astronaut"][60:560, 10:470]),
+                         ("crop-crop", frames["astronaut"][150:450, 60:400])):
+        files[name] = str(tmp_path / f"{name}.png")
+        Image.fromarray(pixels).save(files[name])
+    kwargs = dict(use_ray=False, ray_address=None, keypoint_dir=None, verify_config=VerifyConfig(),
+                  calibration=load_calibration(), template_config=TemplateConfig())
+    frame_only = [_pair("astronaut", "post-astronaut"), _pair("coffee", "post-coffee"),
+                  _pair("post-astronaut", "post-coffee", 0.6)]
+    kept, dropped = drop_inconsistent(frame_only, files, {}, **kwargs)
+    assert list(dropped) == [frozenset(("post-astronaut", "post-coffee"))]
+    assert dropped[frozenset(("post-astronaut", "post-coffee"))].reason.startswith(
+        "partners disagree")
+    assert len(kept) == 2
+    chain = [_pair("astronaut", "post-astronaut"), _pair("post-astronaut", "shot-crop"),
+             _pair("crop-crop", "shot-crop")]
+    assert [(p.a, p.b) for p, _, _ in bridges(chain)] == [("post-astronaut", "shot-crop")]
+    kept, dropped = drop_inconsistent(chain, files, {}, **kwargs)
+    assert dropped == {} and kept == chain
