@@ -121,25 +121,33 @@ def run_copytrace(folder: Path, work: Path, group: dict, true_pairs: set) -> lis
         env={"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})
     if code != 0:
         return [Row("copytrace", secs, rss, None, None, None, None, f"failed: {tail.strip()}")]
+    default, ablations = default_and_ablations(audit, group, true_pairs)
+    return [Row("copytrace (index + dedup, default)", secs, rss, *default,
+                note="index build included; crops, content, view and bridge checks on"),
+            *ablations]
+
+
+def default_and_ablations(audit: Path, group: dict, true_pairs: set
+                          ) -> tuple[tuple, list[Row]]:
+    """(pairs, precision, recall, F1) of an audit, and rows for the same run with its later
+    checks undone (from candidates.parquet: what each check rejected is put back)."""
     cands = pq.read_table(audit / "candidates.parquet").to_pylist()
     pairs = pq.read_table(audit / "pairs.parquet").to_pylist()
-    full = {frozenset((p["image_id_a"], p["image_id_b"])) for p in pairs}
-    exact = {frozenset((p["image_id_a"], p["image_id_b"])) for p in pairs if p["kind"] == "exact"}
-    verified_only = exact | {frozenset((c["image_id_a"], c["image_id_b"])) for c in cands
-                             if c["score"] >= 0.5 or c["kind"] == "pdq"}
-    no_views = full | {frozenset((c["image_id_a"], c["image_id_b"])) for c in cands
-                       if c["reason"].startswith("another view")
-                       and (c["score"] >= 0.5 or c["kind"] == "pdq")}
-    rows = [Row("copytrace (index + dedup, default)", secs, rss, len(full),
-                *score(full, group, true_pairs),
-                note="index build included; crops, content and view checks on")]
-    rows.append(Row("copytrace, same run without the view check", None, None, len(no_views),
-                    *score(no_views, group, true_pairs),
-                    note="ablation from candidates.parquet of the run above"))
-    rows.append(Row("copytrace, same run without content and view checks", None, None,
-                    len(verified_only), *score(verified_only, group, true_pairs),
-                    note="ablation from candidates.parquet of the run above"))
-    return rows
+    key = lambda r: frozenset((r["image_id_a"], r["image_id_b"]))  # noqa: E731
+    full = {key(p) for p in pairs}
+    exact = {key(p) for p in pairs if p["kind"] == "exact"}
+    accepted = [c for c in cands if c["score"] >= 0.5 or c["kind"] == "pdq"]
+    no_bridges = full | {key(c) for c in cands if c["reason"].startswith("partners disagree")}
+    no_views = no_bridges | {key(c) for c in accepted if c["reason"].startswith("another view")}
+    verified_only = exact | {key(c) for c in accepted}
+    note = "ablation from candidates.parquet of the run above"
+    return (len(full), *score(full, group, true_pairs)), [
+        Row("copytrace, same run without the bridge check", None, None, len(no_bridges),
+            *score(no_bridges, group, true_pairs), note=note),
+        Row("copytrace, same run without bridge and view checks", None, None, len(no_views),
+            *score(no_views, group, true_pairs), note=note),
+        Row("copytrace, same run without content, view and bridge checks", None, None,
+            len(verified_only), *score(verified_only, group, true_pairs), note=note)]
 
 
 def run_peer(name: str, python: str, script: str, args: list[str], work: Path, group: dict,
