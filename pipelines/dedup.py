@@ -33,7 +33,7 @@ from copytrace.pipelines.dedup_candidates import (
     exact_pairs,
     pdq_candidates,
 )
-from copytrace.pipelines.dedup_features import ImageFeatures, catalog_features
+from copytrace.pipelines.dedup_features import ImageFeatures, catalog_digests, catalog_features
 from copytrace.pipelines.dedup_keep import (
     Content,
     largest_content,
@@ -348,6 +348,7 @@ def dedup(
     uris = dict(zip(catalog.column("image_id").to_pylist(), catalog.column("uri").to_pylist(),
                     strict=True))
     features = catalog_features(index, sorted(uris.items()), fallback_dir=out,
+                                sha256=catalog_digests(catalog),
                                 show_progress=show_progress)
     exact = exact_pairs(index)
     found: dict[tuple[str, str], Candidate] = {}

@@ -1,12 +1,15 @@
 """Per-image dedup features (PDQ hash + template thumbnail), computed once and kept with the index.
 
 Stored as `dedup-features.parquet` beside the catalog (falls back to the audit folder when the
-index is read-only), so a second audit or an incremental `--against` run re-reads them.
+index is read-only), so a second audit or an incremental `--against` run re-reads them. A stored
+row is reused only while the catalog records the same file bytes (sha256) for its image id: an id
+whose file was replaced (removed and added again) is hashed anew, never judged by the old file.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ FEATURES_SCHEMA = pa.schema([
     ("pdq", pa.binary(PDQ_BYTES)),  # null when the image could not be decoded
     ("pdq_quality", pa.int32()),
     ("thumb", pa.binary(THUMB * THUMB)),  # THUMB x THUMB grey, for template learning
+    ("sha256", pa.string()),  # of the file the row was computed from (null: unknown, recompute)
 ])
 
 
@@ -55,8 +59,10 @@ def _one(uri: str) -> tuple[bytes, int, bytes] | None:
 
 
 def compute_features(sources: list[tuple[str, str]], *, show_progress: bool = False,
-                     threads: int = 2) -> pa.Table:
-    """FEATURES_SCHEMA rows for (image_id, uri) pairs; decoding and hashing on threads."""
+                     threads: int = 2, sha256: Mapping[str, str] | None = None) -> pa.Table:
+    """FEATURES_SCHEMA rows for (image_id, uri) pairs; decoding and hashing on threads.
+    `sha256`: the catalog's file digests by image id, recorded with the rows."""
+    sha256 = sha256 or {}
     rows = []
     with ThreadPoolExecutor(max_workers=threads) as pool, \
             progress_bar("hashing", total=len(sources), enabled=show_progress) as advance:
@@ -64,7 +70,7 @@ def compute_features(sources: list[tuple[str, str]], *, show_progress: bool = Fa
                                       strict=True):
             code, quality, thumb = got if got is not None else (None, None, None)
             rows.append({"image_id": image_id, "pdq": code, "pdq_quality": quality,
-                         "thumb": thumb})
+                         "thumb": thumb, "sha256": sha256.get(image_id)})
             advance(1)
     return pa.Table.from_pylist(rows, schema=FEATURES_SCHEMA)
 
@@ -80,19 +86,40 @@ def as_features(table: pa.Table) -> ImageFeatures:
                          np.frombuffer(thumbs, np.uint8).reshape(n, THUMB, THUMB))
 
 
+def catalog_digests(catalog: pa.Table) -> dict[str, str]:
+    """sha256 of each catalog row's file, by image id (what `catalog_features` keys rows on)."""
+    return dict(zip(catalog.column("image_id").to_pylist(), catalog.column("sha256").to_pylist(),
+                    strict=True))
+
+
+def _stored(path: Path) -> pa.Table:
+    """A stored features file; one written before rows carried their sha256 reads as unknown."""
+    table = pq.read_table(path)
+    if "sha256" not in table.column_names:
+        table = table.append_column("sha256", pa.nulls(table.num_rows, pa.string()))
+    return table.select(FEATURES_SCHEMA.names).cast(FEATURES_SCHEMA)
+
+
 def catalog_features(index: str | Path, sources: list[tuple[str, str]], *,
-                     fallback_dir: str | Path, show_progress: bool = False) -> ImageFeatures:
-    """Features of every (image_id, uri) of an index, computing only those not stored yet."""
+                     sha256: Mapping[str, str], fallback_dir: str | Path,
+                     show_progress: bool = False) -> ImageFeatures:
+    """Features of every (image_id, uri) of an index, computing only those not stored yet for
+    the file the catalog records now (`sha256`: digest by image id)."""
     stored_at = [Path(index) / FEATURES_FILE, Path(fallback_dir) / FEATURES_FILE]
     known = FEATURES_SCHEMA.empty_table()
     for path in stored_at:
         if path.exists():
-            known = pq.read_table(path, schema=FEATURES_SCHEMA)
+            known = _stored(path)
             break
-    have = set(known.column("image_id").to_pylist())
-    todo = [s for s in sources if s[0] not in have]
+    current = {i: d for i, d in zip(known.column("image_id").to_pylist(),
+                                    known.column("sha256").to_pylist(), strict=True)
+               if d is not None and d == sha256.get(i)}
+    todo = [s for s in sources if s[0] not in current]
     if todo:
-        known = pa.concat_tables([known, compute_features(todo, show_progress=show_progress)])
+        fresh = pc.is_in(known.column("image_id"), value_set=pa.array(sorted(current), pa.string()))
+        known = pa.concat_tables([known.filter(fresh),
+                                  compute_features(todo, show_progress=show_progress,
+                                                   sha256=sha256)])
         for path in stored_at:
             try:
                 write_parquet_atomic(path, known)

@@ -22,7 +22,12 @@ from copytrace.matching.templates import TemplateConfig, learn_templates
 from copytrace.matching.verify import VerifyConfig
 from copytrace.pipelines.dedup import DedupReport, decide, finish
 from copytrace.pipelines.dedup_candidates import Candidate
-from copytrace.pipelines.dedup_features import as_features, catalog_features, compute_features
+from copytrace.pipelines.dedup_features import (
+    as_features,
+    catalog_digests,
+    catalog_features,
+    compute_features,
+)
 from copytrace.pipelines.dedup_score import Kind, ScoredPair, ScoreJob, run_jobs
 from copytrace.pipelines.dedup_views import ViewCheck, shipped_view_check
 from copytrace.pipelines.engine import KEYPOINT_CACHE_DIR, QueryEngine, match_config
@@ -111,6 +116,7 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
     cat_uris = dict(zip(catalog.column("image_id").to_pylist(), catalog.column("uri").to_pylist(),
                         strict=True))
     cat_features = catalog_features(index, sorted(cat_uris.items()), fallback_dir=out,
+                                    sha256=catalog_digests(catalog),
                                     show_progress=show_progress)
     new = {s.image_id: s.uri for s in list_sources(new_images)}
     new_features = as_features(compute_features(sorted(new.items()), show_progress=show_progress))
