@@ -37,7 +37,7 @@ def connected_groups(pairs: Iterable[tuple[T, T]]) -> list[list[T]]:
 class KeepPolicy(str, Enum):
     """Which image of a duplicate cluster is its representative (the one to keep)."""
 
-    LARGEST = "largest"  # most pixels, then most bytes (least compressed)
+    LARGEST = "largest"  # most content (dedup: not frame or template), then pixels, then bytes
     OLDEST = "oldest"  # earliest capture date (EXIF) or file time
     FIRST = "first"  # first in catalog order
 
