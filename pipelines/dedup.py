@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic
 from copytrace.indexing.manifest import IndexLayout
 from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
-from copytrace.matching.templates import TemplateConfig, learn_templates
+from copytrace.matching.templates import ContentCheck, TemplateConfig, learn_templates
 from copytrace.matching.verify import VerifyConfig, load_rgb
 from copytrace.pipelines.dedup_bridges import INCONSISTENT, bridges, drop_inconsistent
 from copytrace.pipelines.dedup_candidates import (
@@ -110,6 +110,15 @@ def resolve_index(images_or_index: str | Path, out: Path, *, model: str, use_ray
     return index
 
 
+def rejection_reason(check: ContentCheck) -> str:
+    """Why a pair failed the content check, as the report says it: "template only" when more
+    of the agreement lies on template cells than on content (two photos in one frame), else
+    "content disagrees" (e.g. a copy whose content was pasted over, template cells or not)."""
+    on_template = check.agreeing_all - check.agreeing_content
+    return "evidence on template only" if on_template > check.agreeing_content else \
+        "content disagrees"
+
+
 def decide(c: Candidate, query: str, other: str, score: float, ev: dict,
            threshold: float, views: ViewCheck | None = None) -> ScoredPair:
     """The audit's verdict on one scored pair (`score_jobs` evidence): content, not template;
@@ -127,7 +136,7 @@ def decide(c: Candidate, query: str, other: str, score: float, ev: dict,
     if check is None:
         reason = "no local geometry"
     elif not content_ok:
-        reason = "evidence on template only" if check.template_cells else "content disagrees"
+        reason = rejection_reason(check)
     elif not view_ok:
         reason = "another view of the object"
     elif not pdq_hit and score < threshold:

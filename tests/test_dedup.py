@@ -29,9 +29,15 @@ from copytrace.descriptors.augment import random_copy
 from copytrace.matching.calibrate import load_calibration
 from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
 from copytrace.matching.pdq import from_hex, pdq_hash, range_pairs, read_hash_list, to_hex
-from copytrace.matching.templates import TemplateConfig, content_check, learn_templates, thumbnail
+from copytrace.matching.templates import (
+    ContentCheck,
+    TemplateConfig,
+    content_check,
+    learn_templates,
+    thumbnail,
+)
 from copytrace.matching.verify import VerifyConfig, verify_batch
-from copytrace.pipelines.dedup import CLUSTER_SCHEMA, PAIR_SCHEMA, dedup, taken_time
+from copytrace.pipelines.dedup import CLUSTER_SCHEMA, PAIR_SCHEMA, dedup, rejection_reason, taken_time
 from copytrace.pipelines.dedup_bridges import bridges, drop_inconsistent
 from copytrace.pipelines.dedup_incremental import dedup_against
 from copytrace.pipelines.dedup_score import ScoredPair
@@ -429,3 +435,15 @@ def test_inconsistent_bridge_dropped_consistent_chain_kept(tmp_path, frames):
     assert [(p.a, p.b) for p, _, _ in bridges(chain)] == [("post-astronaut", "shot-crop")]
     kept, dropped = drop_inconsistent(chain, files, {}, **kwargs)
     assert dropped == {} and kept == chain
+
+
+def test_rejection_reason_says_template_only_when_the_agreement_is_on_the_template():
+    """A shared frame agrees on its template cells, the photos inside do not: "template only".
+    A paste-over copy agrees on some content and little template: "content disagrees", even
+    though its overlap holds template cells."""
+    frame_only = ContentCheck(overlap_cells=100, template_cells=30, agreeing_content=2,
+                              agreeing_all=30, passed=False)
+    pasted_over = ContentCheck(overlap_cells=100, template_cells=10, agreeing_content=30,
+                               agreeing_all=32, passed=False)
+    assert rejection_reason(frame_only) == "evidence on template only"
+    assert rejection_reason(pasted_over) == "content disagrees"
