@@ -29,6 +29,7 @@ from copytrace.descriptors.decode import (
     to_model_square,
 )
 from copytrace.descriptors.model import LoadedDescriptor
+from copytrace.descriptors.worker_guard import exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ def embed_files(
     if device is not None:
         pool: Executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
     elif processes > 1:
-        pool = ProcessPoolExecutor(max_workers=processes, mp_context=get_context("forkserver"))
+        pool = ProcessPoolExecutor(max_workers=processes, mp_context=get_context("forkserver"),
+                                   initializer=exit_with_parent)
     else:
         workers = decode_workers or max(1, min(4, os.cpu_count() or 1))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")

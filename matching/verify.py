@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from copytrace.descriptors.worker_guard import exit_with_parent
 from copytrace.matching.align import AlignConfig, Alignment, Keypoints, align_keypoints, detect
 
 log = logging.getLogger(__name__)
@@ -566,10 +567,12 @@ def _task_cache(config: VerifyConfig, capacity: int, disk: str | None) -> Prepar
 
 
 def init_worker(config: VerifyConfig, capacity: int, disk: str | None) -> None:
-    """Process-pool initializer: one reference cache per worker, one OpenCV thread."""
+    """Process-pool initializer: one reference cache per worker, one OpenCV thread; the worker
+    ends with its parent."""
     global _worker_cache
     import cv2
 
+    exit_with_parent()
     cv2.setNumThreads(1)
     _one_blas_thread_here()
     _worker_cache = PreparedCache(load_rgb, config=config, capacity=capacity, disk=disk)

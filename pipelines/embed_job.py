@@ -28,6 +28,7 @@ import pyarrow as pa
 from copytrace.descriptors.decode import DEFAULT_MAX_PIXELS
 from copytrace.descriptors.embed import Embedder, embed_files, granted_cores, pick_device
 from copytrace.descriptors.model import LoadedDescriptor, load_descriptor
+from copytrace.descriptors.worker_guard import exit_with_parent
 from copytrace.indexing.catalog import STATUS_ERROR, STATUS_OK, CatalogRow, catalog_table
 from copytrace.indexing.embeddings import embedding_table
 from copytrace.indexing.sources import ImageSource
@@ -116,6 +117,7 @@ def one_core(settings: EmbedSettings) -> EmbedSettings:
 
 def _pool_init(settings: EmbedSettings) -> None:
     global _POOL_WORKER
+    exit_with_parent()
     _POOL_WORKER = _Worker(one_core(settings), threads=1)
 
 

@@ -1,0 +1,28 @@
+"""Worker processes of copytrace's local pools (decode, embed, verify) end with their parent.
+
+A pool's workers block on a queue whose pipe their siblings also hold open, so when the parent
+is killed without running its clean-up (SIGTERM from a scheduler, an OOM kill) they never see
+it close: each idle worker kept its model or keypoint cache, found 33 minutes later. Every pool
+initializer calls `exit_with_parent` first; a daemon thread waits on the parent's sentinel (a
+pipe that closes when the parent ends, for spawn and forkserver workers alike) and exits.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from multiprocessing.connection import wait
+
+
+def exit_with_parent() -> None:
+    """In a pool worker: exit as soon as the process that started the pool is gone."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:  # the main process, or not a pool worker
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
