@@ -18,6 +18,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -163,26 +164,43 @@ def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
     cells = model.template_cells(features.thumbs[[rows[i] for i in need]]) if need else []
     templates = dict(zip(need, cells, strict=True))
     use_ray = len(cands) >= RAY_MIN_PAIRS if use_ray is None else use_ray
+    best = decide_both_ways(cands, uris, templates, threshold=threshold, views=views,
+                            **scorer_settings(engine, template_config, use_ray=use_ray,
+                                              ray_address=ray_address))
+    return sorted(best.values(), key=lambda p: (-p.score, p.a, p.b))
+
+
+def scorer_settings(engine: QueryEngine, template_config: TemplateConfig, *, use_ray: bool,
+                    ray_address: str | None) -> dict:
+    """`run_jobs`' settings for pairs of `engine`'s index: its verifier settings and calibration,
+    its keypoint cache when writable, Ray when asked for or when an address is given."""
     keypoints = engine.index.layout.root / KEYPOINT_CACHE_DIR
-    kwargs = dict(use_ray=use_ray or bool(ray_address), ray_address=ray_address,
-                  keypoint_dir=keypoints if os.access(keypoints, os.W_OK) else None,
-                  verify_config=engine.config.verify or VerifyConfig(),
-                  calibration=engine.calibration, template_config=template_config)
+    return dict(use_ray=use_ray or bool(ray_address), ray_address=ray_address,
+                keypoint_dir=keypoints if os.access(keypoints, os.W_OK) else None,
+                verify_config=engine.config.verify or VerifyConfig(),
+                calibration=engine.calibration, template_config=template_config)
+
+
+def decide_both_ways(cands: dict[tuple[str, str], Candidate], uris: dict[str, str],
+                     templates: dict[str, np.ndarray], *, threshold: float,
+                     views: ViewCheck | None, reverse: bool = True,
+                     **scorer) -> dict[tuple[str, str], ScoredPair]:
+    """Verify each candidate a -> b and `decide` it; with `reverse`, again b -> a where geometry
+    was found but the (asymmetric) fused score or the content check fell short, e.g. a crop copy
+    searched from its original. The better verdict per pair, keyed like `cands` ((a, b))."""
     best: dict[tuple[str, str], ScoredPair] = {}
     todo = list(cands.values())
-    for reverse in (False, True):
-        for q, o, score, ev in run_jobs(build_jobs(todo, uris, reverse=reverse), templates,
-                                        **kwargs):
-            key = (q, o) if q < o else (o, q)
+    for backwards in ((False, True) if reverse else (False,)):
+        for q, o, score, ev in run_jobs(build_jobs(todo, uris, reverse=backwards), templates,
+                                        **scorer):
+            key = (o, q) if backwards else (q, o)
             pair = decide(cands[key], q, o, score, ev, threshold, views)
             prev = best.get(key)
             if prev is None or (pair.duplicate, pair.score) > (prev.duplicate, prev.score):
                 best[key] = pair
-        # the other direction only helps where geometry was found but the (asymmetric) fused
-        # score or the content check fell short: e.g. a crop copy searched from the original
         todo = [c for c in todo if (p := best.get((c.a, c.b))) is not None and not p.duplicate
                 and p.inliers is not None]
-    return sorted(best.values(), key=lambda p: (-p.score, p.a, p.b))
+    return best
 
 
 def consistent_pairs(pairs: list[ScoredPair], scored: list[ScoredPair], uris: dict[str, str],
@@ -196,12 +214,9 @@ def consistent_pairs(pairs: list[ScoredPair], scored: list[ScoredPair], uris: di
     ids = sorted({x for _, c, d in found for x in (c, d) if x in rows})
     cells = (learn_templates(features.thumbs, config=template_config)
              .template_cells(features.thumbs[[rows[i] for i in ids]]) if ids else [])
-    keypoints = engine.index.layout.root / KEYPOINT_CACHE_DIR
     kept, dropped = drop_inconsistent(
-        pairs, uris, dict(zip(ids, cells, strict=True)), use_ray=False, ray_address=None,
-        keypoint_dir=keypoints if os.access(keypoints, os.W_OK) else None,
-        verify_config=engine.config.verify or VerifyConfig(), calibration=engine.calibration,
-        template_config=template_config)
+        pairs, uris, dict(zip(ids, cells, strict=True)),
+        **scorer_settings(engine, template_config, use_ray=False, ray_address=None))
     return kept, [dropped.get(frozenset((p.a, p.b)), p) for p in scored]
 
 

@@ -7,8 +7,6 @@ content-not-template check (template cells learned from the catalog) and the vie
 from __future__ import annotations
 
 import hashlib
-import os
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +17,7 @@ from copytrace.indexing.sources import list_sources
 from copytrace.matching.clusters import KeepPolicy
 from copytrace.matching.pdq import MATCH_DISTANCE, range_pairs
 from copytrace.matching.templates import TemplateConfig, learn_templates
-from copytrace.matching.verify import VerifyConfig
-from copytrace.pipelines.dedup import DedupReport, decide, finish
+from copytrace.pipelines.dedup import DedupReport, decide_both_ways, finish, scorer_settings
 from copytrace.pipelines.dedup_candidates import Candidate
 from copytrace.pipelines.dedup_features import (
     as_features,
@@ -28,9 +25,9 @@ from copytrace.pipelines.dedup_features import (
     catalog_features,
     compute_features,
 )
-from copytrace.pipelines.dedup_score import Kind, ScoredPair, ScoreJob, run_jobs
+from copytrace.pipelines.dedup_score import Kind, ScoredPair
 from copytrace.pipelines.dedup_views import ViewCheck, shipped_view_check
-from copytrace.pipelines.engine import KEYPOINT_CACHE_DIR, QueryEngine, match_config
+from copytrace.pipelines.engine import QueryEngine, match_config
 
 
 def _sha256(uri: str) -> str | None:
@@ -60,36 +57,14 @@ def _score(cands: dict[tuple[str, str], Candidate], new: dict[str, str], cat_uri
            templates: dict[str, np.ndarray], *, engine: QueryEngine, threshold: float,
            config: TemplateConfig, views: ViewCheck | None, use_ray: bool,
            ray_address: str | None, reverse: bool = True) -> list[ScoredPair]:
-    """Verify new -> catalog with the audit's scorer and decide with its `decide` (content check,
-    view check, threshold). Where that found geometry but fell short, the catalog image is tried
-    as the query (`reverse`), as the full audit does: the fused score and the content check are
-    asymmetric (a crop, searched from its original, covers the original's cells only in part).
-    `templates` must hold the catalog images' template cells too."""
-    keypoints = engine.index.layout.root / KEYPOINT_CACHE_DIR
-    kwargs = dict(use_ray=use_ray, ray_address=ray_address,
-                  verify_config=engine.config.verify or VerifyConfig(),
-                  calibration=engine.calibration, template_config=config,
-                  keypoint_dir=keypoints if os.access(keypoints, os.W_OK) else None)
-    uris = {**cat_uris, **new}
-    best: dict[tuple[str, str], ScoredPair] = {}
-    todo = sorted(cands)
-    for backwards in ((False, True) if reverse else (False,)):
-        groups: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
-        for a, b in todo:
-            c = cands[(a, b)]
-            g = (c.global_ba if backwards else c.global_ab)
-            g = g if g is not None else (c.global_ab if backwards else c.global_ba)
-            q, o = (b, a) if backwards else (a, b)
-            groups[q].append((o, uris[o], g if g is not None else 0.0))
-        jobs = [ScoreJob(q, uris[q], others) for q, others in sorted(groups.items())]
-        for q, o, score, ev in run_jobs(jobs, templates, **kwargs):
-            key = (o, q) if backwards else (q, o)
-            pair = decide(cands[key], q, o, score, ev, threshold, views)
-            prev = best.get(key)
-            if prev is None or (pair.duplicate, pair.score) > (prev.duplicate, prev.score):
-                best[key] = pair
-        todo = [k for k in todo if (p := best.get(k)) is not None and not p.duplicate
-                and p.inliers is not None]
+    """Verify new -> catalog and decide as the full audit does (`decide_both_ways`: content
+    check, view check, threshold; with `reverse`, the catalog image tried as the query where
+    geometry was found but fell short). `templates` must hold the catalog images' template cells
+    too."""
+    best = decide_both_ways(cands, {**cat_uris, **new}, templates, threshold=threshold,
+                            views=views, reverse=reverse,
+                            **scorer_settings(engine, config, use_ray=use_ray,
+                                              ray_address=ray_address))
     return [best[k] for k in sorted(best)]
 
 
