@@ -1,8 +1,9 @@
 """Worker processes of copytrace's local pools (decode, embed, verify) end with their parent.
 
-A pool's workers block on a queue whose pipe their siblings also hold open, so when the parent
-is killed without running its clean-up (SIGTERM from a scheduler, an OOM kill) they never see
-it close: each idle worker kept its model or keypoint cache, found 33 minutes later. Every pool
+An idle pool worker waits on its task queue; when the parent is killed without running its
+clean-up (SIGTERM from a scheduler, an OOM kill) the worker is not told, and keeps its model or
+keypoint cache: two verify workers of a killed run were found 33 minutes later, and forkserver
+workers outlive a SIGTERM-killed parent every time (tests/test_worker_guard.py). Every pool
 initializer calls `exit_with_parent` first; a daemon thread waits on the parent's sentinel (a
 pipe that closes when the parent ends, for spawn and forkserver workers alike) and exits.
 """
