@@ -43,7 +43,7 @@ from copytrace.pipelines.dedup_keep import (
 )
 from copytrace.pipelines.dedup_score import Kind, ScoredPair, build_jobs, run_jobs
 from copytrace.pipelines.dedup_views import ViewCheck, shipped_view_check
-from copytrace.pipelines.engine import KEYPOINT_CACHE_DIR, QueryEngine, match_config
+from copytrace.pipelines.engine import QueryEngine, match_config
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +172,12 @@ def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
 
 def scorer_settings(engine: QueryEngine, template_config: TemplateConfig, *, use_ray: bool,
                     ray_address: str | None) -> dict:
-    """`run_jobs`' settings for pairs of `engine`'s index: its verifier settings and calibration,
-    its keypoint cache when writable, Ray when asked for or when an address is given."""
-    keypoints = engine.index.layout.root / KEYPOINT_CACHE_DIR
+    """`run_jobs`' settings for pairs of `engine`'s index: its verifier settings, calibration and
+    on-disk keypoint cache (the folder the engine chose, None when none is writable), Ray when
+    asked for or when an address is given."""
+    disk = engine.verifier.disk
     return dict(use_ray=use_ray or bool(ray_address), ray_address=ray_address,
-                keypoint_dir=keypoints if os.access(keypoints, os.W_OK) else None,
+                keypoint_dir=Path(disk) if disk else None,
                 verify_config=engine.config.verify or VerifyConfig(),
                 calibration=engine.calibration, template_config=template_config)
 
