@@ -49,6 +49,8 @@ class DecodedImage:
     format: str
     sha256: str
     num_bytes: int
+    pdq: bytes | None = None  # 32-byte PDQ hash of the file (`descriptors.pdq`), when asked for
+    pdq_quality: int | None = None
 
 
 def read_bytes(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
@@ -132,12 +134,16 @@ def decode_bytes(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     target_size: int | None = None,
+    min_side: int | None = None,
 ) -> DecodedImage:
     """Decode encoded image bytes to RGB pixels.
 
     With `target_size`, the result is resized to a `target_size` square (the descriptor's input),
-    and JPEG decoding uses DCT scaling to skip work it would throw away.
+    and JPEG decoding uses DCT scaling to skip work it would throw away. With `min_side` alone,
+    a JPEG is DCT-scaled (by 1/2, 1/4 or 1/8) no further than both sides >= `min_side`, aspect
+    kept: enough pixels for a hash that resamples them anyway, at a fraction of a full decode.
     """
+    reduce_to = target_size or min_side
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise DecodeError("empty file (0 bytes)")
@@ -152,9 +158,9 @@ def decode_bytes(
                     f"image too large: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the "
                     f"{max_pixels / 1e6:.0f} MP limit (possible decompression bomb)"
                 )
-            if target_size is not None and fmt == "jpeg":
+            if reduce_to is not None and fmt == "jpeg":
                 img.draft("RGB" if img.mode in ("RGB", "L", "YCbCr") else None,
-                          (target_size, target_size))
+                          (reduce_to, reduce_to))
             img.load()
             w, h = _displayed_size(img, w, h)
             img = _exif_transposed(img)
@@ -184,7 +190,7 @@ def decode_bytes(
 
 def decode_file(
     path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int = DEFAULT_MAX_BYTES, min_side: int | None = None,
 ) -> DecodedImage:
     return decode_bytes(read_bytes(path, max_bytes=max_bytes), max_pixels=max_pixels,
-                        target_size=target_size)
+                        target_size=target_size, min_side=min_side)

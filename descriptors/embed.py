@@ -13,7 +13,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -25,10 +25,12 @@ from copytrace.descriptors.decode import (
     DEFAULT_MAX_PIXELS,
     DecodedImage,
     DecodeError,
-    decode_file,
+    decode_bytes,
+    read_bytes,
     to_model_square,
 )
 from copytrace.descriptors.model import LoadedDescriptor
+from copytrace.descriptors.pdq import hash_bytes
 from copytrace.descriptors.worker_guard import exit_with_parent
 
 log = logging.getLogger(__name__)
@@ -91,9 +93,17 @@ class EmbeddedFile:
     error: str | None
 
 
-def _decode(path: str | Path, size: int, max_pixels: int) -> DecodedImage | str:
+def _decode(path: str | Path, size: int, max_pixels: int,
+            pdq: bool = False) -> DecodedImage | str:
+    """The model's input square; with `pdq`, also the file's PDQ hash, from a decode of its own
+    (the hash's pixels must not depend on the model's input size)."""
     try:
-        return decode_file(path, target_size=size, max_pixels=max_pixels)
+        data = read_bytes(path)
+        image = decode_bytes(data, target_size=size, max_pixels=max_pixels)
+        if pdq:
+            code, quality = hash_bytes(data, max_pixels=max_pixels)
+            image = replace(image, pdq=code, pdq_quality=quality)
+        return image
     except DecodeError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - a batch must survive any single bad input
@@ -140,14 +150,16 @@ def embed_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_processes: int | None = None,
     decode_device: str | None = "auto",
+    pdq: bool = False,
 ) -> Iterator[list[EmbeddedFile]]:
     """Embed files in order, one list per batch; failed files come back with their error.
 
     Decoding runs ahead of the model by two batches: per file in `decode_processes` processes
     (default: sized from the granted cores) or threads, or per batch on `decode_device` ('auto':
-    the model's GPU, JPEGs only, others on the CPU)."""
+    the model's GPU, JPEGs only, others on the CPU). With `pdq` each file's PDQ hash comes back
+    in its image record; the hash needs CPU pixels, so files are then decoded on the CPU."""
     size = embedder.image_size
-    device = _decode_device(decode_device, embedder)
+    device = None if pdq else _decode_device(decode_device, embedder)
     processes = auto_decode_processes() if decode_processes is None else decode_processes
     if device is not None:
         pool: Executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
@@ -169,7 +181,7 @@ def embed_files(
                     pending.append((s, [pool.submit(decode_to_device, chunk, size=size,
                                                     device=device, max_pixels=max_pixels)]))
                 else:
-                    pending.append((s, [pool.submit(_decode, p, size, max_pixels)
+                    pending.append((s, [pool.submit(_decode, p, size, max_pixels, pdq)
                                         for p in chunk]))
 
         for _ in range(_PREFETCH_BATCHES):
@@ -201,7 +213,7 @@ def _records(start: int, decoded: list, vectors: np.ndarray | None) -> list[Embe
     k = 0
     for i, d in enumerate(decoded):
         if isinstance(d, DecodedImage):
-            image = DecodedImage(_NO_PIXELS, d.width, d.height, d.format, d.sha256, d.num_bytes)
+            image = replace(d, pixels=_NO_PIXELS)
             out.append(EmbeddedFile(start + i, image, vectors[k], None))
             k += 1
         else:

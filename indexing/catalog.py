@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from copytrace.descriptors.pdq import PDQ_BYTES
 from copytrace.indexing.parts import committed_parts
 
 CATALOG_SCHEMA = pa.schema(
@@ -21,6 +22,10 @@ CATALOG_SCHEMA = pa.schema(
         ("format", pa.string()),
         ("status", pa.string()),  # "ok" | "error"
         ("error", pa.string()),
+        # PDQ hash of the file (descriptors.pdq), filled by `index build --pdq`; null in
+        # indexes built without it (older parts lack the columns and read as null)
+        ("pdq", pa.binary(PDQ_BYTES)),
+        ("pdq_quality", pa.int32()),
     ]
 )
 
@@ -39,6 +44,8 @@ class CatalogRow:
     format: str | None
     status: str
     error: str | None
+    pdq: bytes | None = None
+    pdq_quality: int | None = None
 
 
 def catalog_table(rows: list[CatalogRow]) -> pa.Table:

@@ -30,7 +30,9 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
         parts = committed_parts(folder, version)
         if parts:
             files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{files}])")
+            # union_by_name: parts written before a column existed (catalog `pdq`) read as null
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{files}], "
+                        "union_by_name = true)")
     return con
 
 

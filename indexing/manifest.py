@@ -82,6 +82,7 @@ class Manifest:
     id_map: str = "ids.parquet"
     tombstones: str | None = None  # Parquet of removed image ids, honoured at search
     updated: str = ""
+    pdq: bool = False  # the catalog holds every image's PDQ hash; `index add` computes them too
 
     def files(self) -> set[str]:
         """Paths (relative to the index root) this version's search reads."""
@@ -106,6 +107,7 @@ class Manifest:
             source=d["source"], versions=d.get("versions", {}), created=d.get("created", ""),
             version=d.get("version", 1), id_map=d.get("id_map", "ids.parquet"),
             tombstones=d.get("tombstones"), updated=d.get("updated", ""),
+            pdq=bool(d.get("pdq", False)),
         )
 
 

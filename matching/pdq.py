@@ -1,4 +1,5 @@
-"""PDQ perceptual hashes: compute, hex I/O (ThreatExchange style) and Hamming range joins.
+"""PDQ hash lists: hex I/O (ThreatExchange style) and Hamming range joins (hashes are computed
+by `descriptors.pdq`).
 
 Trust-and-safety teams exchange PDQ hash lists as 64-character hex strings and call two images a
 match at Hamming distance <= 31 (of 256 bits). Joins run on FAISS binary indexes in query chunks,
@@ -12,17 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import faiss
 import numpy as np
-import pdqhash
+
+from copytrace.descriptors.pdq import PDQ_BYTES
 
 MATCH_DISTANCE = 31
 """ThreatExchange's PDQ match threshold (Hamming distance, inclusive)."""
-
-PDQ_BYTES = 32
-HASH_MAX_SIDE = 512
-"""PDQ resamples to 64 x 64 anyway; hashing a <= 512 px copy is 5-10x faster, same bits +- noise."""
 
 _HEX = re.compile(r"\b[0-9a-fA-F]{64}\b")
 
@@ -32,23 +29,6 @@ class HashPair:
     a: int  # row in the first hash array
     b: int  # row in the second (or the same) array
     distance: int
-
-
-def pdq_hash(pixels: np.ndarray) -> tuple[bytes, int]:
-    """(32-byte PDQ hash, quality 0-100) of RGB uint8 pixels."""
-    h, w = pixels.shape[:2]
-    scale = HASH_MAX_SIDE / max(h, w)
-    if scale < 1:
-        pixels = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))),
-                            interpolation=cv2.INTER_AREA)
-    bits, quality = pdqhash.compute(np.ascontiguousarray(pixels))
-    return pack_bits(bits), int(quality)
-
-
-def pack_bits(bits: np.ndarray) -> bytes:
-    """pdqhash's 256 bits (most significant first) as the 32 bytes whose hex is the
-    ThreatExchange string."""
-    return np.packbits(np.asarray(bits).astype(np.uint8)).tobytes()
 
 
 def to_hex(code: bytes) -> str:

@@ -119,10 +119,12 @@ def build_index(
     root: str | Path | None = None,
     target_recall: float = 0.97,
     max_query_ms: float | None = None,
+    pdq: bool = False,
 ) -> BuildReport:
     """Index every image under `images` (folder, image, or .parquet/.csv listing) into `index`.
 
     One writer at a time per index folder (`indexing.lock`); `root` refuses inputs outside it.
+    `pdq` also stores each file's PDQ hash in the catalog (dedup audits, hash lists).
     """
     layout = IndexLayout(Path(index))
     sources = list_sources(images, all_files=True, root=root)
@@ -135,7 +137,7 @@ def build_index(
     layout.root.mkdir(parents=True, exist_ok=True)
 
     state = {"listing_sha256": listing_digest(sources), "model_id": descriptor.model_id,
-             "chunk_size": chunk_size, "inputs": len(sources)}
+             "chunk_size": chunk_size, "inputs": len(sources), **({"pdq": True} if pdq else {})}
     if layout.build_state.exists():
         previous = json.loads(layout.build_state.read_text())
         if previous != state:
@@ -156,7 +158,7 @@ def build_index(
     if resumed:
         log.info("resuming: %d of %d chunks already done", resumed, len(chunks))
     settings = EmbedSettings(model=model_spec, batch_size=batch_size, device=device,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, pdq=pdq)
     sizes = {no: len(src) for no, src in todo}
     with progress_bar("embedding", total=len(sources), enabled=show_progress) as advance:
         advance(sum(len(src) for no, src in chunks if no not in sizes))
@@ -199,7 +201,7 @@ def build_index(
                         tuning=tuned.as_dict() if tuned else None),
         counts={"inputs": len(sources), "indexed": reader.total,
                 "errors": counts.get("error", 0)},
-        source=absolute_uri(images), versions=software_versions(), created=utc_now(),
+        source=absolute_uri(images), versions=software_versions(), created=utc_now(), pdq=pdq,
     )
     manifest.write(layout.manifest)
     errs = catalog_errors(layout.root, limit=20)

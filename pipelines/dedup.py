@@ -34,7 +34,12 @@ from copytrace.pipelines.dedup_candidates import (
     exact_pairs,
     pdq_candidates,
 )
-from copytrace.pipelines.dedup_features import ImageFeatures, catalog_digests, catalog_features
+from copytrace.pipelines.dedup_features import (
+    ImageFeatures,
+    catalog_digests,
+    catalog_features,
+    catalog_pdq,
+)
 from copytrace.pipelines.dedup_keep import (
     Content,
     largest_content,
@@ -107,7 +112,7 @@ def resolve_index(images_or_index: str | Path, out: Path, *, model: str, use_ray
 
     index = out / "index"
     build_index(images_or_index, index, model=model, use_ray=bool(use_ray) or bool(ray_address),
-                ray_address=ray_address, show_progress=show_progress)
+                ray_address=ray_address, show_progress=show_progress, pdq=True)
     return index
 
 
@@ -131,8 +136,8 @@ def decide(c: Candidate, query: str, other: str, score: float, ev: dict,
     content_ok = check is not None and check.passed
     v = ev.get("verification")
     coverage = None if check is None else check.coverage
-    view = (views.probability(v, coverage, ev.get("shading")) if views is not None and v is not None
-            else None)
+    view = (views.probability(v, coverage, ev.get("shading"), ev.get("residuals"))
+            if views is not None and v is not None else None)
     view_ok = view is None or view >= views.cut
     if check is None:
         reason = "no local geometry"
@@ -373,7 +378,7 @@ def dedup(
     uris = dict(zip(catalog.column("image_id").to_pylist(), catalog.column("uri").to_pylist(),
                     strict=True))
     features = catalog_features(index, sorted(uris.items()), fallback_dir=out,
-                                sha256=catalog_digests(catalog),
+                                sha256=catalog_digests(catalog), pdq=catalog_pdq(catalog),
                                 show_progress=show_progress)
     exact = exact_pairs(index)
     found: dict[tuple[str, str], Candidate] = {}
@@ -407,6 +412,6 @@ def write_hash_matches(audit: DedupReport, hash_list: str | Path) -> int:
 
     if audit.features is None:
         raise ValueError("this audit has no PDQ features to match")
-    table = match_hash_list(audit.features, hash_list)
+    table = match_hash_list(audit.features.ids, audit.features.pdq, hash_list)
     write_parquet_atomic(audit.out / "hash_matches.parquet", table)
     return len(set(table.column("image_id").to_pylist()))

@@ -1,5 +1,8 @@
 """Per-image dedup features (PDQ hash + template thumbnail), computed once and kept with the index.
 
+The PDQ hash is the catalog's own when the index was built with `--pdq` (only the thumbnail is
+computed then); both come from the pixels `descriptors.pdq` defines the hash on.
+
 Stored as `dedup-features.parquet` beside the catalog (falls back to the audit folder when the
 index is read-only), so a second audit or an incremental `--against` run re-reads them. A stored
 row is reused only while the catalog records the same file bytes (sha256) for its image id: an id
@@ -19,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from copytrace.descriptors.decode import DecodeError, decode_file
+from copytrace.descriptors.decode import DecodeError, read_bytes
+from copytrace.descriptors.pdq import PDQ_BYTES, hash_pixels_of, pdq_hash
 from copytrace.indexing.atomic import write_parquet_atomic
-from copytrace.matching.pdq import PDQ_BYTES, pdq_hash
 from copytrace.matching.templates import THUMB, thumbnail
 from copytrace.pipelines.progress import progress_bar
 
@@ -48,26 +51,40 @@ class ImageFeatures:
         return {i: n for n, i in enumerate(self.ids)}
 
 
-def _one(uri: str) -> tuple[bytes, int, bytes] | None:
+def _one(uri: str, known: tuple[bytes, int] | None) -> tuple[bytes, int, bytes] | None:
+    """(PDQ, quality, thumbnail) of a file, from the pixels PDQ is defined on; `known`: the
+    catalog's PDQ of the file, not computed again."""
     try:
-        pixels = decode_file(uri).pixels
+        pixels = hash_pixels_of(read_bytes(uri))
     except (DecodeError, OSError) as exc:
         log.warning("dedup features: cannot decode '%s': %s (skipped)", uri, exc)
         return None
-    code, quality = pdq_hash(pixels)
+    code, quality = known if known is not None else pdq_hash(pixels)
     return code, quality, thumbnail(pixels).tobytes()
 
 
+def catalog_pdq(catalog: pa.Table) -> dict[str, tuple[bytes, int]]:
+    """The PDQ hashes a catalog holds (built with `--pdq`), by image id."""
+    if "pdq" not in catalog.column_names:
+        return {}
+    have = catalog.filter(catalog.column("pdq").is_valid())
+    return {i: (c, q) for i, c, q in zip(have.column("image_id").to_pylist(),
+                                         have.column("pdq").to_pylist(),
+                                         have.column("pdq_quality").to_pylist(), strict=True)}
+
+
 def compute_features(sources: list[tuple[str, str]], *, show_progress: bool = False,
-                     threads: int = 2, sha256: Mapping[str, str] | None = None) -> pa.Table:
+                     threads: int = 2, sha256: Mapping[str, str] | None = None,
+                     pdq: Mapping[str, tuple[bytes, int]] | None = None) -> pa.Table:
     """FEATURES_SCHEMA rows for (image_id, uri) pairs; decoding and hashing on threads.
-    `sha256`: the catalog's file digests by image id, recorded with the rows."""
-    sha256 = sha256 or {}
+    `sha256`: the catalog's file digests by image id, recorded with the rows; `pdq`: hashes the
+    catalog already holds (only the thumbnail is computed for those)."""
+    sha256, pdq = sha256 or {}, pdq or {}
     rows = []
     with ThreadPoolExecutor(max_workers=threads) as pool, \
             progress_bar("hashing", total=len(sources), enabled=show_progress) as advance:
-        for (image_id, _), got in zip(sources, pool.map(_one, [u for _, u in sources]),
-                                      strict=True):
+        got_all = pool.map(_one, [u for _, u in sources], [pdq.get(i) for i, _ in sources])
+        for (image_id, _), got in zip(sources, got_all, strict=True):
             code, quality, thumb = got if got is not None else (None, None, None)
             rows.append({"image_id": image_id, "pdq": code, "pdq_quality": quality,
                          "thumb": thumb, "sha256": sha256.get(image_id)})
@@ -102,9 +119,11 @@ def _stored(path: Path) -> pa.Table:
 
 def catalog_features(index: str | Path, sources: list[tuple[str, str]], *,
                      sha256: Mapping[str, str], fallback_dir: str | Path,
+                     pdq: Mapping[str, tuple[bytes, int]] | None = None,
                      show_progress: bool = False) -> ImageFeatures:
     """Features of every (image_id, uri) of an index, computing only those not stored yet for
-    the file the catalog records now (`sha256`: digest by image id)."""
+    the file the catalog records now (`sha256`: digest by image id; `pdq`: the catalog's hashes,
+    `catalog_pdq`, reused)."""
     stored_at = [Path(index) / FEATURES_FILE, Path(fallback_dir) / FEATURES_FILE]
     known = FEATURES_SCHEMA.empty_table()
     for path in stored_at:
@@ -119,7 +138,7 @@ def catalog_features(index: str | Path, sources: list[tuple[str, str]], *,
         fresh = pc.is_in(known.column("image_id"), value_set=pa.array(sorted(current), pa.string()))
         known = pa.concat_tables([known.filter(fresh),
                                   compute_features(todo, show_progress=show_progress,
-                                                   sha256=sha256)])
+                                                   sha256=sha256, pdq=pdq)])
         for path in stored_at:
             try:
                 write_parquet_atomic(path, known)

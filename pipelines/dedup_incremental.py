@@ -23,6 +23,7 @@ from copytrace.pipelines.dedup_features import (
     as_features,
     catalog_digests,
     catalog_features,
+    catalog_pdq,
     compute_features,
 )
 from copytrace.pipelines.dedup_score import Kind, ScoredPair
@@ -91,7 +92,7 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
     cat_uris = dict(zip(catalog.column("image_id").to_pylist(), catalog.column("uri").to_pylist(),
                         strict=True))
     cat_features = catalog_features(index, sorted(cat_uris.items()), fallback_dir=out,
-                                    sha256=catalog_digests(catalog),
+                                    sha256=catalog_digests(catalog), pdq=catalog_pdq(catalog),
                                     show_progress=show_progress)
     new = {s.image_id: s.uri for s in list_sources(new_images)}
     new_features = as_features(compute_features(sorted(new.items()), show_progress=show_progress))

@@ -48,6 +48,7 @@ class EmbedSettings:
     decode_workers: int | None = None
     decode_processes: int | None = None  # None: sized from the cores the worker is granted
     decode_device: str | None = "auto"  # 'auto': batch JPEG decoding on the model's GPU
+    pdq: bool = False  # also hash each file (the catalog's pdq column)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def embed_chunk(chunk: int, sources: Sequence[ImageSource], embedder: Embedder,
                              decode_workers=settings.decode_workers,
                              max_pixels=settings.max_pixels,
                              decode_processes=settings.decode_processes,
-                             decode_device=settings.decode_device):
+                             decode_device=settings.decode_device, pdq=settings.pdq):
         for item in batch:
             pos = readable[item.index]
             src = sources[pos]
@@ -84,7 +85,7 @@ def embed_chunk(chunk: int, sources: Sequence[ImageSource], embedder: Embedder,
                 continue
             im = item.image
             by_pos[pos] = CatalogRow(src.image_id, src.uri, im.sha256, im.num_bytes, im.width,
-                                   im.height, im.format, STATUS_OK, None)
+                                   im.height, im.format, STATUS_OK, None, im.pdq, im.pdq_quality)
             ids.append(src.image_id)
             vectors.append(item.vector)
     matrix = np.stack(vectors) if vectors else np.zeros((0, embedder.dims), np.float32)

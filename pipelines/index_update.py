@@ -45,7 +45,8 @@ def add_images(images: str | Path, index: str | Path, *, batch_size: int = 32,
     if descriptor.model_id != manifest.model.id:
         raise UpdateError(f"'{manifest.model.name}' now loads another model than the one that "
                           f"built '{index}'; rebuild the index")
-    settings = EmbedSettings(model=manifest.model.name, batch_size=batch_size, device=device)
+    settings = EmbedSettings(model=manifest.model.name, batch_size=batch_size, device=device,
+                             pdq=manifest.pdq)
     catalogs, embeddings = [], []
     with progress_bar("embedding", total=len(sources), enabled=show_progress) as advance:
         for result in run_embedding([(0, sources)], settings, use_ray=use_ray,

@@ -140,6 +140,11 @@ QUERY_COLUMNS = (Column("query_id", "query", is_id=True), Column("rank", numeric
                  Column("similarity", numeric=True, optional=True))
 
 
+HASH_MATCH_COLUMNS = (Column("query_id", "query", is_id=True), Column("distance", numeric=True),
+                      Column("list_hash", "listed hash", is_id=True), Column("list_label", "label"))
+"""`query --match-hashes`: a query within PDQ distance 31 of a listed hash."""
+
+
 def query_rows(results: Sequence[QueryResult], *, threshold: float = 0.5) -> list[dict]:
     """One row per (query, match): ids, rank, calibrated score, the verdict at `threshold`, and
     the two evidence numbers that fit a table (boxes and homography stay in JSON)."""

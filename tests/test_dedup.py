@@ -26,9 +26,10 @@ from PIL import Image
 
 from copytrace.benchmarks.dedup_planted import social_frame
 from copytrace.descriptors.augment import random_copy
+from copytrace.descriptors.pdq import pdq_hash
 from copytrace.matching.calibrate import load_calibration
 from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
-from copytrace.matching.pdq import from_hex, pdq_hash, range_pairs, read_hash_list, to_hex
+from copytrace.matching.pdq import from_hex, range_pairs, read_hash_list, to_hex
 from copytrace.matching.templates import (
     ContentCheck,
     TemplateConfig,
