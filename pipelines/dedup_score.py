@@ -15,6 +15,7 @@ import numpy as np
 from copytrace.matching.calibrate import Calibration, fused_score
 from copytrace.matching.templates import ContentCheck, TemplateConfig, content_check
 from copytrace.matching.verify import (
+    Prepared,
     PreparedCache,
     Unavailable,
     Verification,
@@ -23,7 +24,7 @@ from copytrace.matching.verify import (
     verify_batch,
 )
 from copytrace.pipelines.dedup_candidates import Candidate
-from copytrace.pipelines.dedup_views import shading_residual
+from copytrace.pipelines.dedup_views import residual_field, shading_residual
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,23 @@ def score_jobs(jobs: Sequence[ScoreJob], templates: dict[str, np.ndarray], *,
                         config=template_config)
                     ev["check"] = check
                     ev["shading"] = shading_residual(pixels, other_pixels, v.homography)
+                    ev["residuals"] = _residuals(cache, job.query_uri, uri, v, verify_config)
                 except Exception as exc:  # noqa: BLE001
                     log.warning("dedup: content check of '%s' vs '%s' failed: %s", job.query,
                                 other, exc)
             out.append((job.query, other, score, ev))
     return out
+
+
+def _residuals(cache: PreparedCache, query_uri: str, uri: str, v: Verification,
+               config: VerifyConfig) -> tuple[float, float] | None:
+    """The pair's `residual_field`, from both images' keypoints in the scorer's keypoint cache
+    (on disk for catalog images); None when either cannot be read."""
+    q, o = cache.get(query_uri), cache.get(uri)
+    if not (isinstance(q, Prepared) and isinstance(o, Prepared)):
+        return None
+    return residual_field(q.keypoints, o.keypoints, v.homography, mirrored=v.mirrored,
+                          config=config.align)
 
 
 def build_jobs(cands: Sequence[Candidate], uris: dict[str, str], *, reverse: bool = False

@@ -5,10 +5,13 @@ so verification finds hundreds of inliers and the calibrated score says "copy". 
 how the pair was made: a copy is a digital edit, so its inliers sit within a pixel of one
 homography that is close to a similarity at a multiple of 90 degrees, and its pixels agree down
 to fine texture; a second photo brings perspective, lens and lighting changes, a looser fit and
-texture that no longer lines up. A logistic model over those measurements (`VIEW_FEATURES`),
-fitted by `benchmarks.dedup_fit` on a planted FIT split that shares no photo or object with the
-benchmark's TEST split, turns them into P(copy | geometry); pairs below its cut are rejected as
-"another view". The fitted model ships as `dedup_views.json` beside this module.
+texture that no longer lines up, and a real camera leaves a smooth field in the inliers'
+reprojection residuals (lens distortion differs per pose, a "flat" object is not quite flat) that
+no homography absorbs, where a digital edit's residuals are keypoint noise. A logistic model
+over those measurements (`VIEW_FEATURES`), fitted by `benchmarks.dedup_fit` on a planted FIT
+split that shares no photo or object with the benchmark's TEST split, turns them into
+P(copy | geometry); pairs below its cut are rejected as "another view". The fitted model ships
+as `dedup_views.json` beside this module.
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from copytrace.indexing.atomic import write_json_atomic
+from copytrace.matching.align import AlignConfig, Keypoints, match_descriptors
 from copytrace.matching.calibrate import fit_logistic
-from copytrace.matching.verify import Verification
+from copytrace.matching.verify import Verification, mirror_keypoints
 
 VIEW_FEATURES = ("log_inliers", "inlier_ratio", "residual", "tight", "photometric", "detail",
                  "agreement", "distortion", "log_off_axis", "log_min_coverage", "content_coverage",
-                 "log_perspective", "log_anisotropy", "log_shading")
+                 "log_perspective", "log_anisotropy", "log_shading", "log_field_f",
+                 "field_correlation")
 
 
 def perspective(v: Verification) -> tuple[float, float]:
@@ -42,11 +48,12 @@ def perspective(v: Verification) -> tuple[float, float]:
     side = max(1.0, float(max(x1 - x0, y1 - y0)))
     sv = np.linalg.svd(h[:2, :2], compute_uv=False)
     return float(np.hypot(h[2, 0], h[2, 1]) * side), float(min(10.0, sv[0] / max(sv[1], 1e-9)))
-SIGNS = (1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-"""Where a fitted weight must be >= 0 (1) or is free (0). The fit split's other views are
-well-textured objects with hundreds of inliers, so an unconstrained fit learns "more inliers means
-another photo", which would push a large exact copy towards rejection: that feature is dropped
-when its sign comes out negative, as the engine's calibration does with wrong-signed features."""
+SIGNS = (1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, -1)
+"""Where a fitted weight must be >= 0 (1), <= 0 (-1) or is free (0). The fit split's other views
+are well-textured objects with hundreds of inliers, so an unconstrained fit learns "more inliers
+means another photo", which would push a large exact copy towards rejection: that feature is
+dropped when its sign comes out wrong, as the engine's calibration does with wrong-signed
+features. A smooth residual field (`residual_field`) can only speak for another photo."""
 SHIPPED = Path(__file__).with_name("dedup_views.json")
 
 
@@ -90,19 +97,99 @@ def shading_residual(query: np.ndarray, other: np.ndarray, homography: np.ndarra
     return float(np.median(np.abs(ma - design @ coef)) / (ma.std() + 1e-6))
 
 
-def view_features(v: Verification, coverage: float | None, shading: float | None = None
-                  ) -> np.ndarray:
+FIELD_MIN_INLIERS = 30
+"""Fewer inliers than this: no field is measured (too few to tell a field from noise)."""
+FIELD_DEGREE = 3  # the smooth field: a polynomial of this degree in the query's coordinates
+FIELD_NEIGHBOURS = 5
+FIELD_RADIUS = (2.0, 60.0)  # px (detection scale): neighbours nearer are one blob's duplicates
+
+
+def residual_field(query: Keypoints, reference: Keypoints, homography: np.ndarray, *,
+                   mirrored: bool = False, config: AlignConfig | None = None
+                   ) -> tuple[float, float]:
+    """How much structure the verified pair's inlier residuals have: (log F, correlation).
+
+    The inliers (descriptor matches within the alignment's threshold of `homography`) are
+    refitted with a least-squares homography; a digital copy leaves white keypoint noise, a
+    second photo a smooth field. log F: the F statistic of a degree-3 polynomial field fitted
+    to the residual vectors (about 0 for white noise); correlation: mean dot product of each
+    residual with its nearest neighbours' over its own squared length (about 0 for white noise).
+    (0, 0) when fewer than `FIELD_MIN_INLIERS` inliers. `mirrored`: the verification matched
+    the flipped query (its homography maps the query's own coordinates)."""
+    q, r = _field_inliers(query, reference, homography, mirrored, config or AlignConfig())
+    if len(q) < FIELD_MIN_INLIERS:
+        return 0.0, 0.0
+    qn, _ = _normalized(q, query)
+    rn, rf = _normalized(r, reference)
+    h, _ = cv2.findHomography(qn, rn, 0)
+    if h is None or not np.isfinite(h).all():
+        return 0.0, 0.0
+    e = (cv2.perspectiveTransform(qn.reshape(-1, 1, 2), h).reshape(-1, 2) - rn) * rf
+    return _field_f(qn, e), _neighbour_correlation(q, e)
+
+
+def _field_inliers(query: Keypoints, reference: Keypoints, homography: np.ndarray,
+                   mirrored: bool, config: AlignConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Matched points (detection scale) within the alignment threshold of `homography`."""
+    desc = mirror_keypoints(query).descriptors if mirrored else query.descriptors
+    m = match_descriptors(desc, reference.descriptors, config.ratio)
+    if len(m) < FIELD_MIN_INLIERS:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    src = query.points[m[:, 0]].astype(np.float64)
+    dst = reference.points[m[:, 1]].astype(np.float64)
+    projected = cv2.perspectiveTransform(src.reshape(-1, 1, 2), np.asarray(homography, np.float64))
+    inl = np.linalg.norm(projected.reshape(-1, 2) - dst, axis=1) < (
+        config.ransac_threshold / min(query.scale, reference.scale))
+    return src[inl] * query.scale, dst[inl] * reference.scale
+
+
+def _normalized(points: np.ndarray, kp: Keypoints) -> tuple[np.ndarray, float]:
+    """Points about the image centre over its half diagonal (detection scale); that factor."""
+    w, h = kp.width * kp.scale, kp.height * kp.scale
+    f = 0.5 * math.hypot(w, h)
+    return (points - [w / 2, h / 2]) / f, f
+
+
+def _field_f(qn: np.ndarray, e: np.ndarray) -> float:
+    """log F statistic of a polynomial field over the residual vectors `e` at `qn`."""
+    u, v = qn[:, 0], qn[:, 1]
+    x = np.stack([u ** a * v ** (t - a) for t in range(FIELD_DEGREE + 1) for a in range(t + 1)],
+                 axis=1)
+    fit = x @ np.linalg.lstsq(x, e, rcond=None)[0]
+    terms = 2 * x.shape[1]
+    free = max(1, 2 * len(e) - terms - 8)  # less the refitted homography's 8
+    ss_res, ss_tot = float(((e - fit) ** 2).sum()), float((e ** 2).sum())
+    f = ((ss_tot - ss_res) / terms) / max(ss_res / free, 1e-12)
+    return float(np.clip(math.log(max(f, 1e-3)), -3.0, 5.0))
+
+
+def _neighbour_correlation(points: np.ndarray, e: np.ndarray) -> float:
+    """Mean e_i . e_j over neighbours j of i (`FIELD_RADIUS`), over the mean |e_i|^2."""
+    d = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=2)
+    d[d < FIELD_RADIUS[0]] = np.inf
+    k = min(FIELD_NEIGHBOURS, len(points) - 1)
+    nn = np.argpartition(d, k - 1, axis=1)[:, :k]
+    near = np.take_along_axis(d, nn, 1) < FIELD_RADIUS[1]
+    dots = (e[:, None, :] * e[nn]).sum(axis=2)
+    den = float(((e ** 2).sum(axis=1)[:, None] * near).sum())
+    return float(np.clip((dots * near).sum() / den, -1.0, 1.0)) if den > 1e-12 else 0.0
+
+
+def view_features(v: Verification, coverage: float | None, shading: float | None = None,
+                  residuals: tuple[float, float] | None = None) -> np.ndarray:
     """The measurements in `VIEW_FEATURES` order; `coverage` is the content check's agreeing
     share of the non-template overlap (0 when not checked), `shading` the `shading_residual`
-    of the pair (0 when not measured)."""
+    of the pair (0 when not measured), `residuals` its `residual_field` ((0, 0), white noise,
+    when not measured)."""
     persp, aniso = perspective(v)
+    residuals = residuals or (0.0, 0.0)
     return np.array([
         math.log1p(v.inliers), v.inliers / max(1, v.matches), min(8.0, v.residual), v.tight,
         max(0.0, v.photometric), max(0.0, v.detail), v.agreement, min(0.5, v.distortion),
         math.log1p(v.off_axis_degrees), math.log(min(v.query_coverage, v.reference_coverage) + 0.01),
         0.0 if coverage is None else coverage,
         math.log(min(1.0, persp) + 1e-3), math.log(aniso),
-        math.log(min(1.0, shading or 0.0) + 1e-3),
+        math.log(min(1.0, shading or 0.0) + 1e-3), residuals[0], residuals[1],
     ], np.float64)
 
 
@@ -119,17 +206,20 @@ class ViewCheck:
     fitted_on: dict = field(default_factory=dict)
 
     def probability(self, v: Verification, coverage: float | None,
-                    shading: float | None = None) -> float:
+                    shading: float | None = None, residuals: tuple[float, float] | None = None
+                    ) -> float:
         if len(self.weights) != len(VIEW_FEATURES):
             raise ValueError(f"view check fitted on {len(self.weights)} features, "
                              f"this copytrace measures {len(VIEW_FEATURES)}: refit it")
-        x = (view_features(v, coverage, shading) - np.asarray(self.mean)) / np.asarray(self.scale)
+        x = ((view_features(v, coverage, shading, residuals) - np.asarray(self.mean))
+             / np.asarray(self.scale))
         z = float(np.dot(self.weights, x) + self.bias)
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
     def is_copy(self, v: Verification, coverage: float | None,
-                shading: float | None = None) -> bool:
-        return self.probability(v, coverage, shading) >= self.cut
+                shading: float | None = None, residuals: tuple[float, float] | None = None
+                ) -> bool:
+        return self.probability(v, coverage, shading, residuals) >= self.cut
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(Path(path), asdict(self))
@@ -153,12 +243,13 @@ def fit_view_check(x: np.ndarray, y: np.ndarray, decides: np.ndarray | None = No
     copy rejected here is a silent miss, so recall is fixed first and precision follows."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     decides = np.ones(len(y), bool) if decides is None else np.asarray(decides, bool)
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    std = x.std(axis=0)
+    mean, scale = x.mean(axis=0), np.where(std > 1e-6, std + 1e-6, 1.0)  # constant: left out
     z = (x - mean) / scale
     active = list(range(x.shape[1]))
     while True:
         wa, b = fit_logistic(z[:, active], y, l2=l2)
-        wrong = [(abs(v), j) for v, j in zip(wa, active, strict=True) if SIGNS[j] and v < 0]
+        wrong = [(abs(v), j) for v, j in zip(wa, active, strict=True) if SIGNS[j] * v < 0]
         if not wrong:
             break
         active.remove(max(wrong)[1])
