@@ -7,7 +7,9 @@ scaling row for the candidate self-joins at >= 100k images.
 Every tool runs in its own process on the same folder (benchmarks.dedup_planted): wall time and
 peak RSS come from that process (wait4 rusage); pair precision / recall against groups.csv.
 Peers live in separate virtual environments (their pins clash with ours); a peer that cannot run
-offline (imagededup's CNN downloads torchvision weights) is reported with its error.
+offline (imagededup's default CNN downloads torchvision weights) is reported with its error, and
+imagededup's CNN method runs again on an ImageNet EfficientNet-Lite0 from the installed weights
+(imagededup's CustomModel), so the method still gets its row.
 """
 
 from __future__ import annotations
@@ -85,10 +87,19 @@ def score(predicted: set[frozenset], group: dict[str, str], true_pairs: set[froz
 PEER_SCRIPT = """
 import json, sys
 from imagededup.methods import CNN, PHash
-method, folder, out = sys.argv[1:4]
+method, folder, out = sys.argv[1], sys.argv[2], sys.argv[-1]
 if method == "phash":
     hasher = PHash()
     dups = hasher.find_duplicates(image_dir=folder, max_distance_threshold=10)
+elif method == "cnn-custom":  # imagededup's CNN method on a backbone that needs no download
+    import torch
+    from imagededup.utils import CustomModel
+    from torchvision import transforms
+    net = torch.jit.load(sys.argv[3]).eval()
+    prep = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
+                               transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    cnn = CNN(model_config=CustomModel(name="imagenet-lite0", model=net, transform=prep))
+    dups = cnn.find_duplicates(image_dir=folder, min_similarity_threshold=0.9)
 else:
     cnn = CNN()
     dups = cnn.find_duplicates(image_dir=folder, min_similarity_threshold=0.9)
@@ -148,6 +159,24 @@ def default_and_ablations(audit: Path, group: dict, true_pairs: set
             *score(no_views, group, true_pairs), note=note),
         Row("copytrace, same run without content, view and bridge checks", None, None,
             len(verified_only), *score(verified_only, group, true_pairs), note=note)]
+
+
+def imagenet_backbone(path: Path) -> Path:
+    """TorchScript of an ImageNet-trained EfficientNet-Lite0 (global-pooled 1280-d features) from
+    the locally installed weights: imagededup's CNN method with a backbone that needs no download
+    (its default MobileNetV3 weights come from the internet, unreachable here)."""
+    if not path.exists():
+        import timm
+        import torch
+
+        from copytrace.descriptors.imagenet_weights import load_lite0_imagenet
+
+        net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        load_lite0_imagenet(net)
+        net.reset_classifier(0)
+        with torch.no_grad():
+            torch.jit.trace(net.eval(), torch.zeros(1, 3, 224, 224)).save(str(path))
+    return path
 
 
 def run_peer(name: str, python: str, script: str, args: list[str], work: Path, group: dict,
@@ -237,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peer-python", default="/tmp/peers-imagededup/bin/python")
     ap.add_argument("--fastdup-python", default="/tmp/peers-fastdup/bin/python")
     ap.add_argument("--scale", default="25000,50000,100000")
-    ap.add_argument("--skip", default="", help="comma list: copytrace,phash,cnn,fastdup,scale")
+    ap.add_argument("--skip", default="", help="comma list: copytrace,phash,cnn,cnn-custom,fastdup,scale")
     ap.add_argument("--scale-worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     work = Path(args.work)
@@ -256,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, python, script, extra, key in (
             ("imagededup PHash (d<=10)", args.peer_python, PEER_SCRIPT, ["phash", images], "phash"),
             ("imagededup CNN (cos>=0.9)", args.peer_python, PEER_SCRIPT, ["cnn", images], "cnn"),
+            ("imagededup CNN, ImageNet Lite0 backbone (cos>=0.9)", args.peer_python, PEER_SCRIPT,
+             ["cnn-custom", images, str(imagenet_backbone(work / "imagenet-lite0.ts"))],
+             "cnn-custom"),
             ("fastdup", args.fastdup_python, FASTDUP_SCRIPT,
              [images, str(work / "fastdup-work")], "fastdup")):
         if key in skip:
