@@ -102,12 +102,20 @@ class TemplateModel:
         return (counts >= self.min_count).T.reshape(k, GRID, GRID)
 
 
+def template_sample(n: int, *, config: TemplateConfig = TemplateConfig(),
+                    seed: int = 0) -> np.ndarray:
+    """Rows (ascending) of n catalog images whose thumbnails the recurrence model is learned
+    from: all of them up to `config.sample`, else a seeded random sample. Callers that make
+    thumbnails on demand make only these (and those of the images they check)."""
+    if n <= config.sample:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, config.sample, replace=False))
+
+
 def learn_templates(thumbs: np.ndarray, *, config: TemplateConfig = TemplateConfig(),
                     seed: int = 0) -> TemplateModel:
     """A recurrence model from (a random sample of) the catalog's thumbnails."""
-    if len(thumbs) > config.sample:
-        pick = np.random.default_rng(seed).choice(len(thumbs), config.sample, replace=False)
-        thumbs = thumbs[np.sort(pick)]
+    thumbs = thumbs[template_sample(len(thumbs), config=config, seed=seed)]
     return TemplateModel(np.ascontiguousarray(thumbs), config)
 
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic
 from copytrace.indexing.manifest import IndexLayout
 from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
-from copytrace.matching.templates import ContentCheck, TemplateConfig, learn_templates
+from copytrace.matching.templates import ContentCheck, TemplateConfig
 from copytrace.matching.verify import VerifyConfig, load_rgb
 from copytrace.pipelines.dedup_bridges import INCONSISTENT, bridges, drop_inconsistent
 from copytrace.pipelines.dedup_candidates import (
@@ -163,11 +163,8 @@ def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
                      ray_address: str | None, views: ViewCheck | None = None) -> list[ScoredPair]:
     """Verify each candidate (a -> b, then b -> a when that failed) and decide it; `views`
     rejects verified pairs that look like two photos of one object (pipelines.dedup_views)."""
-    model = learn_templates(features.thumbs, config=template_config)
-    rows = features.rows()
-    need = sorted({x for key in cands for x in key if x in rows})
-    cells = model.template_cells(features.thumbs[[rows[i] for i in need]]) if need else []
-    templates = dict(zip(need, cells, strict=True))
+    templates = features.template_cells(sorted({x for key in cands for x in key}),
+                                        template_config)
     use_ray = len(cands) >= RAY_MIN_PAIRS if use_ray is None else use_ray
     best = decide_both_ways(cands, uris, templates, threshold=threshold, views=views,
                             **scorer_settings(engine, template_config, use_ray=use_ray,
@@ -216,12 +213,10 @@ def consistent_pairs(pairs: list[ScoredPair], scored: list[ScoredPair], uris: di
     found = bridges(pairs)
     if not found:
         return pairs, scored
-    rows = features.rows()
-    ids = sorted({x for _, c, d in found for x in (c, d) if x in rows})
-    cells = (learn_templates(features.thumbs, config=template_config)
-             .template_cells(features.thumbs[[rows[i] for i in ids]]) if ids else [])
+    templates = features.template_cells(sorted({x for _, c, d in found for x in (c, d)}),
+                                        template_config)
     kept, dropped = drop_inconsistent(
-        pairs, uris, dict(zip(ids, cells, strict=True)),
+        pairs, uris, templates,
         **scorer_settings(engine, template_config, use_ray=False, ray_address=None))
     return kept, [dropped.get(frozenset((p.a, p.b)), p) for p in scored]
 
@@ -241,7 +236,7 @@ def keep_content(catalog: pa.Table, pairs: list[ScoredPair], members: set[str],
             .to_pylist() if r["image_id"] in members}
     sizes = {i: (r["width"] or 0, r["height"] or 0) for i, r in rows.items()}
     templates = ({} if features is None else
-                 member_templates(features.thumbs, features.rows(), sorted(rows), config=config))
+                 member_templates(features.template_cells(sorted(rows), config), config=config))
     return member_content(sorted(rows), pairs, sizes, templates,
                           lambda i: load_rgb(rows[i]["uri"]), texture_std=config.texture_std)
 

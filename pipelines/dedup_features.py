@@ -1,7 +1,11 @@
-"""Per-image dedup features (PDQ hash + template thumbnail), computed once and kept with the index.
+"""Per-image dedup features: the PDQ hash of every audited image, and template thumbnails made
+only where the audit looks at them.
 
-The PDQ hash is the catalog's own when the index was built with `--pdq` (only the thumbnail is
-computed then); both come from the pixels `descriptors.pdq` defines the hash on.
+The PDQ hash is the catalog's own when the index was built with `--pdq` (the audit then decodes
+no file for it); otherwise it is computed once, with the thumbnail, from the pixels
+`descriptors.pdq` defines the hash on. Thumbnails are needed only for the template model's sample
+(`matching.templates.template_sample`: at most `TemplateConfig.sample` images) and for the images
+of candidate pairs, so on a `--pdq` index an audit decodes those alone, not the whole catalog.
 
 Stored as `dedup-features.parquet` beside the catalog (falls back to the audit folder when the
 index is read-only), so a second audit or an incremental `--against` run re-reads them. A stored
@@ -12,20 +16,25 @@ whose file was replaced (removed and added again) is hashed anew, never judged b
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from copytrace.descriptors.decode import DecodeError, read_bytes
 from copytrace.descriptors.pdq import PDQ_BYTES, hash_pixels_of, pdq_hash
 from copytrace.indexing.atomic import write_parquet_atomic
-from copytrace.matching.templates import THUMB, thumbnail
+from copytrace.matching.templates import (
+    THUMB,
+    TemplateConfig,
+    TemplateModel,
+    learn_templates,
+    template_sample,
+    thumbnail,
+)
 from copytrace.pipelines.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -35,48 +44,105 @@ FEATURES_SCHEMA = pa.schema([
     ("image_id", pa.string()),
     ("pdq", pa.binary(PDQ_BYTES)),  # null when the image could not be decoded
     ("pdq_quality", pa.int32()),
-    ("thumb", pa.binary(THUMB * THUMB)),  # THUMB x THUMB grey, for template learning
+    ("thumb", pa.binary(THUMB * THUMB)),  # THUMB x THUMB grey; null until the audit needs it
     ("sha256", pa.string()),  # of the file the row was computed from (null: unknown, recompute)
 ])
+FLAT = np.full((THUMB, THUMB), 128, np.uint8)
+"""The thumbnail of an image whose file can no longer be read: no texture, so no evidence."""
+
+Hashed = tuple[bytes, int]
 
 
-@dataclass(frozen=True)
-class ImageFeatures:
-    ids: list[str]
-    pdq: np.ndarray  # N x 32 uint8
-    quality: np.ndarray  # N int32
-    thumbs: np.ndarray  # N x THUMB x THUMB uint8
-
-    def rows(self) -> dict[str, int]:
-        return {i: n for n, i in enumerate(self.ids)}
-
-
-def _one(uri: str, known: tuple[bytes, int] | None) -> tuple[bytes, int, bytes] | None:
-    """(PDQ, quality, thumbnail) of a file, from the pixels PDQ is defined on; `known`: the
-    catalog's PDQ of the file, not computed again."""
+def _decoded(uri: str) -> np.ndarray | None:
     try:
-        pixels = hash_pixels_of(read_bytes(uri))
+        return hash_pixels_of(read_bytes(uri))
     except (DecodeError, OSError) as exc:
         log.warning("dedup features: cannot decode '%s': %s (skipped)", uri, exc)
+        return None
+
+
+def _one(uri: str, known: Hashed | None) -> tuple[bytes, int, bytes] | None:
+    """(PDQ, quality, thumbnail) of a file; `known`: its PDQ from the catalog, not recomputed."""
+    pixels = _decoded(uri)
+    if pixels is None:
         return None
     code, quality = known if known is not None else pdq_hash(pixels)
     return code, quality, thumbnail(pixels).tobytes()
 
 
-def catalog_pdq(catalog: pa.Table) -> dict[str, tuple[bytes, int]]:
-    """The PDQ hashes a catalog holds (built with `--pdq`), by image id."""
-    if "pdq" not in catalog.column_names:
-        return {}
-    have = catalog.filter(catalog.column("pdq").is_valid())
-    return {i: (c, q) for i, c, q in zip(have.column("image_id").to_pylist(),
-                                         have.column("pdq").to_pylist(),
-                                         have.column("pdq_quality").to_pylist(), strict=True)}
+def _thumb(uri: str) -> bytes | None:
+    pixels = _decoded(uri)
+    return None if pixels is None else thumbnail(pixels).tobytes()
+
+
+class ImageFeatures:
+    """PDQ hashes of the audited images (`ids`, a row each) and their template thumbnails, made
+    on first use when `uris` says where the files are, and written back to `store_at`."""
+
+    def __init__(self, ids: list[str], pdq: np.ndarray, quality: np.ndarray,
+                 thumbs: dict[str, bytes], *, uris: Mapping[str, str] | None = None,
+                 sha256: Mapping[str, str] | None = None, store_at: Sequence[Path] = (),
+                 show_progress: bool = False) -> None:
+        self.ids, self.pdq, self.quality = ids, pdq, quality
+        self._thumbs, self._uris, self._sha = dict(thumbs), dict(uris or {}), dict(sha256 or {})
+        self._store_at, self._progress = list(store_at), show_progress
+        self._models: dict[TemplateConfig, TemplateModel] = {}
+
+    def rows(self) -> dict[str, int]:
+        return {i: n for n, i in enumerate(self.ids)}
+
+    def thumbs(self, ids: Sequence[str]) -> np.ndarray:
+        """len(ids) x THUMB x THUMB; missing ones are decoded now and stored."""
+        missing = sorted({i for i in ids if i not in self._thumbs})
+        if missing:
+            with ThreadPoolExecutor(max_workers=2) as pool, \
+                    progress_bar("thumbnails", total=len(missing),
+                                 enabled=self._progress and len(missing) > 100) as advance:
+                for image_id, got in zip(missing, pool.map(_thumb, [self._uris[i] for i in missing]),
+                                         strict=True):
+                    self._thumbs[image_id] = got if got is not None else FLAT.tobytes()
+                    advance(1)
+            self.save()
+        if not ids:
+            return np.zeros((0, THUMB, THUMB), np.uint8)
+        return np.frombuffer(b"".join(self._thumbs[i] for i in ids), np.uint8).reshape(
+            len(ids), THUMB, THUMB)
+
+    def template_model(self, config: TemplateConfig) -> TemplateModel:
+        """The recurrence model of the audited images, learned once per config from the
+        thumbnails of `template_sample` of them."""
+        if config not in self._models:
+            picked = [self.ids[i] for i in template_sample(len(self.ids), config=config)]
+            self._models[config] = learn_templates(self.thumbs(picked), config=config)
+        return self._models[config]
+
+    def template_cells(self, ids: Sequence[str], config: TemplateConfig) -> dict[str, np.ndarray]:
+        """Template cells (GRID x GRID bool) of each of `ids` that was audited."""
+        ids = [i for i in ids if i in self._thumbs or i in self._uris]
+        if not ids:
+            return {}
+        cells = self.template_model(config).template_cells(self.thumbs(ids))
+        return dict(zip(ids, cells, strict=True))
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(
+            [{"image_id": i, "pdq": bytes(self.pdq[n]), "pdq_quality": int(self.quality[n]),
+              "thumb": self._thumbs.get(i), "sha256": self._sha.get(i)}
+             for n, i in enumerate(self.ids)], schema=FEATURES_SCHEMA)
+
+    def save(self) -> None:
+        for path in self._store_at:
+            try:
+                write_parquet_atomic(path, self.table())
+                return
+            except OSError as exc:
+                log.info("cannot store dedup features in '%s' (%s)", path.parent, exc)
 
 
 def compute_features(sources: list[tuple[str, str]], *, show_progress: bool = False,
                      threads: int = 2, sha256: Mapping[str, str] | None = None,
-                     pdq: Mapping[str, tuple[bytes, int]] | None = None) -> pa.Table:
-    """FEATURES_SCHEMA rows for (image_id, uri) pairs; decoding and hashing on threads.
+                     pdq: Mapping[str, Hashed] | None = None) -> pa.Table:
+    """FEATURES_SCHEMA rows (PDQ and thumbnail) for (image_id, uri) pairs, decoded on threads.
     `sha256`: the catalog's file digests by image id, recorded with the rows; `pdq`: hashes the
     catalog already holds (only the thumbnail is computed for those)."""
     sha256, pdq = sha256 or {}, pdq or {}
@@ -93,14 +159,15 @@ def compute_features(sources: list[tuple[str, str]], *, show_progress: bool = Fa
 
 
 def as_features(table: pa.Table) -> ImageFeatures:
-    ok = table.filter(table.column("pdq").is_valid())
-    n = ok.num_rows
-    pdq = b"".join(ok.column("pdq").to_pylist())
-    thumbs = b"".join(ok.column("thumb").to_pylist())
-    return ImageFeatures(ok.column("image_id").to_pylist(),
-                         np.frombuffer(pdq, np.uint8).reshape(n, PDQ_BYTES),
-                         np.asarray(ok.column("pdq_quality").to_pylist(), np.int32),
-                         np.frombuffer(thumbs, np.uint8).reshape(n, THUMB, THUMB))
+    """Features of computed rows (every thumbnail present); undecodable rows left out."""
+    ok = table.filter(table.column("pdq").is_valid()).to_pylist()
+    return ImageFeatures([r["image_id"] for r in ok], _matrix([r["pdq"] for r in ok]),
+                         np.asarray([r["pdq_quality"] for r in ok], np.int32),
+                         {r["image_id"]: r["thumb"] for r in ok if r["thumb"] is not None})
+
+
+def _matrix(codes: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(codes), np.uint8).reshape(len(codes), PDQ_BYTES)
 
 
 def catalog_digests(catalog: pa.Table) -> dict[str, str]:
@@ -109,42 +176,52 @@ def catalog_digests(catalog: pa.Table) -> dict[str, str]:
                     strict=True))
 
 
-def _stored(path: Path) -> pa.Table:
-    """A stored features file; one written before rows carried their sha256 reads as unknown."""
-    table = pq.read_table(path)
-    if "sha256" not in table.column_names:
-        table = table.append_column("sha256", pa.nulls(table.num_rows, pa.string()))
-    return table.select(FEATURES_SCHEMA.names).cast(FEATURES_SCHEMA)
+def catalog_pdq(catalog: pa.Table) -> dict[str, Hashed]:
+    """The PDQ hashes a catalog holds (built with `--pdq`), by image id."""
+    if "pdq" not in catalog.column_names:
+        return {}
+    have = catalog.filter(catalog.column("pdq").is_valid())
+    return {i: (c, q) for i, c, q in zip(have.column("image_id").to_pylist(),
+                                         have.column("pdq").to_pylist(),
+                                         have.column("pdq_quality").to_pylist(), strict=True)}
+
+
+def _stored(paths: list[Path], sha256: Mapping[str, str]) -> dict[str, dict]:
+    """Rows of the first stored features file that still describe the catalog's file (a file
+    written before rows carried their sha256 matches nothing and is recomputed once)."""
+    for path in paths:
+        if path.exists():
+            table = pq.read_table(path)
+            if "sha256" not in table.column_names:
+                return {}
+            return {r["image_id"]: r for r in table.to_pylist()
+                    if r["sha256"] is not None and r["sha256"] == sha256.get(r["image_id"])}
+    return {}
 
 
 def catalog_features(index: str | Path, sources: list[tuple[str, str]], *,
                      sha256: Mapping[str, str], fallback_dir: str | Path,
-                     pdq: Mapping[str, tuple[bytes, int]] | None = None,
+                     pdq: Mapping[str, Hashed] | None = None,
                      show_progress: bool = False) -> ImageFeatures:
-    """Features of every (image_id, uri) of an index, computing only those not stored yet for
-    the file the catalog records now (`sha256`: digest by image id; `pdq`: the catalog's hashes,
-    `catalog_pdq`, reused)."""
-    stored_at = [Path(index) / FEATURES_FILE, Path(fallback_dir) / FEATURES_FILE]
-    known = FEATURES_SCHEMA.empty_table()
-    for path in stored_at:
-        if path.exists():
-            known = _stored(path)
-            break
-    current = {i: d for i, d in zip(known.column("image_id").to_pylist(),
-                                    known.column("sha256").to_pylist(), strict=True)
-               if d is not None and d == sha256.get(i)}
-    todo = [s for s in sources if s[0] not in current]
-    if todo:
-        fresh = pc.is_in(known.column("image_id"), value_set=pa.array(sorted(current), pa.string()))
-        known = pa.concat_tables([known.filter(fresh),
-                                  compute_features(todo, show_progress=show_progress,
-                                                   sha256=sha256, pdq=pdq)])
-        for path in stored_at:
-            try:
-                write_parquet_atomic(path, known)
-                break
-            except OSError as exc:
-                log.info("cannot store dedup features in '%s' (%s)", path.parent, exc)
-    wanted = {s[0] for s in sources}
-    return as_features(known.filter(pc.is_in(known.column("image_id"),
-                                                     value_set=pa.array(sorted(wanted)))))
+    """Features of every (image_id, uri) of an index: PDQ from the catalog (`pdq`, see
+    `catalog_pdq`) or the stored file, else computed now with the thumbnail; other thumbnails
+    on demand. `sha256`: the catalog's file digest by image id."""
+    store_at = [Path(index) / FEATURES_FILE, Path(fallback_dir) / FEATURES_FILE]
+    stored, pdq = _stored(store_at, sha256), pdq or {}
+    known = {i: (r["pdq"], r["pdq_quality"]) for i, r in stored.items() if r["pdq"] is not None}
+    known.update(pdq)
+    thumbs = {i: r["thumb"] for i, r in stored.items() if r["thumb"] is not None}
+    todo = [(i, u) for i, u in sources if i not in known]
+    fresh = compute_features(todo, show_progress=show_progress) if todo else None
+    if fresh is not None:
+        for r in fresh.filter(fresh.column("pdq").is_valid()).to_pylist():
+            known[r["image_id"]] = (r["pdq"], r["pdq_quality"])
+            thumbs[r["image_id"]] = r["thumb"]
+    ids = [i for i, _ in sources if i in known]
+    features = ImageFeatures(ids, _matrix([known[i][0] for i in ids]),
+                             np.asarray([known[i][1] for i in ids], np.int32), thumbs,
+                             uris=dict(sources), sha256=sha256, store_at=store_at,
+                             show_progress=show_progress)
+    if todo or len(stored) != len(ids):
+        features.save()  # the file now matches the catalog
+    return features

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from copytrace.indexing.sources import list_sources
 from copytrace.matching.clusters import KeepPolicy
 from copytrace.matching.pdq import MATCH_DISTANCE, range_pairs
-from copytrace.matching.templates import TemplateConfig, learn_templates
+from copytrace.matching.templates import TemplateConfig
 from copytrace.pipelines.dedup import DedupReport, decide_both_ways, finish, scorer_settings
 from copytrace.pipelines.dedup_candidates import Candidate
 from copytrace.pipelines.dedup_features import (
@@ -96,8 +96,9 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
                                     show_progress=show_progress)
     new = {s.image_id: s.uri for s in list_sources(new_images)}
     new_features = as_features(compute_features(sorted(new.items()), show_progress=show_progress))
-    model = learn_templates(cat_features.thumbs, config=config)
-    templates = dict(zip(new_features.ids, model.template_cells(new_features.thumbs), strict=True))
+    model = cat_features.template_model(config)
+    templates = dict(zip(new_features.ids, model.template_cells(
+        new_features.thumbs(new_features.ids)), strict=True))
     by_sha: dict[str, list[str]] = {}
     for i, sha in zip(catalog.column("image_id").to_pylist(), catalog.column("sha256").to_pylist(),
                       strict=True):
@@ -115,11 +116,8 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
         cands.setdefault((a, b), Candidate(a, b)).pdq_distance = hp.distance
     for key in seen:
         cands.pop(key, None)
-    rows = cat_features.rows()
-    partners = sorted({b for _, b in cands if b in rows})
-    if reverse and partners:  # the catalog side queries too when the new side fell short
-        templates.update(zip(partners, model.template_cells(
-            cat_features.thumbs[[rows[b] for b in partners]]), strict=True))
+    if reverse:  # the catalog side queries too when the new side fell short
+        templates.update(cat_features.template_cells(sorted({b for _, b in cands}), config))
     try:
         near = _score(cands, new, cat_uris, templates, engine=engine, threshold=threshold,
                       config=config, views=shipped_view_check() if view_check else None,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from copytrace.matching.templates import ALIGN, TemplateConfig, learn_templates, thumbnail, with_margin
+from copytrace.matching.templates import ALIGN, TemplateConfig, thumbnail, with_margin
 
 TIE = 0.05
 """Content pixel counts within this relative margin are equal (homography and cell noise)."""
@@ -92,12 +92,8 @@ def largest_content(members: Sequence[str], content: dict[str, Content],
     return min(close, key=lambda m: (-round(content[m].share, 2), tiebreak(m)))
 
 
-def member_templates(thumbs: np.ndarray, rows: dict[str, int], members: Iterable[str], *,
-                     config: TemplateConfig) -> dict[str, np.ndarray]:
-    """Template cells (with the content check's margin) of `members`, learned from `thumbs`
-    (every audited image's thumbnail; `rows`: id -> row)."""
-    ids = [m for m in members if m in rows]
-    if not ids:
-        return {}
-    cells = learn_templates(thumbs, config=config).template_cells(thumbs[[rows[m] for m in ids]])
-    return {m: with_margin(c, config.template_margin) for m, c in zip(ids, cells, strict=True)}
+def member_templates(cells: dict[str, np.ndarray], *, config: TemplateConfig
+                     ) -> dict[str, np.ndarray]:
+    """Members' template cells (`ImageFeatures.template_cells`) grown by the content check's
+    margin, as the content check sees them."""
+    return {m: with_margin(c, config.template_margin) for m, c in cells.items()}

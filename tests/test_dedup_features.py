@@ -54,3 +54,28 @@ def test_a_features_file_without_digests_is_recomputed_once(photos_dir, tmp_path
     pq.write_table(old, index / FEATURES_FILE)
     got = catalog_features(index, [("a", str(img))], sha256={"a": _sha(img)}, fallback_dir=out)
     assert _pdq(got, "a") != "00" * 32
+
+
+def test_catalog_hashes_are_used_and_thumbnails_made_only_where_needed(photos_dir, tmp_path):
+    from copytrace.descriptors.pdq import hash_file
+    from copytrace.matching.templates import TemplateConfig, template_sample
+
+    index, out = tmp_path / "idx", tmp_path / "audit"
+    index.mkdir()
+    names = ("astronaut", "chelsea", "coffee", "rocket", "moon")
+    sources = [(n, str(photos_dir / f"{n}.jpg")) for n in names]
+    digests = {n: _sha(photos_dir / f"{n}.jpg") for n in names}
+    pdq = {n: hash_file(u) for n, u in sources}
+    pdq["moon"] = (b"\x01" * 32, 77)  # what the catalog says wins: the file is not hashed again
+    got = catalog_features(index, sources, sha256=digests, fallback_dir=out, pdq=pdq)
+    assert _pdq(got, "moon") == "01" * 32 and int(got.quality[got.rows()["moon"]]) == 77
+    stored = pq.read_table(index / FEATURES_FILE)
+    assert stored.column("thumb").null_count == len(names)  # nothing decoded yet
+
+    config = TemplateConfig(sample=2)
+    got.template_model(config)
+    picked = {names[i] for i in template_sample(len(names), config=config)}
+    got.template_cells(["coffee"], config)
+    made = {r["image_id"] for r in pq.read_table(index / FEATURES_FILE).to_pylist()
+            if r["thumb"] is not None}
+    assert made == picked | {"coffee"}  # the model's sample and the image checked, no other
