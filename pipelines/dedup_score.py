@@ -110,7 +110,9 @@ def score_jobs(jobs: Sequence[ScoreJob], templates: dict[str, np.ndarray], *,
                         config=template_config)
                     ev["check"] = check
                     ev["shading"] = shading_residual(pixels, other_pixels, v.homography)
-                    ev["residuals"] = _residuals(cache, job.query_uri, uri, v, verify_config)
+                    # only where the view check can change the verdict (it follows content)
+                    ev["residuals"] = (_residuals(cache, job.query_uri, uri, v, verify_config)
+                                       if check.passed else None)
                 except Exception as exc:  # noqa: BLE001
                     log.warning("dedup: content check of '%s' vs '%s' failed: %s", job.query,
                                 other, exc)

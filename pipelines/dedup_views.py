@@ -138,8 +138,8 @@ def _field_inliers(query: Keypoints, reference: Keypoints, homography: np.ndarra
     src = query.points[m[:, 0]].astype(np.float64)
     dst = reference.points[m[:, 1]].astype(np.float64)
     projected = cv2.perspectiveTransform(src.reshape(-1, 1, 2), np.asarray(homography, np.float64))
-    inl = np.linalg.norm(projected.reshape(-1, 2) - dst, axis=1) < (
-        config.ransac_threshold / min(query.scale, reference.scale))
+    inl = ((projected.reshape(-1, 2) - dst) ** 2).sum(axis=1) < (
+        config.ransac_threshold / min(query.scale, reference.scale)) ** 2
     return src[inl] * query.scale, dst[inl] * reference.scale
 
 
@@ -165,11 +165,12 @@ def _field_f(qn: np.ndarray, e: np.ndarray) -> float:
 
 def _neighbour_correlation(points: np.ndarray, e: np.ndarray) -> float:
     """Mean e_i . e_j over neighbours j of i (`FIELD_RADIUS`), over the mean |e_i|^2."""
-    d = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=2)
-    d[d < FIELD_RADIUS[0]] = np.inf
+    sq = (points ** 2).sum(axis=1)
+    d = sq[:, None] + sq[None, :] - 2.0 * (points @ points.T)  # squared distances
+    d[d < FIELD_RADIUS[0] ** 2] = np.inf
     k = min(FIELD_NEIGHBOURS, len(points) - 1)
     nn = np.argpartition(d, k - 1, axis=1)[:, :k]
-    near = np.take_along_axis(d, nn, 1) < FIELD_RADIUS[1]
+    near = np.take_along_axis(d, nn, 1) < FIELD_RADIUS[1] ** 2
     dots = (e[:, None, :] * e[nn]).sum(axis=2)
     den = float(((e ** 2).sum(axis=1)[:, None] * near).sum())
     return float(np.clip((dots * near).sum() / den, -1.0, 1.0)) if den > 1e-12 else 0.0
