@@ -11,6 +11,7 @@ import errno
 import hashlib
 import io
 import logging
+import math
 import os
 import stat
 import warnings
@@ -129,21 +130,33 @@ def to_model_square(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.BILINEAR)
 
 
+def _draft_box(w: int, h: int, target_size: int | None,
+               long_side: int | None) -> tuple[int, int] | None:
+    """The size a JPEG decode may shrink to (PIL's draft keeps both sides >= it): the model's
+    square, or the image scaled to `long_side` on its long side."""
+    if target_size is not None:
+        return target_size, target_size
+    if long_side is None:
+        return None
+    scale = long_side / max(w, h, 1)
+    return max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
+
+
 def decode_bytes(
     data: bytes,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     target_size: int | None = None,
-    min_side: int | None = None,
+    long_side: int | None = None,
 ) -> DecodedImage:
     """Decode encoded image bytes to RGB pixels.
 
     With `target_size`, the result is resized to a `target_size` square (the descriptor's input),
-    and JPEG decoding uses DCT scaling to skip work it would throw away. With `min_side` alone,
-    a JPEG is DCT-scaled (by 1/2, 1/4 or 1/8) no further than both sides >= `min_side`, aspect
-    kept: enough pixels for a hash that resamples them anyway, at a fraction of a full decode.
+    and JPEG decoding uses DCT scaling to skip work it would throw away. With `long_side` alone,
+    a JPEG is DCT-scaled (by 1/2, 1/4 or 1/8) no further than its long side >= `long_side`,
+    aspect kept: enough pixels for a hash that resamples them anyway, at a fraction of a full
+    decode.
     """
-    reduce_to = target_size or min_side
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise DecodeError("empty file (0 bytes)")
@@ -158,9 +171,9 @@ def decode_bytes(
                     f"image too large: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the "
                     f"{max_pixels / 1e6:.0f} MP limit (possible decompression bomb)"
                 )
-            if reduce_to is not None and fmt == "jpeg":
-                img.draft("RGB" if img.mode in ("RGB", "L", "YCbCr") else None,
-                          (reduce_to, reduce_to))
+            box = _draft_box(w, h, target_size, long_side)
+            if box is not None and fmt == "jpeg":
+                img.draft("RGB" if img.mode in ("RGB", "L", "YCbCr") else None, box)
             img.load()
             w, h = _displayed_size(img, w, h)
             img = _exif_transposed(img)
@@ -190,7 +203,7 @@ def decode_bytes(
 
 def decode_file(
     path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES, min_side: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES, long_side: int | None = None,
 ) -> DecodedImage:
     return decode_bytes(read_bytes(path, max_bytes=max_bytes), max_pixels=max_pixels,
-                        target_size=target_size, min_side=min_side)
+                        target_size=target_size, long_side=long_side)
