@@ -118,11 +118,12 @@ def bracketed(run, probe) -> dict:
 
 
 def _rows(images: Path, work: Path, args: argparse.Namespace, probe) -> dict[str, dict]:
-    def build(use_ray: bool):
+    def build(use_ray: bool, pdq: bool = False):
         def run() -> float:
             t = time.perf_counter()
-            report = build_index(images, work / f"index-{use_ray}", model=args.model,
-                                 batch_size=args.batch_size, use_ray=use_ray, show_progress=False)
+            report = build_index(images, work / f"index-{use_ray}-{pdq}", model=args.model,
+                                 batch_size=args.batch_size, use_ray=use_ray, show_progress=False,
+                                 pdq=pdq)
             return report.indexed / (time.perf_counter() - t)
         return run
 
@@ -130,6 +131,7 @@ def _rows(images: Path, work: Path, args: argparse.Namespace, probe) -> dict[str
     return {
         "pipeline (Ray job)": bracketed(build(True), probe),
         "pipeline (in-process)": bracketed(build(False), probe),
+        "pipeline (in-process, --pdq)": bracketed(build(False, pdq=True), probe),
         "embedding stage (1 process)": bracketed(
             lambda: decode_and_embed(images, args.model, args.batch_size), probe),
         f"embedding stage ({procs} decode processes)": bracketed(
