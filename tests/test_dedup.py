@@ -360,7 +360,8 @@ def test_view_check_rejects_other_photos_of_a_flat_object_keeps_copies(dev_data,
                                                                                 strict=True)]
     scored = score_jobs(jobs, {}, verify_config=VerifyConfig(), calibration=load_calibration(),
                         template_config=TemplateConfig())
-    verdicts = [check.is_copy(ev["verification"], ev["check"].coverage, ev.get("shading"))
+    verdicts = [check.is_copy(ev["verification"], ev["check"].coverage, ev.get("shading"),
+                              ev.get("residuals"))
                 if ev.get("verification") is not None and ev["check"] is not None else None
                 for _, _, _, ev in scored]
     other, copy = verdicts[: len(views)], verdicts[len(views):]
