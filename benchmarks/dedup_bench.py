@@ -41,9 +41,42 @@ class Row:
     note: str = ""
 
 
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
 def run_measured(cmd: list[str], *, env: dict | None = None, timeout: float = 7200
                  ) -> tuple[int, float, float, str]:
-    """(exit code, wall seconds, peak RSS MiB of the process, stderr tail)."""
+    """(exit code, wall seconds, peak RSS MiB, stderr tail). Peak RSS: the larger of the
+    process's own high-water mark (VmHWM) and the most its whole process tree (worker pools,
+    Ray) held at once, sampled every 0.2 s from /proc. Not wait4's ru_maxrss: Linux carries
+    the parent's high-water mark across fork and exec into it, so every tool read at least this
+    driver's own peak (three peers once read an identical 943 MiB)."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
@@ -53,8 +86,11 @@ def run_measured(cmd: list[str], *, env: dict | None = None, timeout: float = 72
     reader = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
     reader.start()
     deadline = time.time() + timeout
+    peak_kib = 0
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        tree = sum(_status_kib(p, "VmRSS") for p in _descendants(proc.pid))
+        peak_kib = max(peak_kib, tree, _status_kib(proc.pid, "VmHWM"))
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         if time.time() > deadline:
@@ -62,7 +98,7 @@ def run_measured(cmd: list[str], *, env: dict | None = None, timeout: float = 72
         time.sleep(0.2)
     reader.join(timeout=5)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - t, usage.ru_maxrss / 1024, "".join(tail[-5:])
+    return proc.returncode, time.perf_counter() - t, peak_kib / 1024, "".join(tail[-5:])
 
 
 def truth(folder: Path) -> tuple[dict[str, str], set[frozenset]]:
