@@ -203,7 +203,7 @@ def decode_bytes(
 
 def decode_file(
     path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES, long_side: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DecodedImage:
     return decode_bytes(read_bytes(path, max_bytes=max_bytes), max_pixels=max_pixels,
-                        target_size=target_size, long_side=long_side)
+                        target_size=target_size)

@@ -52,6 +52,18 @@ def catalog_table(rows: list[CatalogRow]) -> pa.Table:
     return pa.Table.from_pylist([asdict(r) for r in rows], schema=CATALOG_SCHEMA)
 
 
+Hashed = tuple[bytes, int]  # (PDQ hash, quality)
+
+
+def catalog_pdq(catalog: pa.Table) -> dict[str, Hashed]:
+    """The PDQ hashes a catalog table holds (built with `--pdq`; older parts read as null), by
+    image id."""
+    have = catalog.filter(catalog.column("pdq").is_valid())
+    return {i: (c, q) for i, c, q in zip(have.column("image_id").to_pylist(),
+                                         have.column("pdq").to_pylist(),
+                                         have.column("pdq_quality").to_pylist(), strict=True)}
+
+
 def read_catalog(folder: str | Path, version: int | None = None) -> pa.Table:
     """The catalog parts of an index folder that `version` (default: the committed one) reads,
     as one table in position order; an unfinished `index add`'s rows are not among them."""

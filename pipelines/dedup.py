@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic
+from copytrace.indexing.catalog import catalog_pdq
 from copytrace.indexing.manifest import IndexLayout
 from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
 from copytrace.matching.templates import ContentCheck, TemplateConfig
@@ -38,7 +39,6 @@ from copytrace.pipelines.dedup_features import (
     ImageFeatures,
     catalog_digests,
     catalog_features,
-    catalog_pdq,
 )
 from copytrace.pipelines.dedup_keep import (
     Content,

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from copytrace.descriptors.decode import DecodeError, read_bytes
 from copytrace.descriptors.pdq import PDQ_BYTES, hash_pixels_of, pdq_hash
 from copytrace.indexing.atomic import write_parquet_atomic
+from copytrace.indexing.catalog import Hashed
 from copytrace.matching.templates import (
     THUMB,
     TemplateConfig,
@@ -50,8 +51,6 @@ FEATURES_SCHEMA = pa.schema([
 FLAT = np.full((THUMB, THUMB), 128, np.uint8)
 """The thumbnail of an image whose file can no longer be read: no texture, so no evidence."""
 
-Hashed = tuple[bytes, int]
-
 
 def _decoded(uri: str) -> np.ndarray | None:
     try:
@@ -61,12 +60,12 @@ def _decoded(uri: str) -> np.ndarray | None:
         return None
 
 
-def _one(uri: str, known: Hashed | None) -> tuple[bytes, int, bytes] | None:
-    """(PDQ, quality, thumbnail) of a file; `known`: its PDQ from the catalog, not recomputed."""
+def _one(uri: str) -> tuple[bytes, int, bytes] | None:
+    """(PDQ, quality, thumbnail) of a file, from one decode."""
     pixels = _decoded(uri)
     if pixels is None:
         return None
-    code, quality = known if known is not None else pdq_hash(pixels)
+    code, quality = pdq_hash(pixels)
     return code, quality, thumbnail(pixels).tobytes()
 
 
@@ -140,17 +139,15 @@ class ImageFeatures:
 
 
 def compute_features(sources: list[tuple[str, str]], *, show_progress: bool = False,
-                     threads: int = 2, sha256: Mapping[str, str] | None = None,
-                     pdq: Mapping[str, Hashed] | None = None) -> pa.Table:
+                     threads: int = 2, sha256: Mapping[str, str] | None = None) -> pa.Table:
     """FEATURES_SCHEMA rows (PDQ and thumbnail) for (image_id, uri) pairs, decoded on threads.
-    `sha256`: the catalog's file digests by image id, recorded with the rows; `pdq`: hashes the
-    catalog already holds (only the thumbnail is computed for those)."""
-    sha256, pdq = sha256 or {}, pdq or {}
+    `sha256`: the catalog's file digests by image id, recorded with the rows."""
+    sha256 = sha256 or {}
     rows = []
     with ThreadPoolExecutor(max_workers=threads) as pool, \
             progress_bar("hashing", total=len(sources), enabled=show_progress) as advance:
-        got_all = pool.map(_one, [u for _, u in sources], [pdq.get(i) for i, _ in sources])
-        for (image_id, _), got in zip(sources, got_all, strict=True):
+        for (image_id, _), got in zip(sources, pool.map(_one, [u for _, u in sources]),
+                                      strict=True):
             code, quality, thumb = got if got is not None else (None, None, None)
             rows.append({"image_id": image_id, "pdq": code, "pdq_quality": quality,
                          "thumb": thumb, "sha256": sha256.get(image_id)})
@@ -176,16 +173,6 @@ def catalog_digests(catalog: pa.Table) -> dict[str, str]:
                     strict=True))
 
 
-def catalog_pdq(catalog: pa.Table) -> dict[str, Hashed]:
-    """The PDQ hashes a catalog holds (built with `--pdq`), by image id."""
-    if "pdq" not in catalog.column_names:
-        return {}
-    have = catalog.filter(catalog.column("pdq").is_valid())
-    return {i: (c, q) for i, c, q in zip(have.column("image_id").to_pylist(),
-                                         have.column("pdq").to_pylist(),
-                                         have.column("pdq_quality").to_pylist(), strict=True)}
-
-
 def _stored(paths: list[Path], sha256: Mapping[str, str]) -> dict[str, dict]:
     """Rows of the first stored features file that still describe the catalog's file (a file
     written before rows carried their sha256 matches nothing and is recomputed once)."""
@@ -204,7 +191,7 @@ def catalog_features(index: str | Path, sources: list[tuple[str, str]], *,
                      pdq: Mapping[str, Hashed] | None = None,
                      show_progress: bool = False) -> ImageFeatures:
     """Features of every (image_id, uri) of an index: PDQ from the catalog (`pdq`, see
-    `catalog_pdq`) or the stored file, else computed now with the thumbnail; other thumbnails
+    `indexing.catalog.catalog_pdq`) or the stored file, else computed now with the thumbnail; other thumbnails
     on demand. `sha256`: the catalog's file digest by image id."""
     store_at = [Path(index) / FEATURES_FILE, Path(fallback_dir) / FEATURES_FILE]
     stored, pdq = _stored(store_at, sha256), pdq or {}

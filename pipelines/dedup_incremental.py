@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from copytrace.indexing.catalog import catalog_pdq
 from copytrace.indexing.sources import list_sources
 from copytrace.matching.clusters import KeepPolicy
 from copytrace.matching.pdq import MATCH_DISTANCE, range_pairs
@@ -23,7 +24,6 @@ from copytrace.pipelines.dedup_features import (
     as_features,
     catalog_digests,
     catalog_features,
-    catalog_pdq,
     compute_features,
 )
 from copytrace.pipelines.dedup_score import Kind, ScoredPair

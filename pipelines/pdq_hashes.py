@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from copytrace.descriptors.decode import DecodeError
 from copytrace.descriptors.pdq import hash_file
-from copytrace.indexing.catalog import STATUS_OK, read_catalog
+from copytrace.indexing.catalog import STATUS_OK, Hashed, catalog_pdq, read_catalog
 from copytrace.indexing.manifest import IndexLayout, Manifest
 from copytrace.indexing.sources import list_sources
 from copytrace.matching.pdq import (
@@ -62,7 +62,7 @@ def _hash_one(uri: str) -> tuple[bytes, int] | str:
         return str(exc)
 
 
-def hash_sources(sources: list[tuple[str, str]], *, known: dict[str, tuple[bytes, int]] | None = None,
+def hash_sources(sources: list[tuple[str, str]], *, known: dict[str, Hashed] | None = None,
                  threads: int = 2, show_progress: bool = False) -> ImageHashes:
     """PDQ hashes of (image_id, uri) pairs, in order; `known` hashes are not computed again."""
     known = known or {}
@@ -80,14 +80,14 @@ def hash_sources(sources: list[tuple[str, str]], *, known: dict[str, tuple[bytes
                        {i: got[i] for i, _ in sources if isinstance(got[i], str)})
 
 
-def _index_sources(index: Path) -> tuple[list[tuple[str, str]], dict[str, tuple[bytes, int]]]:
+def _index_sources(index: Path) -> tuple[list[tuple[str, str]], dict[str, Hashed]]:
     """The indexed images of an index and the hashes its catalog holds (built with --pdq)."""
     manifest = Manifest.read(IndexLayout(index).manifest)
     catalog = read_catalog(IndexLayout(index).catalog_dir, version=manifest.version)
     catalog = catalog.filter(pc.equal(catalog.column("status"), STATUS_OK))
-    rows = catalog.select(["image_id", "uri", "pdq", "pdq_quality"]).to_pylist()
-    known = {r["image_id"]: (r["pdq"], r["pdq_quality"]) for r in rows if r["pdq"] is not None}
-    return [(r["image_id"], r["uri"]) for r in rows], known
+    sources = list(zip(catalog.column("image_id").to_pylist(), catalog.column("uri").to_pylist(),
+                       strict=True))
+    return sources, catalog_pdq(catalog)
 
 
 def hash_images(images: str | Path, *, show_progress: bool = False) -> ImageHashes:
