@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from copytrace.pipelines.output import Column, OutputFormat, print_rows
+from copytrace.app.cli.output import Column, OutputFormat, print_rows
 
 eval_app = typer.Typer(help="Score predictions (DISC2021 matching track, localization).",
                        no_args_is_help=True)

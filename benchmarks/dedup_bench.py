@@ -163,7 +163,7 @@ FASTDUP_CUTS = (0.9, 0.96)  # cosine similarity; 0.96 is fastdup's usual near-du
 def run_copytrace(folder: Path, work: Path, group: dict, true_pairs: set) -> list[Row]:
     audit = work / "copytrace-audit"
     code, secs, rss, tail = run_measured(
-        [sys.executable, "-m", "copytrace.pipelines.cli", "dedup", str(folder / "images"),
+        [sys.executable, "-m", "copytrace.app.cli.commands", "dedup", str(folder / "images"),
          "--out", str(audit), "--no-ray", "--quiet"],
         env={"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})
     if code != 0:

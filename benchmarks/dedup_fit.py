@@ -5,11 +5,11 @@
 Makes the FIT split (benchmarks.dedup_planted: other ImageNet references, other Caltech photos,
 other UKBench objects than the TEST split dedup_bench reports on) and audits it with the view
 check off (an existing WORK/audit is reused). Every candidate pair with verified geometry is then
-verified both ways (the audit tries either direction), and pipelines.dedup_views is fitted on the
+verified both ways (the audit tries either direction), and matching.view_check is fitted on the
 directions that pass the content check: label 1 when both images are in one planted group (a
 copy), else 0 (mostly UKBench other views); its cut keeps --keep-recall of the copies among the
 directions the calibrated score accepts. Writes the model (default: the shipped
-pipelines/dedup_views.json) and prints the fit split's pair precision / recall with the check off
+pipelines/view_check.json) and prints the fit split's pair precision / recall with the check off
 and on (in-sample: the split it was fitted on), and out of sample: grouped cross-validation.
 
 Protocol (fixed before any TEST number of a change is looked at):
@@ -21,7 +21,7 @@ Protocol (fixed before any TEST number of a change is looked at):
   another of `CV_KEEP_RECALLS`).
 - TEST (benchmarks.dedup_bench) is run once, at the end, and reported whatever it gives; a change
   that does not help in the cross-validation is not run on TEST.
-With the residual field (pipelines.dedup_views.residual_field) the cross-validation kept 2 of
+With the residual field (matching.view_check.residual_field) the cross-validation kept 2 of
 the 27 decided other-view directions at every keep_recall (both: two copies of different photos
 carrying one pasted background; without the field: 3 / 4 / 7 of 27 at 0.97 / 0.98 / 0.99), and
 F1 was highest at 0.99, the default since.
@@ -42,15 +42,15 @@ from copytrace.benchmarks.dedup_planted import Split, make_planted
 from copytrace.matching.calibrate import load_calibration
 from copytrace.matching.templates import TemplateConfig
 from copytrace.matching.verify import VerifyConfig
-from copytrace.pipelines.dedup import dedup
-from copytrace.pipelines.dedup_score import ScoreJob, score_jobs
-from copytrace.pipelines.dedup_views import (
+from copytrace.matching.view_check import (
     SHIPPED,
     VIEW_FEATURES,
     ViewCheck,
     fit_view_check,
     view_features,
 )
+from copytrace.pipelines.dedup.audit import dedup
+from copytrace.pipelines.dedup.score import ScoreJob, score_jobs
 
 FIT_SET = dict(seed=1, references=200, screenshots=30, framed_others=40, watermarked=25,
                ukbench_groups=75, distractors=20)

@@ -26,7 +26,7 @@ from copytrace.benchmarks.disc_io import read_predictions
 from copytrace.benchmarks.eval_report import LEGEND, write_disc_report
 from copytrace.benchmarks.metrics import PredictedMatch
 from copytrace.matching.results import QueryResult
-from copytrace.pipelines.progress import progress_bar
+from copytrace.util.progress import progress_bar
 
 STEPS = 6
 LOCAL_EDITS = ("text", "shapes", "paste_other", "stripes", "meme")  # edits a mask can show

@@ -17,7 +17,7 @@ from PIL import Image
 
 from copytrace.benchmarks.make_disc import jpeg_bytes
 from copytrace.descriptors.augment import EditContext, random_copy
-from copytrace.indexing.atomic import write_bytes_atomic
+from copytrace.util.atomic import write_bytes_atomic
 
 # reference id -> scikit-image photo (short ids keep the demo's table within 80 columns)
 DEMO_PHOTOS = {

@@ -7,9 +7,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from copytrace.app.cli.output import Column
 from copytrace.benchmarks.disc_io import read_ground_truth, read_predictions
 from copytrace.benchmarks.metrics import Metrics, PredictedMatch, evaluate
-from copytrace.pipelines.output import Column
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from copytrace.benchmarks.disc_io import read_ground_truth
 from copytrace.benchmarks.metrics import GroundTruthMatch, Metrics, PredictedMatch, evaluate, precision_recall
-from copytrace.indexing.atomic import write_bytes_atomic, write_json_atomic
+from copytrace.util.atomic import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from copytrace.benchmarks.eval_report import pyplot
 from copytrace.benchmarks.localize_eval import MaskScore, Summary, Triple, read_triples, summarize
-from copytrace.indexing.atomic import write_bytes_atomic, write_json_atomic
+from copytrace.util.atomic import write_bytes_atomic, write_json_atomic
 
 ALL = "all"
 

@@ -111,7 +111,7 @@ class _Service:
 
         import uvicorn
 
-        from copytrace.pipelines.service import ServiceConfig, create_app
+        from copytrace.app.service.app import ServiceConfig, create_app
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

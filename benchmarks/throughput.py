@@ -31,7 +31,7 @@ from copytrace.descriptors.embed import Embedder, auto_decode_processes, granted
 from copytrace.descriptors.model import load_descriptor
 from copytrace.pipelines.build import build_index
 from copytrace.pipelines.ray_runtime import ensure_ray
-from copytrace.pipelines.tcmalloc import tcmalloc_active
+from copytrace.util.tcmalloc import tcmalloc_active
 
 BUILD_TARGET = 0.85  # issue 11: on CPU, the whole build at >= 0.85 of the bare forward rate
 

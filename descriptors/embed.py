@@ -31,7 +31,7 @@ from copytrace.descriptors.decode import (
 )
 from copytrace.descriptors.model import LoadedDescriptor
 from copytrace.descriptors.pdq import hash_bytes
-from copytrace.descriptors.worker_guard import exit_with_parent
+from copytrace.util.worker_guard import exit_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from copytrace.indexing.atomic import write_json_atomic
+from copytrace.util.atomic import write_json_atomic
 
 INDEX_FORMAT = "copytrace-index/1"
 

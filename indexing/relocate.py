@@ -18,12 +18,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic
 from copytrace.indexing.catalog import CATALOG_SCHEMA
 from copytrace.indexing.lock import index_lock
 from copytrace.indexing.manifest import IndexLayout, Manifest
 from copytrace.indexing.parts import committed_parts
 from copytrace.indexing.sources import ImageSource, absolute_uri, listing_digest
+from copytrace.util.atomic import write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 

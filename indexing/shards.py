@@ -17,7 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from copytrace.indexing.atomic import write_file_atomic
+from copytrace.util.atomic import write_file_atomic
 
 log = logging.getLogger(__name__)
 

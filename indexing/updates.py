@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from copytrace.indexing.atomic import write_file_atomic, write_parquet_atomic
 from copytrace.indexing.catalog import STATUS_OK, read_catalog
 from copytrace.indexing.embeddings import embedding_parts, table_vectors
 from copytrace.indexing.hold_points import hold
@@ -35,6 +34,7 @@ from copytrace.indexing.parts import (
 )
 from copytrace.indexing.shards import build_shards, empty_like, write_shard
 from copytrace.indexing.store import id_map_table
+from copytrace.util.atomic import write_file_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 

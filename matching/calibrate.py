@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from copytrace.indexing.atomic import write_json_atomic
 from copytrace.matching.verify import Unavailable, Verification
+from copytrace.util.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from copytrace.indexing.atomic import write_file_atomic
 from copytrace.indexing.embeddings import embedding_parts, table_vectors
+from copytrace.util.atomic import write_file_atomic
 
 log = logging.getLogger(__name__)
 

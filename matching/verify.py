@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from copytrace.descriptors.worker_guard import exit_with_parent
 from copytrace.matching.align import AlignConfig, Alignment, Keypoints, align_keypoints, detect
+from copytrace.util.worker_guard import exit_with_parent
 
 log = logging.getLogger(__name__)
 

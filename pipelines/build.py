@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 
 from copytrace.descriptors.decode import DEFAULT_MAX_PIXELS
 from copytrace.descriptors.model import load_descriptor
-from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic
 from copytrace.indexing.budget import parse_size
 from copytrace.indexing.catalog_sql import errors as catalog_errors
 from copytrace.indexing.catalog_sql import status_summary
@@ -39,7 +38,8 @@ from copytrace.indexing.sources import NoImagesError, absolute_uri, list_sources
 from copytrace.indexing.store import id_map_table
 from copytrace.indexing.tuning import tune_built_index
 from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
-from copytrace.pipelines.progress import progress_bar
+from copytrace.util.atomic import write_json_atomic, write_parquet_atomic
+from copytrace.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

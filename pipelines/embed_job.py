@@ -28,11 +28,11 @@ import pyarrow as pa
 from copytrace.descriptors.decode import DEFAULT_MAX_PIXELS
 from copytrace.descriptors.embed import Embedder, embed_files, granted_cores, pick_device
 from copytrace.descriptors.model import LoadedDescriptor, load_descriptor
-from copytrace.descriptors.worker_guard import exit_with_parent
 from copytrace.indexing.catalog import STATUS_ERROR, STATUS_OK, CatalogRow, catalog_table
 from copytrace.indexing.embeddings import embedding_table
 from copytrace.indexing.sources import ImageSource
 from copytrace.pipelines.ray_runtime import cluster_cpus, cluster_gpus, cluster_workers, ensure_ray
+from copytrace.util.worker_guard import exit_with_parent
 
 log = logging.getLogger(__name__)
 

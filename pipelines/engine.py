@@ -474,7 +474,7 @@ def prepare_keypoints(index: str | Path, *, cache_dir: str | Path | None = None,
     """`copytrace index prepare-keypoints`: every reference's keypoints into the index's on-disk
     keypoint cache (or `cache_dir`'s), on a process pool, so no query or service start pays for
     detecting them. Already cached references are read back, not detected again."""
-    from copytrace.pipelines.progress import progress_bar
+    from copytrace.util.progress import progress_bar
 
     t = time.perf_counter()
     with QueryEngine.open(index, verify_backend=VerifyBackend.PROCESSES, verify_workers=workers,

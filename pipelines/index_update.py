@@ -21,7 +21,7 @@ from copytrace.indexing.sources import ImageSource, NoImagesError, list_sources
 from copytrace.indexing.updates import UpdateError, UpdateReport, append, compact, remove
 from copytrace.indexing.verify import VerifyReport, verify_index
 from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
-from copytrace.pipelines.progress import progress_bar
+from copytrace.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

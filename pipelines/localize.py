@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 
 from copytrace.descriptors.decode import DecodeError, decode_file
-from copytrace.indexing.atomic import write_bytes_atomic, write_json_atomic
 from copytrace.indexing.sources import list_sources
 from copytrace.matching.localize import AlignmentError, Localization, LocalizeConfig
 from copytrace.matching.localize import localize as localize_arrays
 from copytrace.matching.overlay import overlay as overlay_image
 from copytrace.matching.results import QueryResult
+from copytrace.util.atomic import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def localize_batch(
             for o in sorted(outcomes, key=lambda o: (o.query_id, o.reference_id)):
                 w.writerow(asdict(o))
 
-    from copytrace.indexing.atomic import write_file_atomic
+    from copytrace.util.atomic import write_file_atomic
 
     write_file_atomic(summary, write)
     failed = sum(o.error is not None for o in outcomes)

@@ -31,7 +31,7 @@ from copytrace.matching.pdq import (
     read_hash_list,
     to_hex,
 )
-from copytrace.pipelines.progress import progress_bar
+from copytrace.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import numpy as np
 from copytrace.descriptors.decode import DecodeError
 from copytrace.descriptors.embed import Embedder
 from copytrace.descriptors.model import LoadedDescriptor
-from copytrace.indexing.atomic import write_bytes_atomic
 from copytrace.indexing.embeddings import table_vectors
 from copytrace.indexing.sources import ImageSource, list_sources
 from copytrace.indexing.store import CopyIndex
@@ -39,8 +38,9 @@ from copytrace.pipelines.engine import (
     match_config,
     reference_uris,
 )
-from copytrace.pipelines.progress import progress_bar
 from copytrace.pipelines.verify_pool import VerifyBackend
+from copytrace.util.atomic import write_bytes_atomic
+from copytrace.util.progress import progress_bar
 
 __all__ = ["PREDICTIONS_HEADER", "QueryEngine", "QueryTimings", "VerifyMode", "index_model",
            "match_config", "predictions_csv", "query", "reference_uris", "store_background",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from copytrace.pipelines.tcmalloc import preload_env
+from copytrace.util.tcmalloc import preload_env
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from copytrace.indexing.atomic import write_parquet_atomic
 from copytrace.indexing.catalog import STATUS_OK, CatalogRow, catalog_table
 from copytrace.indexing.embeddings import embedding_table
 from copytrace.indexing.manifest import FaissInfo, IndexLayout, Manifest, ModelInfo
 from copytrace.indexing.shards import build_shards
 from copytrace.indexing.store import id_map_table
+from copytrace.util.atomic import write_parquet_atomic
 
 DIMS = 32
 

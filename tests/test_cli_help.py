@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from copytrace.pipelines.cli import app
+from copytrace.app.cli.commands import app
 
 
 def _commands(command, path=()):  # noqa: ANN001, ANN202
@@ -58,7 +58,7 @@ def test_query_help_from_the_real_command():
 
 
 def test_command_lists_show_whole_summaries():
-    from copytrace.pipelines.cli_help import summary
+    from copytrace.app.cli.help import summary
 
     assert summary("Run DuckDB SQL over the catalog, e.g. duplicates by sha256.\n\nMore.") == \
         "Run DuckDB SQL over the catalog, e.g. duplicates by sha256"

@@ -38,11 +38,11 @@ from copytrace.matching.templates import (
     thumbnail,
 )
 from copytrace.matching.verify import VerifyConfig, verify_batch
-from copytrace.pipelines.dedup import CLUSTER_SCHEMA, PAIR_SCHEMA, dedup, rejection_reason, taken_time
-from copytrace.pipelines.dedup_bridges import bridges, drop_inconsistent
-from copytrace.pipelines.dedup_incremental import dedup_against
-from copytrace.pipelines.dedup_score import ScoredPair
-from copytrace.pipelines.dedup_sql import audit_sql
+from copytrace.pipelines.dedup.against import dedup_against
+from copytrace.pipelines.dedup.audit import CLUSTER_SCHEMA, PAIR_SCHEMA, dedup, rejection_reason, taken_time
+from copytrace.pipelines.dedup.bridges import bridges, drop_inconsistent
+from copytrace.pipelines.dedup.score import ScoredPair
+from copytrace.pipelines.dedup.sql import audit_sql
 
 from photos import PHOTO_NAMES, jpeg_bytes, photo
 
@@ -210,7 +210,7 @@ def test_dedup_outputs(audit, dup_folder):
 def test_self_join_as_ray_job_matches_in_process(audit, monkeypatch):
     """The descriptor self-join sharded into Ray tasks (each opens its own engine) finds the
     same neighbours as the in-process loop, crops included."""
-    from copytrace.pipelines import dedup_candidates as dc
+    from copytrace.pipelines.dedup import candidates as dc
     from copytrace.pipelines.engine import QueryEngine, match_config
 
     monkeypatch.setattr(dc, "SHARD_ROWS", 7)  # several tasks on a small index
@@ -260,7 +260,7 @@ def test_incremental_against_index(audit, dup_folder, tmp_path):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "copytrace.pipelines.cli", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "copytrace.app.cli.commands", *args], cwd=cwd,
                           capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -342,8 +342,8 @@ def test_view_check_rejects_other_photos_of_a_flat_object_keeps_copies(dev_data,
     Known limit: photos re-shot from (almost) the same position look like copies to it."""
     from copytrace.matching.calibrate import load_calibration
     from copytrace.matching.verify import VerifyConfig
-    from copytrace.pipelines.dedup_score import ScoreJob, score_jobs
-    from copytrace.pipelines.dedup_views import shipped_view_check
+    from copytrace.matching.view_check import shipped_view_check
+    from copytrace.pipelines.dedup.score import ScoreJob, score_jobs
 
     check = shipped_view_check()
     assert check is not None
@@ -375,7 +375,7 @@ def test_view_check_rejects_other_photos_of_a_flat_object_keeps_copies(dev_data,
 def test_keep_largest_prefers_content_over_pixels():
     """A crop copy has less content than its original; an upscaled screenshot-like copy in a
     blank frame has more pixels but the same content, so the original is kept."""
-    from copytrace.pipelines.dedup_keep import largest_content, member_content
+    from copytrace.matching.keep_rule import largest_content, member_content
 
     orig = photo("coffee")  # 400 x 600
     crop = orig[50:350, 100:500]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from copytrace.descriptors.augment import EditContext, random_copy
 from copytrace.pipelines.build import build_index
-from copytrace.pipelines.dedup_incremental import dedup_against
+from copytrace.pipelines.dedup.against import dedup_against
 
 from photos import jpeg_bytes, photo
 

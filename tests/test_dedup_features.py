@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from copytrace.matching.pdq import to_hex
-from copytrace.pipelines.dedup_features import FEATURES_FILE, catalog_features
+from copytrace.pipelines.dedup.features import FEATURES_FILE, catalog_features
 
 
 def _sha(path) -> str:

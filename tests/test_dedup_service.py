@@ -43,7 +43,7 @@ def _free_port() -> int:
 def server(dup_index):
     import uvicorn
 
-    from copytrace.pipelines.service import create_app
+    from copytrace.app.service.app import create_app
 
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(dup_index), host="127.0.0.1", port=port,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from copytrace.matching.verify import prepare, verify_prepared
-from copytrace.pipelines.dedup_views import (
+from copytrace.matching.view_check import (
     SIGNS,
     VIEW_FEATURES,
     fit_view_check,

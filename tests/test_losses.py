@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from copytrace.descriptors.losses import (
+from copytrace.descriptors.training.losses import (
     LossConfig,
     copy_descriptor_loss,
     info_nce,

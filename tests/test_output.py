@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from copytrace.app.cli.output import QUERY_COLUMNS, print_rows, query_rows, rows_table
 from copytrace.matching.results import Match, QueryResult
-from copytrace.pipelines.output import QUERY_COLUMNS, print_rows, query_rows, rows_table
 
 LONG = "query_identifier_kept_whole"
 
@@ -100,7 +100,7 @@ def test_query_command_at_80_columns(tmp_path, photos_dir):
 
 
 def test_sql_columns_keep_ids_whole_and_align_numbers():
-    from copytrace.pipelines.output import columns_for
+    from copytrace.app.cli.output import columns_for
 
     rows = [{"image_id": "n01440764_tench", "uri": "/data/photos/long_folder/tench/a.jpg", "width": 500,
              "note": "a free text column " * 3}]

@@ -280,9 +280,9 @@ def test_index_prepare_keypoints_command_and_serve_prepare(index, tmp_path):
     import subprocess
     import sys
 
-    from copytrace.pipelines.service import create_app
+    from copytrace.app.service.app import create_app
 
-    cli = [sys.executable, "-m", "copytrace.pipelines.cli", "index", "prepare-keypoints",
+    cli = [sys.executable, "-m", "copytrace.app.cli.commands", "index", "prepare-keypoints",
            str(index), "--cache-dir", str(tmp_path / "a"), "-q", "--workers", "2"]
     first = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr

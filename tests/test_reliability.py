@@ -122,7 +122,7 @@ def test_moved_references_are_unavailable_then_relocated(relative_index, tmp_pat
 
 def test_dedup_from_another_working_directory_finds_the_same_pairs(tmp_path, photos_dir,
                                                                     monkeypatch):
-    from copytrace.pipelines.dedup import dedup
+    from copytrace.pipelines.dedup.audit import dedup
 
     work = tmp_path / "work"
     imgs = _copy_photos(photos_dir, work / "imgs")

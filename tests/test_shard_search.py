@@ -43,9 +43,9 @@ def test_cli_query_distributed_equals_in_process(tmp_path, photos_dir, local_ray
 
     from typer.testing import CliRunner
 
+    from copytrace.app.cli.commands import app
     from copytrace.indexing.manifest import IndexLayout, Manifest
     from copytrace.pipelines.build import build_index
-    from copytrace.pipelines.cli import app
 
     build_index(photos_dir, tmp_path / "idx", use_ray=False, show_progress=False, shard_size=5)
     assert len(Manifest.read(IndexLayout(tmp_path / "idx").manifest).index.shards) == 3

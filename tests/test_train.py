@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from copytrace.descriptors.model import load_descriptor_file, save_descriptor
-from copytrace.descriptors.train import TrainConfig, build_module_class, make_model, train
-from copytrace.descriptors.train_augment import ViewConfig, make_view
+from copytrace.descriptors.training.augment import ViewConfig, make_view
+from copytrace.descriptors.training.trainer import TrainConfig, build_module_class, make_model, train
 
 from photos import PHOTO_NAMES, jpeg_bytes, photo
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from copytrace.descriptors.train_augment import MixConfig, ViewConfig, make_view, mix_views
-from copytrace.descriptors.train_data import CopyViewDataset
+from copytrace.descriptors.training.augment import MixConfig, ViewConfig, make_view, mix_views
+from copytrace.descriptors.training.data import CopyViewDataset
 
 from photos import jpeg_bytes, photo
 
@@ -59,7 +59,7 @@ def test_mix_views_compositions() -> None:
 
 
 def test_kornia_batch_edits_keep_views_valid_and_clean_views_untouched() -> None:
-    from copytrace.descriptors.batch_augment import augment_edited, make_batch_augment
+    from copytrace.descriptors.training.batch_edits import augment_edited, make_batch_augment
 
     torch.manual_seed(0)
     x = torch.rand(8, 3, 48, 48)

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from copytrace.descriptors.model import load_descriptor_file
-from copytrace.descriptors.train import TrainConfig, build_module_class, make_model, train
-from copytrace.descriptors.train_augment import ViewConfig
-from copytrace.descriptors.train_cache import (
+from copytrace.descriptors.training.augment import ViewConfig
+from copytrace.descriptors.training.cache import (
     GroupedBatches,
     build_view_cache,
     image_groups,
@@ -21,6 +20,7 @@ from copytrace.descriptors.train_cache import (
     top_pooled,
     trunk_features,
 )
+from copytrace.descriptors.training.trainer import TrainConfig, build_module_class, make_model, train
 
 from photos import PHOTO_NAMES, jpeg_bytes, photo
 
@@ -119,7 +119,7 @@ def test_sibling_windows_share_a_band_but_neither_holds_the_other(photo_folders)
 
     from PIL import Image
 
-    from copytrace.descriptors.train_data import CopyViewDataset, sibling_windows
+    from copytrace.descriptors.training.data import CopyViewDataset, sibling_windows
 
     img = Image.fromarray(photo("astronaut"))  # 512 x 512
     for seed in range(20):

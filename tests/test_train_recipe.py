@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from copytrace.descriptors.model import load_descriptor, load_descriptor_file, shipped_models
-from copytrace.descriptors.train import frozen_modules, make_model
-from copytrace.descriptors.train_config import RECIPE_FIELDS, TrainConfig, config_from_card
-from copytrace.descriptors.train_data import list_images
+from copytrace.descriptors.training.config import RECIPE_FIELDS, TrainConfig, config_from_card
+from copytrace.descriptors.training.data import list_images
+from copytrace.descriptors.training.trainer import frozen_modules, make_model
 
 from photos import PHOTO_NAMES, jpeg_bytes, photo
 

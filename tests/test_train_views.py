@@ -18,15 +18,15 @@ import torch
 from PIL import Image
 
 from copytrace.descriptors import augment as A
-from copytrace.descriptors.batch_augment import apply_deferred
-from copytrace.descriptors.train import train
-from copytrace.descriptors.train_augment import ViewConfig, to_square
-from copytrace.descriptors.train_config import TrainConfig
-from copytrace.descriptors.train_data import load_for_training
-from copytrace.descriptors.train_deferred import DEFERRED, DeferredRecord
-from copytrace.descriptors.train_edits import FAST_EDITS
-from copytrace.descriptors.train_image_cache import build_image_cache
-from copytrace.descriptors.train_views import ViewPipeline, make_view_dataset, resolve_pipeline
+from copytrace.descriptors.training.augment import ViewConfig, to_square
+from copytrace.descriptors.training.batch_edits import apply_deferred
+from copytrace.descriptors.training.config import TrainConfig
+from copytrace.descriptors.training.data import load_for_training
+from copytrace.descriptors.training.deferred import DEFERRED, DeferredRecord
+from copytrace.descriptors.training.edits import FAST_EDITS
+from copytrace.descriptors.training.image_cache import build_image_cache
+from copytrace.descriptors.training.trainer import train
+from copytrace.descriptors.training.views import ViewPipeline, make_view_dataset, resolve_pipeline
 
 from photos import PHOTO_NAMES, jpeg_bytes, photo
 

@@ -11,7 +11,7 @@ from copytrace.descriptors.model import (
     load_descriptor_file,
     save_descriptor,
 )
-from copytrace.descriptors.train_whitening import PairFeatures, learn_whitening, with_projection
+from copytrace.descriptors.training.whitening import PairFeatures, learn_whitening, with_projection
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:

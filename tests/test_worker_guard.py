@@ -2,7 +2,7 @@
 scheduler) must not leave idle workers holding models or keypoint caches. Real processes.
 
 The forkserver case (the decode and embedding pools' kind) fails without
-`descriptors.worker_guard`. The verify pool's spawn workers were found orphaned after a real
+`util.worker_guard`. The verify pool's spawn workers were found orphaned after a real
 `query_latency` run was killed, but this small driver does not reproduce that without the guard;
 it is kept as the shipped pool's regression check."""
 
@@ -21,7 +21,7 @@ import pytest
 DRIVER = textwrap.dedent("""
     import multiprocessing, sys, time
     from concurrent.futures import ProcessPoolExecutor
-    from copytrace.descriptors.worker_guard import exit_with_parent
+    from copytrace.util.worker_guard import exit_with_parent
     from copytrace.matching.verify import VerifyConfig
     from copytrace.pipelines.verify_pool import VerifyBackend, Verifier
 

@@ -115,7 +115,7 @@ def jpeg(img: Image.Image, rng: random.Random, ctx: EditContext) -> Image.Image:
 
 
 def to_square(img: Image.Image, size: int) -> np.ndarray:
-    """`train_augment.to_square` (PIL's antialiased bilinear squash, the inference contract)
+    """`augment.to_square` (PIL's antialiased bilinear squash, the inference contract)
     computed by torch's uint8 kernel: within 0.1 grey level of PIL, cheaper."""
     x = torch.from_numpy(_np(img)).permute(2, 0, 1)[None]
     out = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,

@@ -21,10 +21,10 @@ from torch.utils.data import Dataset
 
 from copytrace.descriptors.augment import Edit
 from copytrace.descriptors.decode import DecodeError, decode_file
-from copytrace.descriptors.train_augment import ViewConfig, make_view_image, to_square
+from copytrace.descriptors.training.augment import ViewConfig, make_view_image, to_square
 
 if TYPE_CHECKING:
-    from copytrace.descriptors.train_image_cache import ImageCache
+    from copytrace.descriptors.training.image_cache import ImageCache
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class CopyViewDataset(Dataset):
         self.view_config = view_config or ViewConfig()
         self.seed = seed
         self.max_side = max_side or 2 * self.view_config.image_size
-        self.image_cache = image_cache  # images decoded once (train_image_cache), by file index
+        self.image_cache = image_cache  # images decoded once (image_cache), by file index
         self.edits = edits  # None: augment.EDITS (PIL); train_edits.FAST_EDITS: same, cheaper
         self.square = square  # edited image -> uint8 S x S x 3 model input
         self._others: deque[Image.Image] = deque(maxlen=others_pool)

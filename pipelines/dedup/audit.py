@@ -22,33 +22,33 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from copytrace.indexing.atomic import write_json_atomic, write_parquet_atomic
 from copytrace.indexing.catalog import catalog_pdq
 from copytrace.indexing.manifest import IndexLayout
 from copytrace.matching.clusters import ImageFacts, KeepPolicy, connected_groups, representative
-from copytrace.matching.templates import ContentCheck, TemplateConfig
-from copytrace.matching.verify import VerifyConfig, load_rgb
-from copytrace.pipelines.dedup_bridges import INCONSISTENT, bridges, drop_inconsistent
-from copytrace.pipelines.dedup_candidates import (
-    Candidate,
-    descriptor_candidates,
-    exact_pairs,
-    pdq_candidates,
-)
-from copytrace.pipelines.dedup_features import (
-    ImageFeatures,
-    catalog_digests,
-    catalog_features,
-)
-from copytrace.pipelines.dedup_keep import (
+from copytrace.matching.keep_rule import (
     Content,
     largest_content,
     member_content,
     member_templates,
 )
-from copytrace.pipelines.dedup_score import Kind, ScoredPair, build_jobs, run_jobs
-from copytrace.pipelines.dedup_views import ViewCheck, shipped_view_check
+from copytrace.matching.templates import ContentCheck, TemplateConfig
+from copytrace.matching.verify import VerifyConfig, load_rgb
+from copytrace.matching.view_check import ViewCheck, shipped_view_check
+from copytrace.pipelines.dedup.bridges import INCONSISTENT, bridges, drop_inconsistent
+from copytrace.pipelines.dedup.candidates import (
+    Candidate,
+    descriptor_candidates,
+    exact_pairs,
+    pdq_candidates,
+)
+from copytrace.pipelines.dedup.features import (
+    ImageFeatures,
+    catalog_digests,
+    catalog_features,
+)
+from copytrace.pipelines.dedup.score import Kind, ScoredPair, build_jobs, run_jobs
 from copytrace.pipelines.engine import QueryEngine, match_config
+from copytrace.util.atomic import write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
                      template_config: TemplateConfig, use_ray: bool | None,
                      ray_address: str | None, views: ViewCheck | None = None) -> list[ScoredPair]:
     """Verify each candidate (a -> b, then b -> a when that failed) and decide it; `views`
-    rejects verified pairs that look like two photos of one object (pipelines.dedup_views)."""
+    rejects verified pairs that look like two photos of one object (matching.view_check)."""
     templates = features.template_cells(sorted({x for key in cands for x in key}),
                                         template_config)
     use_ray = len(cands) >= RAY_MIN_PAIRS if use_ray is None else use_ray
@@ -209,7 +209,7 @@ def decide_both_ways(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
 def consistent_pairs(pairs: list[ScoredPair], scored: list[ScoredPair], uris: dict[str, str],
                      features: ImageFeatures, *, engine: QueryEngine,
                      template_config: TemplateConfig) -> tuple[list[ScoredPair], list[ScoredPair]]:
-    """`pairs` and `scored` with the inconsistent bridges re-decided (pipelines.dedup_bridges)."""
+    """`pairs` and `scored` with the inconsistent bridges re-decided (pipelines.dedup.bridges)."""
     found = bridges(pairs)
     if not found:
         return pairs, scored
@@ -231,7 +231,7 @@ def image_facts(catalog: pa.Table, ids: set[str], policy: KeepPolicy) -> dict[st
 
 def keep_content(catalog: pa.Table, pairs: list[ScoredPair], members: set[str],
                  features: ImageFeatures | None, config: TemplateConfig) -> dict[str, Content]:
-    """Content of the clustered catalog images, for `--keep largest` (pipelines.dedup_keep)."""
+    """Content of the clustered catalog images, for `--keep largest` (matching.keep_rule)."""
     rows = {r["image_id"]: r for r in catalog.select(["image_id", "uri", "width", "height"])
             .to_pylist() if r["image_id"] in members}
     sizes = {i: (r["width"] or 0, r["height"] or 0) for i, r in rows.items()}
@@ -326,7 +326,7 @@ def finish(out: Path, index: Path, catalog: pa.Table, pairs: list[ScoredPair],
         "duplicates_to_drop": result.duplicates_to_drop, "counts": result.counts,
         **(extra or {})})
     if report:
-        from copytrace.pipelines.dedup_report import write_report
+        from copytrace.pipelines.dedup.report import write_report
 
         write_report(result, listing if listing is not None else catalog, threshold=threshold)
     return result
@@ -357,9 +357,9 @@ def dedup(
     score from which a descriptor neighbour is verified, and the `always_top` best neighbours of
     each image are verified whatever their score; `k` neighbours per image are looked at, searched
     with the image's query crops too (`crops`). `view_check` rejects verified pairs whose
-    geometry says "two photos of one object", not a copy (pipelines.dedup_views). `bridge_check`
+    geometry says "two photos of one object", not a copy (matching.view_check). `bridge_check`
     drops a pair that alone joins two groups whose other members share no content
-    (pipelines.dedup_bridges).
+    (pipelines.dedup.bridges).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

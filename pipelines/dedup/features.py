@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 
 from copytrace.descriptors.decode import DecodeError, read_bytes
 from copytrace.descriptors.pdq import PDQ_BYTES, hash_pixels_of, pdq_hash
-from copytrace.indexing.atomic import write_parquet_atomic
 from copytrace.indexing.catalog import Hashed
 from copytrace.matching.templates import (
     THUMB,
@@ -36,7 +35,8 @@ from copytrace.matching.templates import (
     template_sample,
     thumbnail,
 )
-from copytrace.pipelines.progress import progress_bar
+from copytrace.util.atomic import write_parquet_atomic
+from copytrace.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

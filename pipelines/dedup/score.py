@@ -23,8 +23,8 @@ from copytrace.matching.verify import (
     load_rgb,
     verify_batch,
 )
-from copytrace.pipelines.dedup_candidates import Candidate
-from copytrace.pipelines.dedup_views import residual_field, shading_residual
+from copytrace.matching.view_check import residual_field, shading_residual
+from copytrace.pipelines.dedup.candidates import Candidate
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,16 @@ from copytrace.indexing.sources import list_sources
 from copytrace.matching.clusters import KeepPolicy
 from copytrace.matching.pdq import MATCH_DISTANCE, range_pairs
 from copytrace.matching.templates import TemplateConfig
-from copytrace.pipelines.dedup import DedupReport, decide_both_ways, finish, scorer_settings
-from copytrace.pipelines.dedup_candidates import Candidate
-from copytrace.pipelines.dedup_features import (
+from copytrace.matching.view_check import ViewCheck, shipped_view_check
+from copytrace.pipelines.dedup.audit import DedupReport, decide_both_ways, finish, scorer_settings
+from copytrace.pipelines.dedup.candidates import Candidate
+from copytrace.pipelines.dedup.features import (
     as_features,
     catalog_digests,
     catalog_features,
     compute_features,
 )
-from copytrace.pipelines.dedup_score import Kind, ScoredPair
-from copytrace.pipelines.dedup_views import ViewCheck, shipped_view_check
+from copytrace.pipelines.dedup.score import Kind, ScoredPair
 from copytrace.pipelines.engine import QueryEngine, match_config
 
 

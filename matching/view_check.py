@@ -11,7 +11,7 @@ no homography absorbs, where a digital edit's residuals are keypoint noise. A lo
 over those measurements (`VIEW_FEATURES`), fitted by `benchmarks.dedup_fit` on a planted FIT
 split that shares no photo or object with the benchmark's TEST split, turns them into
 P(copy | geometry); pairs below its cut are rejected as "another view". The fitted model ships
-as `dedup_views.json` beside this module.
+as `view_check.json` beside this module.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from copytrace.indexing.atomic import write_json_atomic
 from copytrace.matching.align import AlignConfig, Keypoints, match_descriptors
 from copytrace.matching.calibrate import fit_logistic
 from copytrace.matching.verify import Verification, mirror_keypoints
+from copytrace.util.atomic import write_json_atomic
 
 VIEW_FEATURES = ("log_inliers", "inlier_ratio", "residual", "tight", "photometric", "detail",
                  "agreement", "distortion", "log_off_axis", "log_min_coverage", "content_coverage",
@@ -54,7 +54,7 @@ are well-textured objects with hundreds of inliers, so an unconstrained fit lear
 means another photo", which would push a large exact copy towards rejection: that feature is
 dropped when its sign comes out wrong, as the engine's calibration does with wrong-signed
 features. A smooth residual field (`residual_field`) can only speak for another photo."""
-SHIPPED = Path(__file__).with_name("dedup_views.json")
+SHIPPED = Path(__file__).with_name("view_check.json")
 
 
 def shading_residual(query: np.ndarray, other: np.ndarray, homography: np.ndarray, *,

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
-from copytrace.descriptors.train_augment import ViewConfig
-from copytrace.descriptors.train_data import CopyViewDataset
+from copytrace.descriptors.training.augment import ViewConfig
+from copytrace.descriptors.training.data import CopyViewDataset
 
 
 class ViewPipeline(str, Enum):
@@ -67,13 +67,13 @@ def make_view_dataset(
         raise ValueError("resolve 'auto' first (resolve_pipeline)")
     if cache_folder is None:
         raise ValueError(f"the {pipeline.value} view pipeline needs a cache folder")
-    from copytrace.descriptors.train_edits import FAST_EDITS, to_square
-    from copytrace.descriptors.train_image_cache import build_image_cache
+    from copytrace.descriptors.training.edits import FAST_EDITS, to_square
+    from copytrace.descriptors.training.image_cache import build_image_cache
 
     cache = build_image_cache(files, cache_folder, max_side=max_side, workers=workers,
                               show_progress=show_progress)
     if pipeline is ViewPipeline.SPLIT:
-        from copytrace.descriptors.train_deferred import DeferredViewDataset
+        from copytrace.descriptors.training.deferred import DeferredViewDataset
 
         return DeferredViewDataset(files, views_per_image=views_per_image,
                                    view_config=view_config, seed=seed, max_side=max_side,

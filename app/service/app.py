@@ -40,7 +40,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from copytrace.pipelines.batcher import Batcher, QueueFull
+from copytrace.app.service.batcher import Batcher, QueueFull
 from copytrace.pipelines.engine import QueryEngine, VerifyMode
 from copytrace.pipelines.verify_pool import VerifyBackend
 

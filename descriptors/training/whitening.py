@@ -22,8 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from copytrace.descriptors.model import CopyDescriptor, DescriptorConfig
-from copytrace.descriptors.train_augment import ViewConfig
-from copytrace.descriptors.train_data import CopyViewDataset
+from copytrace.descriptors.training.augment import ViewConfig
+from copytrace.descriptors.training.data import CopyViewDataset
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from copytrace.descriptors.decode import DecodeError
-from copytrace.descriptors.train_data import load_for_training, one_thread_worker
+from copytrace.descriptors.training.data import load_for_training, one_thread_worker
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ def apply_deferred(images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     images: N x 3 x S x S float in [0, 1], each the squashed square of its final worker image;
     rows: N x ROW. Slots run in recipe order; within a slot, views of one edit kind run together.
     """
-    from copytrace.descriptors.train_deferred import DEFERRED, KIND, MAX_DEFERRED, SLOT
+    from copytrace.descriptors.training.deferred import DEFERRED, KIND, MAX_DEFERRED, SLOT
 
     x = images.float().clone()
     rows = rows.to(device=x.device, dtype=torch.float32)

@@ -3,7 +3,7 @@
 A deferred edit draws exactly the random parameters its CPU version draws (same order, same
 `random.Random` state afterwards), so the choice and parameters of edits are unchanged; it only
 records them. Each view then carries a small float row of parameters, and
-`batch_augment.apply_deferred` applies them to the whole batch on the device, after the
+`batch_edits.apply_deferred` applies them to the whole batch on the device, after the
 worker-side edits (overlays, text, emoji, image-in-image, crop, pad, stripes). Sizes are
 relative to the final worker image (`size` of the row), whose squashed square the device sees,
 so warps, blur radii and noise scale as they would on that image.
@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from copytrace.descriptors.augment import EditContext
-from copytrace.descriptors.train_augment import ViewConfig, make_view_image
-from copytrace.descriptors.train_data import CopyViewDataset
+from copytrace.descriptors.training.augment import ViewConfig, make_view_image
+from copytrace.descriptors.training.data import CopyViewDataset
 
 DEFERRED = ("flip", "grayscale", "colour", "blur", "noise", "jpeg", "pixelize", "rescale",
             "rotate", "perspective")

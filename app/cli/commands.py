@@ -19,15 +19,15 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from copytrace.descriptors.train_config import TrainConfig
-from copytrace.pipelines.cli_help import StyledGroup
-from copytrace.pipelines.output import (
+from copytrace.app.cli.help import StyledGroup
+from copytrace.app.cli.output import (
     HASH_MATCH_COLUMNS,
     QUERY_COLUMNS,
     OutputFormat,
     print_rows,
     query_rows,
 )
+from copytrace.descriptors.training.config import TrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -239,8 +239,8 @@ def index_sql(index: Annotated[Path, typer.Argument(help="Index folder.")],
               fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json "
                                                         "or csv.")] = OutputFormat.TABLE) -> None:
     """Run DuckDB SQL over the catalog, e.g. duplicates by sha256."""
+    from copytrace.app.cli.output import columns_for
     from copytrace.indexing.catalog_sql import sql
-    from copytrace.pipelines.output import columns_for
 
     t = sql(index, statement)
     rows = t.to_pylist()
@@ -516,8 +516,8 @@ def train_cmd(
     Reproduce the shipped model on your own images:
     copytrace train --from-card copytrace-sscd-lite0 --images DIR --out run/
     """
-    from copytrace.descriptors.train import train
-    from copytrace.descriptors.train_config import config_from_flags
+    from copytrace.descriptors.training.config import config_from_flags
+    from copytrace.descriptors.training.trainer import train
 
     logging.getLogger("copytrace").setLevel(logging.INFO)
     config = config_from_flags(
@@ -569,7 +569,7 @@ def dedup_cmd(
     watermark common in the catalog are not duplicates. Query the results with
     `copytrace sql AUDIT_DIR "SELECT ..."`.
     """
-    from copytrace.pipelines.dedup import dedup, write_hash_matches
+    from copytrace.pipelines.dedup.audit import dedup, write_hash_matches
 
     if keep not in ("largest", "oldest", "first"):
         raise typer.BadParameter("--keep must be largest, oldest or first")
@@ -578,7 +578,7 @@ def dedup_cmd(
 
         read_hash_list(match_hashes)  # a bad list fails now, not after the audit
     if against is not None:
-        from copytrace.pipelines.dedup_incremental import dedup_against
+        from copytrace.pipelines.dedup.against import dedup_against
 
         result = dedup_against(images_or_index, against, out_dir, threshold=threshold, keep=keep,
                                k=k, report=report, use_ray=ray, ray_address=ray_address,
@@ -623,7 +623,7 @@ def sql_cmd(audit_dir: Annotated[Path, typer.Argument(help="Dedup audit folder."
             statement: Annotated[str, typer.Argument(help="SQL over pairs, clusters, candidates, "
                                                      "hash_matches, catalog, pdq.")]) -> None:
     """DuckDB SQL over a dedup audit and its index's catalog."""
-    from copytrace.pipelines.dedup_sql import audit_sql
+    from copytrace.pipelines.dedup.sql import audit_sql
 
     t = audit_sql(audit_dir, statement)
     table = Table(*t.column_names)
@@ -659,7 +659,7 @@ def serve_cmd(
 
     Example: curl --data-binary @photo.jpg 'http://127.0.0.1:8080/v1/query?k=5'
     """
-    from copytrace.pipelines.service import serve
+    from copytrace.app.service.app import serve
 
     err.print(f"serving '{index}' on http://{host}:{port} (docs at /docs"
               f"{', bearer token required' if token else ''})")
@@ -728,7 +728,7 @@ def _fail(message: str, code: int) -> None:
 
 def main() -> None:
     """Every failure is one line on stderr and a non-zero exit; `--debug` shows the traceback."""
-    from copytrace.pipelines.tcmalloc import reexec_with_tcmalloc
+    from copytrace.util.tcmalloc import reexec_with_tcmalloc
 
     debug = _debug_requested()
     reexec_with_tcmalloc()

@@ -20,16 +20,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from copytrace.descriptors.batch_augment import apply_deferred, augment_edited, make_batch_augment
-from copytrace.descriptors.losses import LossConfig, copy_descriptor_loss
 from copytrace.descriptors.model import (
     CopyDescriptor,
     DescriptorConfig,
     load_descriptor,
     save_descriptor,
 )
-from copytrace.descriptors.train_augment import MixConfig, ViewConfig, mix_views
-from copytrace.descriptors.train_cache import (
+from copytrace.descriptors.training.augment import MixConfig, ViewConfig, mix_views
+from copytrace.descriptors.training.batch_edits import apply_deferred, augment_edited, make_batch_augment
+from copytrace.descriptors.training.cache import (
     ViewCache,
     build_view_cache,
     cached_loader,
@@ -37,9 +36,10 @@ from copytrace.descriptors.train_cache import (
     supports_trunk_cache,
     top_pooled,
 )
-from copytrace.descriptors.train_config import TrainConfig
-from copytrace.descriptors.train_data import list_images, one_thread_worker
-from copytrace.descriptors.train_views import make_view_dataset, resolve_pipeline
+from copytrace.descriptors.training.config import TrainConfig
+from copytrace.descriptors.training.data import list_images, one_thread_worker
+from copytrace.descriptors.training.losses import LossConfig, copy_descriptor_loss
+from copytrace.descriptors.training.views import make_view_dataset, resolve_pipeline
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -249,7 +249,7 @@ def _callbacks(cfg: TrainConfig, out: Path, val_folder: Path | None, show_progre
         def _val(self, module: Any, step: int) -> None:
             if val_folder is None:
                 return
-            from copytrace.descriptors.train_eval import evaluate_proxy, load_val_set
+            from copytrace.descriptors.training.eval import evaluate_proxy, load_val_set
 
             if self.val_set is None:
                 self.val_set = load_val_set(val_folder, image_size=cfg.export_image_size

@@ -22,9 +22,9 @@ from copytrace.indexing.sources import ImageSource
 from copytrace.matching.expand import ExpandConfig
 from copytrace.matching.pdq import MATCH_DISTANCE, range_pairs
 from copytrace.matching.rank import MatchConfig, QueryViews
-from copytrace.pipelines.dedup_features import ImageFeatures
+from copytrace.pipelines.dedup.features import ImageFeatures
 from copytrace.pipelines.engine import QueryEngine, match_config
-from copytrace.pipelines.progress import progress_bar
+from copytrace.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from copytrace.indexing.catalog_sql import connect, run_statement
-from copytrace.pipelines.dedup_features import FEATURES_FILE
+from copytrace.pipelines.dedup.features import FEATURES_FILE
 
 AUDIT_TABLES = ("pairs", "clusters", "candidates", "hash_matches")
 

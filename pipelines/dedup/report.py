@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from copytrace.indexing.atomic import write_bytes_atomic
 from copytrace.matching.localize import AlignmentError, LocalizeConfig, localize
 from copytrace.matching.overlay import overlay
 from copytrace.matching.verify import load_rgb
-from copytrace.pipelines.dedup_score import Kind, ScoredPair
+from copytrace.pipelines.dedup.score import Kind, ScoredPair
+from copytrace.util.atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

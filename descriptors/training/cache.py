@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from copytrace.descriptors.model import CopyDescriptor
-from copytrace.descriptors.train_augment import ViewConfig
-from copytrace.descriptors.train_data import CopyViewDataset, one_thread_worker
+from copytrace.descriptors.training.augment import ViewConfig
+from copytrace.descriptors.training.data import CopyViewDataset, one_thread_worker
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def build_view_cache(
             log.info("using the cached trunk features in %s", path)
             return ViewCache(payload["features"], payload["clean"], payload["groups"], meta)
         log.info("%s was built from other files or settings: rebuilding it", path)
-    from copytrace.descriptors.train_edits import FAST_EDITS, to_square
+    from copytrace.descriptors.training.edits import FAST_EDITS, to_square
 
     dataset = CopyViewDataset(files, views_per_image=views, view_config=view_config, seed=seed,
                               siblings=siblings, edits=FAST_EDITS, square=to_square)

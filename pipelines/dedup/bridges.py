@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from copytrace.pipelines.dedup_score import Kind, ScoredPair, ScoreJob, run_jobs
+from copytrace.pipelines.dedup.score import Kind, ScoredPair, ScoreJob, run_jobs
 
 INCONSISTENT = "partners disagree"
 

@@ -1,0 +1,3 @@
+from copytrace.app.cli.commands import main
+
+main()
