@@ -26,9 +26,7 @@ from pathlib import Path
 
 import torch
 
-from copytrace.descriptors.training.augment import ViewConfig
-from copytrace.descriptors.training.data import list_images
-from copytrace.descriptors.training.views import ViewPipeline, make_view_dataset
+from copytrace.descriptors.training import ViewConfig, ViewPipeline, list_images, make_view_dataset
 
 DEFAULT_FOLDERS = ("photos/caltech101", "photos/imagenet-sample")
 
@@ -55,7 +53,7 @@ def time_views(dataset, items: list[int]) -> tuple[float, float, int]:
 def time_device_stage(dataset, items: list[int], device: torch.device, batch: int = 64
                       ) -> float:
     """Views/s of the split pipeline's device stage (`apply_deferred`) on `device`."""
-    from copytrace.descriptors.training.batch_edits import apply_deferred
+    from copytrace.descriptors.training import apply_deferred
 
     xs, rows = [], []
     for i in items[: max(batch // 2, 1) * 4]:
@@ -81,8 +79,7 @@ def _sync(device: torch.device) -> None:
 def model_steps(image_size: int, batch: int, steps: int, device: torch.device,
                 freeze_blocks: int) -> dict[str, float]:
     """Real training steps (forward, loss, backward, AdamW) on random views."""
-    from copytrace.descriptors.training.config import TrainConfig
-    from copytrace.descriptors.training.trainer import build_module_class
+    from copytrace.descriptors.training import TrainConfig, build_module_class
 
     cfg = TrainConfig(image_size=image_size, batch_size=batch, freeze_blocks=freeze_blocks,
                       warmup_steps=1, batch_augment="off")

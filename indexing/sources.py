@@ -12,7 +12,6 @@ read); symlinked folders are followed once (loops are cut); depth is unbounded (
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import stat
@@ -21,12 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".pgm",
-     ".ppm", ".pbm", ".pnm"}
+from copytrace.util.listing import (
+    ID_COLUMNS,
+    IMAGE_SUFFIXES,
+    ListingError,
+    is_listing,
+    path_column,
+    read_listing_rows,
 )
+
 LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string())])
 
 
@@ -165,20 +168,13 @@ def read_listing(listing: Path, *, root: str | Path | None = None) -> list[Image
     outside it refuses the whole listing.
     """
     try:
-        if listing.suffix.lower() == ".parquet":
-            rows = pq.read_table(listing).to_pylist()
-        else:
-            with open(listing, newline="") as fh:
-                rows = list(csv.DictReader(fh))
-    except (OSError, pa.ArrowException, csv.Error, UnicodeDecodeError) as exc:
-        raise SourceError(f"cannot read listing '{listing}': {exc}") from None
-    if not rows:
-        return []
-    cols = set(rows[0])
-    path_col = next((c for c in ("path", "uri", "filepath", "file") if c in cols), None)
-    if path_col is None:
-        raise SourceError(f"listing '{listing}' needs a 'path' or 'uri' column; has {sorted(cols)}")
-    id_col = next((c for c in ("image_id", "id") if c in cols), None)
+        rows = read_listing_rows(listing)
+        if not rows:
+            return []
+        path_col = path_column(listing, set(rows[0]))
+    except ListingError as exc:
+        raise SourceError(str(exc)) from None
+    id_col = next((c for c in ID_COLUMNS if c in rows[0]), None)
     base = Path(absolute_uri(listing.parent))
     if any(not r[path_col] for r in rows):
         raise SourceError(f"listing '{listing}' has rows with an empty '{path_col}'")
@@ -202,11 +198,11 @@ def list_sources(location: str | Path, *, all_files: bool = False,
     p = Path(location)
     if not p.exists() and not p.is_symlink():
         raise SourceError(f"no such file or folder: '{p}'")
-    if root is not None and p.suffix.lower() not in (".parquet", ".csv"):
+    if root is not None and not is_listing(p):
         _check_root([Path(absolute_uri(p))], Path(absolute_uri(root)), p)
     if p.is_dir():
         return scan_folder(p, all_files=all_files)
-    if p.suffix.lower() in (".parquet", ".csv"):
+    if is_listing(p):
         return read_listing(p, root=root)
     uri = printable(absolute_uri(p))
     odd = uri != absolute_uri(p)

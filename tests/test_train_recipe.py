@@ -16,7 +16,7 @@ import torch
 
 from copytrace.descriptors.model import load_descriptor, load_descriptor_file, shipped_models
 from copytrace.descriptors.training.config import RECIPE_FIELDS, TrainConfig, config_from_card
-from copytrace.descriptors.training.data import list_images
+from copytrace.descriptors.training.loading import list_images
 from copytrace.descriptors.training.trainer import frozen_modules, make_model
 
 from photos import PHOTO_NAMES, jpeg_bytes, photo
@@ -73,7 +73,7 @@ def test_listing_inputs_parquet_and_csv(tmp_path) -> None:
     assert list_images([tmp_path / "l.csv", tmp_path / "imgs"], limits=[2, None]) == \
         files[:2] + sorted(files)
     (tmp_path / "nopath.csv").write_text("file_name\nx.jpg\n")
-    with pytest.raises(ValueError, match="'path' column"):
+    with pytest.raises(ValueError, match="needs a 'path'"):
         list_images([tmp_path / "nopath.csv"])
 
 

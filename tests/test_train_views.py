@@ -21,10 +21,10 @@ from copytrace.descriptors import augment as A
 from copytrace.descriptors.training.augment import ViewConfig, to_square
 from copytrace.descriptors.training.batch_edits import apply_deferred
 from copytrace.descriptors.training.config import TrainConfig
-from copytrace.descriptors.training.data import load_for_training
 from copytrace.descriptors.training.deferred import DEFERRED, DeferredRecord
 from copytrace.descriptors.training.edits import FAST_EDITS
 from copytrace.descriptors.training.image_cache import build_image_cache
+from copytrace.descriptors.training.loading import load_for_training
 from copytrace.descriptors.training.trainer import train
 from copytrace.descriptors.training.views import ViewPipeline, make_view_dataset, resolve_pipeline
 

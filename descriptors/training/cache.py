@@ -29,7 +29,9 @@ from torch.utils.data import DataLoader, Sampler
 
 from copytrace.descriptors.model import CopyDescriptor
 from copytrace.descriptors.training.augment import ViewConfig
-from copytrace.descriptors.training.data import CopyViewDataset, one_thread_worker
+from copytrace.descriptors.training.data import CopyViewDataset
+from copytrace.descriptors.training.loading import one_thread_worker
+from copytrace.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,8 @@ def build_view_cache(
     model = model.eval().to(memory_format=torch.channels_last)
     features: torch.Tensor | None = None
     clean = torch.zeros(n, views, dtype=torch.bool)
-    with _progress(show_progress, n) as advance, torch.inference_mode():
+    bar = progress_bar("trunk features of training views", n, enabled=show_progress)
+    with bar as advance, torch.inference_mode():
         for batch in loader:
             b, v = batch["views"].shape[:2]
             x = batch["views"].flatten(0, 1).float().div_(255.0)
@@ -141,27 +144,6 @@ def build_view_cache(
         {k: v for k, v in meta.items() if k != "files"} | {"images": len(files), "instances": n,
                                                            "shape": list(features.shape)}))
     return ViewCache(features, clean, groups, meta)
-
-
-class _progress:
-    """A rich progress bar over images, or nothing."""
-
-    def __init__(self, show: bool, total: int) -> None:
-        self.show, self.total = show, total
-
-    def __enter__(self):  # noqa: ANN204
-        if not self.show:
-            return lambda n: None
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=False)
-        self.bar.start()
-        task = self.bar.add_task("trunk features of training views", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.show:
-            self.bar.stop()
 
 
 class GroupedBatches(Sampler[list[int]]):

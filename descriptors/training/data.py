@@ -1,4 +1,4 @@
-"""Training data: image listing and a dataset yielding several copy-style views per image.
+"""Training data: a dataset yielding several copy-style views per image.
 
 Decoding and PIL edits run on DataLoader workers; the model step only sees uint8 tensors.
 Image-in-image and overlay edits need other photos: each worker keeps a small ring of recently
@@ -12,7 +12,6 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,76 +19,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from copytrace.descriptors.augment import Edit
-from copytrace.descriptors.decode import DecodeError, decode_file
+from copytrace.descriptors.decode import DecodeError
 from copytrace.descriptors.training.augment import ViewConfig, make_view_image, to_square
-
-if TYPE_CHECKING:
-    from copytrace.descriptors.training.image_cache import ImageCache
+from copytrace.descriptors.training.image_cache import ImageCache
+from copytrace.descriptors.training.loading import load_for_training
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-LISTING_SUFFIXES = (".parquet", ".csv")
-LISTING_PATH_COLUMNS = ("path", "uri", "filepath", "file")  # as `copytrace index build` reads
-
-
-def list_images(folders: Sequence[str | Path], *, limits: Sequence[int | None] | None = None
-                ) -> list[Path]:
-    """Image files of each input: a folder (recursive, sorted by path), one image file, or a
-    .parquet/.csv listing (its rows in order); `limits[i]` keeps the first n of input i."""
-    out: list[Path] = []
-    for i, folder in enumerate(folders):
-        folder = Path(folder)
-        if folder.is_file() and folder.suffix.lower() in LISTING_SUFFIXES:
-            files = read_listing_paths(folder)
-        elif folder.is_file():
-            files = [folder]
-        elif folder.is_dir():
-            files = sorted(p for p in folder.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            raise FileNotFoundError(f"training images: no such file or folder '{folder}'")
-        limit = limits[i] if limits is not None and i < len(limits) else None
-        out.extend(files[:limit] if limit is not None else files)
-    return out
-
-
-def read_listing_paths(listing: Path) -> list[Path]:
-    """The `path` column of a Parquet/CSV listing; relative paths are relative to the listing.
-
-    The same contract as the index builder's listings (indexing.sources), read here because the
-    descriptors layer may not import indexing.
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    try:
-        table = (pq.read_table(listing) if listing.suffix.lower() == ".parquet"
-                 else pacsv.read_csv(listing))
-    except (OSError, pa.ArrowException) as exc:
-        raise ValueError(f"cannot read listing '{listing}': {exc}") from None
-    column = next((c for c in LISTING_PATH_COLUMNS if c in table.column_names), None)
-    if column is None:
-        raise ValueError(f"listing '{listing}' needs a 'path' column; has {table.column_names}")
-    paths = [Path(str(p)) for p in table.column(column).to_pylist() if p]
-    return [p if p.is_absolute() else listing.parent / p for p in paths]
-
-
-def one_thread_worker(worker_id: int) -> None:
-    """DataLoader worker init: one torch thread per worker, the cores belong to the model."""
-    torch.set_num_threads(1)
-
-
-def load_for_training(path: str | Path, *, max_side: int) -> Image.Image:
-    """Decode (JPEG DCT-scaled) and shrink so edits stay cheap; raises DecodeError."""
-    pixels = decode_file(path, target_size=None).pixels
-    img = Image.fromarray(pixels)
-    img.thumbnail((max_side, max_side), Image.BILINEAR)
-    return img
-
 
 def sibling_windows(img: Image.Image, rng: random.Random) -> tuple[Image.Image, Image.Image]:
     """Two overlapping windows from opposite ends of one photo (55-70 % of its long side each).

@@ -22,7 +22,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from copytrace.descriptors.decode import DecodeError
-from copytrace.descriptors.training.data import load_for_training, one_thread_worker
+from copytrace.descriptors.training.loading import load_for_training, one_thread_worker
+from copytrace.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,15 @@ def build_image_cache(
     index = np.zeros((len(files), 3), np.int64)
     tmp = folder / f".pixels.u8.tmp-{os.getpid()}"
     offset = 0
-    with open(tmp, "wb") as fh, _progress(show_progress, len(files)) as advance:
+    bar = progress_bar("decoding training images once", len(files), enabled=show_progress,
+                       transient=True)
+    with open(tmp, "wb") as fh, bar as advance:
         for i, arr in enumerate(loader):
             arr = arr.numpy() if isinstance(arr, torch.Tensor) else arr
             fh.write(np.ascontiguousarray(arr, np.uint8).tobytes())
             index[i] = (offset, arr.shape[0], arr.shape[1])
             offset += arr.size
-            advance()
+            advance(1)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, folder / "pixels.u8")
@@ -117,24 +120,3 @@ def build_image_cache(
     os.replace(tmp_meta, meta_file)
     log.info("image cache: %d images, %.1f MB in %s", len(files), offset / 1e6, folder)
     return ImageCache(folder)
-
-
-class _progress:
-    """A rich progress bar over the decode (or nothing)."""
-
-    def __init__(self, show: bool, total: int) -> None:
-        self.show, self.total, self.bar = show, total, None
-
-    def __enter__(self):
-        if not self.show:
-            return lambda: None
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=True)
-        self.bar.__enter__()
-        task = self.bar.add_task("decoding training images once", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)

@@ -37,7 +37,7 @@ from copytrace.descriptors.training.cache import (
     top_pooled,
 )
 from copytrace.descriptors.training.config import TrainConfig
-from copytrace.descriptors.training.data import list_images, one_thread_worker
+from copytrace.descriptors.training.loading import list_images, one_thread_worker
 from copytrace.descriptors.training.losses import LossConfig, copy_descriptor_loss
 from copytrace.descriptors.training.views import make_view_dataset, resolve_pipeline
 
