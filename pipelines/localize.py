@@ -18,10 +18,10 @@ import numpy as np
 
 from copytrace.descriptors.decode import DecodeError, decode_file
 from copytrace.indexing.sources import list_sources
+from copytrace.matching.isc_csv import best_per_query, read_predictions
 from copytrace.matching.localize import AlignmentError, Localization, LocalizeConfig
 from copytrace.matching.localize import localize as localize_arrays
 from copytrace.matching.overlay import overlay as overlay_image
-from copytrace.matching.results import QueryResult
 from copytrace.util.atomic import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -153,30 +153,6 @@ class PairJob:
     score: float | None
 
 
-def read_predictions(predictions: str | Path, *, top: int | None = 1,
-                     min_score: float | None = None) -> list[tuple[str, str, float | None]]:
-    """(query_id, reference_id, score) rows of an ISC2021 predictions CSV; best `top` per query."""
-    p = Path(predictions)
-    try:
-        with open(p, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise ValueError(f"cannot read predictions '{p}': {exc.strerror or exc}") from None
-    if rows and not {"query_id", "reference_id"} <= set(rows[0]):
-        raise ValueError(f"predictions '{p}' need columns query_id,reference_id[,score]")
-    by_query: dict[str, list[tuple[str, str, float | None]]] = {}
-    for r in rows:
-        s = float(r["score"]) if r.get("score") not in (None, "") else None
-        if min_score is not None and (s is None or s < min_score):
-            continue
-        by_query.setdefault(r["query_id"], []).append((r["query_id"], r["reference_id"], s))
-    out = []
-    for items in by_query.values():
-        items.sort(key=lambda t: -(t[2] if t[2] is not None else float("-inf")))
-        out.extend(items[:top] if top else items)
-    return out
-
-
 def _id_paths(location: str | Path | None, index: str | Path | None = None) -> dict[str, str]:
     if index is not None:
         from copytrace.indexing.catalog import read_catalog
@@ -236,7 +212,8 @@ def localize_batch(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs, outcomes = [], []
-    for qid, rid, s in read_predictions(predictions, top=top, min_score=min_score):
+    rows = read_predictions(predictions, require_score=False, min_score=min_score)
+    for qid, rid, s in ((p.query_id, p.reference_id, p.score) for p in best_per_query(rows, top)):
         if qid not in qpaths or rid not in rpaths:
             missing = f"query id '{qid}'" if qid not in qpaths else f"reference id '{rid}'"
             outcomes.append(PairOutcome(qid, rid, qpaths.get(qid, ""), rpaths.get(rid, ""), s, None, None,
@@ -278,31 +255,3 @@ def localize_batch(
     failed = sum(o.error is not None for o in outcomes)
     return BatchReport(pairs=len(outcomes), done=len(outcomes) - failed, failed=failed,
                        edited=sum(o.regions > 0 for o in outcomes), summary=summary)
-
-
-def localize_top_matches(results: Sequence[QueryResult], index: str | Path, out_dir: str | Path,
-                         *, threshold: float = 0.5, overlay: bool = True) -> list[PairOutcome]:
-    """`copytrace query --localize`: localize each query against its top match when that match
-    is a copy (score >= threshold); queries without such a match are skipped."""
-    from copytrace.indexing.store import CopyIndex
-    from copytrace.pipelines.engine import reference_uris
-
-    top = [(r, r.matches[0]) for r in results
-           if r.error is None and r.matches and r.matches[0].score >= threshold and r.uri]
-    if not top:
-        return []
-    uris = reference_uris(CopyIndex.open(index), {m.reference_id for _, m in top})
-    return [localize_pair(r.uri, uris[m.reference_id], out_dir=out_dir, query_id=r.query_id,
-                          reference_id=m.reference_id, score=m.score, overlay=overlay, assume_copy=True,
-                          initial=_verified_homography(m.evidence))
-            for r, m in top if m.reference_id in uris]
-
-
-def _verified_homography(evidence: dict | None) -> np.ndarray | None:
-    """The verifier's query -> reference homography from a match's evidence, if any."""
-    h = (evidence or {}).get("homography")
-    try:
-        H = np.asarray(h, np.float64).reshape(3, 3) if h is not None else None
-    except ValueError:
-        return None
-    return H if H is not None and np.isfinite(H).all() else None

@@ -6,12 +6,12 @@ them on threads in chunks, rank each chunk through the engine, write the ISC2021
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from copytrace.indexing.sources import ImageSource, list_sources
 from copytrace.indexing.store import CopyIndex
 from copytrace.matching.calibrate import Calibration
 from copytrace.matching.expand import ExpandConfig
+from copytrace.matching.isc_csv import write_predictions
 from copytrace.matching.normalize import BACKGROUND_FILE, Background
 from copytrace.matching.query_image import QueryImage, decode_query
 from copytrace.matching.rank import MatchConfig, QueryViews
@@ -38,13 +39,12 @@ from copytrace.pipelines.engine import (
     match_config,
     reference_uris,
 )
+from copytrace.pipelines.localize import PairOutcome
 from copytrace.pipelines.verify_pool import VerifyBackend
-from copytrace.util.atomic import write_bytes_atomic
 from copytrace.util.progress import progress_bar
 
-__all__ = ["PREDICTIONS_HEADER", "QueryEngine", "QueryTimings", "VerifyMode", "index_model",
-           "match_config", "predictions_csv", "query", "reference_uris", "store_background",
-           "write_predictions"]
+__all__ = ["QueryEngine", "QueryRun", "QueryTimings", "VerifyMode", "index_model", "match_config",
+           "query", "query_index", "reference_uris", "store_background"]
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,17 @@ POOL_MIN_QUERIES = 8
 CHUNK_QUERIES = 64
 """Queries decoded and ranked together (bounds the decoded pixels held in memory)."""
 
-PREDICTIONS_HEADER = ("query_id", "reference_id", "score")
 
+@dataclass
+class QueryRun:
+    """What a query job returns: each query's ranked matches (in input order, failed queries
+    with their `error`), and with `localize` the outcome of each copy against its top match."""
 
-def query(
+    results: list[QueryResult]
+    localized: list[PairOutcome] = field(default_factory=list)
+    predictions: Path | None = None  # the ISC2021 CSV, when `output` was given
+
+def query_index(
     queries: str | Path,
     index: str | Path,
     *,
@@ -86,8 +93,7 @@ def query(
     cache_dir: str | Path | None = None,
     shard_actors: int = 0,
     localize: str | Path | None = None,
-    localized: list | None = None,
-) -> list[QueryResult]:
+) -> QueryRun:
     """Rank the index's images for each query; optionally write the ISC2021 predictions CSV.
 
     Default: whole query plus crops searched (`expand`), similarities normalized against the
@@ -100,7 +106,7 @@ def query(
     outside it; `cache_dir` takes the caches a read-only index cannot hold (`QueryEngine.open`).
     `shard_actors` > 0 searches the FAISS shards in that many Ray actors (same results).
     `localize`: a folder for the edit masks of each query against its top match when that is a
-    copy (from the decoded query and the verifier's homography); outcomes go to `localized`.
+    copy (from the decoded query and the verifier's homography), reported in `localized`.
     """
     mode = (VerifyMode(verify) if not isinstance(verify, bool)
             else VerifyMode.BANDED if verify else VerifyMode.OFF)
@@ -109,6 +115,7 @@ def query(
     if config.verify is None:
         mode = VerifyMode.OFF
     timings = timings if timings is not None else QueryTimings()
+    localized: list[PairOutcome] = []
     if background is not None:
         stored = Path(index) / BACKGROUND_FILE
         if not stored.exists() or Background.load(stored).source != str(background):
@@ -135,9 +142,24 @@ def query(
             results = _query_chunks(engine, sources, mode=mode, batch_size=batch_size,
                                     show_progress=show_progress, timings=timings,
                                     localize=localize, localized=localized)
+    predictions = None
     if output is not None:
-        write_predictions(results, output)
-    return results
+        predictions = write_predictions(((r.query_id, m.reference_id, m.score) for r in results
+                                         for m in r.matches), output)
+    return QueryRun(results, localized, predictions)
+
+
+def query(queries: str | Path, index: str | Path, *, localized: list | None = None,
+          **options) -> list[QueryResult]:
+    """Deprecated: `query_index`, which returns a `QueryRun` instead of filling `localized`.
+    Kept working for one release."""
+    warnings.warn("copytrace.pipelines.query.query() is deprecated; use query_index(), which "
+                  "returns a QueryRun (results and localized pairs)", DeprecationWarning,
+                  stacklevel=2)
+    run = query_index(queries, index, **options)
+    if localized is not None:
+        localized.extend(run.localized)
+    return run.results
 
 
 def _decode(engine: QueryEngine, source: ImageSource) -> QueryImage | str:
@@ -273,18 +295,3 @@ def embed_queries(sources: Sequence[ImageSource], embedder: Embedder, expand: Ex
                 views[q.query_id] = q.views
             advance(len(chunk))
     return vectors, views, errors
-
-
-def predictions_csv(results: list[QueryResult]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(PREDICTIONS_HEADER)
-    for r in results:
-        for m in r.matches:
-            writer.writerow((r.query_id, m.reference_id, f"{m.score:.6f}"))
-    return buf.getvalue()
-
-
-def write_predictions(results: list[QueryResult], path: str | Path) -> Path:
-    """ISC2021 matching-track CSV: `query_id,reference_id,score`, higher = more confident."""
-    return write_bytes_atomic(path, predictions_csv(results).encode())

@@ -186,19 +186,28 @@ def test_process_pool_verification_matches_inline(index, copies):
 
 
 def test_query_localize_opens_each_query_file_once(index, copies, tmp_path):
-    """`query --localize` localizes from the decoded query and the verifier's homography."""
+    """`query --localize` localizes from the decoded query and the verifier's homography; the
+    job returns both in one record (`QueryRun`), and the old out-list call still works."""
+    from copytrace.pipelines import QueryRun, query_index
     from copytrace.pipelines.query import query
 
-    outcomes: list = []
     with count_opens() as opened:
-        results = query(copies, index, k=3, use_ray=False, show_progress=False,
-                        verify_backend="inline", localize=tmp_path, localized=outcomes)
+        run = query_index(copies, index, k=3, use_ray=False, show_progress=False,
+                          verify_backend="inline", localize=tmp_path / "new",
+                          output=tmp_path / "p.csv")
     for f in copies.glob("*.jpg"):
         assert times_opened(opened, f) == 1, (f, opened)
-    copies_found = {r.query_id for r in results if r.matches[0].score >= 0.5}
-    assert copies_found and {o.query_id for o in outcomes} == copies_found
-    for o in outcomes:
+    assert isinstance(run, QueryRun) and run.predictions == tmp_path / "p.csv"
+    copies_found = {r.query_id for r in run.results if r.matches[0].score >= 0.5}
+    assert copies_found and {o.query_id for o in run.localized} == copies_found
+    for o in run.localized:
         assert o.error is None and Path(o.mask).exists() and o.method == "given", o
+    outcomes: list = []
+    with pytest.warns(DeprecationWarning, match="query_index"):
+        results = query(copies, index, k=3, use_ray=False, show_progress=False,
+                        verify_backend="inline", localize=tmp_path / "old", localized=outcomes)
+    assert [r.as_json() for r in results] == [r.as_json() for r in run.results]
+    assert [o.query_id for o in outcomes] == [o.query_id for o in run.localized]
 
 
 def test_localize_verifies_a_match_the_band_accepted_unverified(index, copies, tmp_path):
@@ -282,7 +291,7 @@ def test_index_prepare_keypoints_command_and_serve_prepare(index, tmp_path):
 
     from copytrace.app.service.app import create_app
 
-    cli = [sys.executable, "-m", "copytrace.app.cli.commands", "index", "prepare-keypoints",
+    cli = [sys.executable, "-m", "copytrace.app.cli", "index", "prepare-keypoints",
            str(index), "--cache-dir", str(tmp_path / "a"), "-q", "--workers", "2"]
     first = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
