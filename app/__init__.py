@@ -1,1 +1,9 @@
-"""placeholder"""
+"""copytrace.app: the interfaces: the `copytrace` CLI (`cli/`) and the HTTP service (`service/`),
+thin layers over the jobs in copytrace.pipelines.
+
+Modules:
+    cli/             sub-package, see its docstring
+    service/         sub-package, see its docstring
+
+Nothing below imports this floor; benchmarks may (the `eval` and `bench` commands).
+"""

@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from copytrace.benchmarks.dedup_planted import make_planted
+from copytrace.benchmarks.proc_peak import run_measured
 
 
 @dataclass
@@ -39,66 +37,6 @@ class Row:
     recall: float | None
     f1: float | None
     note: str = ""
-
-
-def _status_kib(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def run_measured(cmd: list[str], *, env: dict | None = None, timeout: float = 7200
-                 ) -> tuple[int, float, float, str]:
-    """(exit code, wall seconds, peak RSS MiB, stderr tail). Peak RSS: the larger of the
-    process's own high-water mark (VmHWM) and the most its whole process tree (worker pools,
-    Ray) held at once, sampled every 0.2 s from /proc. Not wait4's ru_maxrss: Linux carries
-    the parent's high-water mark across fork and exec into it, so every tool read at least this
-    driver's own peak (three peers once read an identical 943 MiB)."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-    import threading
-
-    tail: list[str] = []
-    reader = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
-    reader.start()
-    deadline = time.time() + timeout
-    peak_kib = 0
-    while True:
-        tree = sum(_status_kib(p, "VmRSS") for p in _descendants(proc.pid))
-        peak_kib = max(peak_kib, tree, _status_kib(proc.pid, "VmHWM"))
-        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.time() > deadline:
-            proc.kill()
-        time.sleep(0.2)
-    reader.join(timeout=5)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - t, peak_kib / 1024, "".join(tail[-5:])
 
 
 def truth(folder: Path) -> tuple[dict[str, str], set[frozenset]]:
@@ -163,7 +101,7 @@ FASTDUP_CUTS = (0.9, 0.96)  # cosine similarity; 0.96 is fastdup's usual near-du
 def run_copytrace(folder: Path, work: Path, group: dict, true_pairs: set) -> list[Row]:
     audit = work / "copytrace-audit"
     code, secs, rss, tail = run_measured(
-        [sys.executable, "-m", "copytrace.app.cli.commands", "dedup", str(folder / "images"),
+        [sys.executable, "-m", "copytrace.app.cli", "dedup", str(folder / "images"),
          "--out", str(audit), "--no-ray", "--quiet"],
         env={"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})
     if code != 0:
@@ -205,7 +143,7 @@ def imagenet_backbone(path: Path) -> Path:
         import timm
         import torch
 
-        from copytrace.descriptors.imagenet_weights import load_lite0_imagenet
+        from copytrace.descriptors import load_lite0_imagenet
 
         net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
         load_lite0_imagenet(net)
@@ -257,8 +195,8 @@ def scale_worker(n: int, work: Path) -> None:
     import faiss
     import numpy as np
 
-    from copytrace.indexing.embeddings import read_embeddings
-    from copytrace.matching.pdq import range_pairs
+    from copytrace.indexing import read_embeddings
+    from copytrace.matching import range_pairs
 
     index_dir = work / "copytrace-audit" / "index"
     _, real = read_embeddings(index_dir / "embeddings")

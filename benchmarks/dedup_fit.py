@@ -39,18 +39,17 @@ import pyarrow.parquet as pq
 
 from copytrace.benchmarks.dedup_bench import score, truth
 from copytrace.benchmarks.dedup_planted import Split, make_planted
-from copytrace.matching.calibrate import load_calibration
-from copytrace.matching.templates import TemplateConfig
-from copytrace.matching.verify import VerifyConfig
-from copytrace.matching.view_check import (
-    SHIPPED,
+from copytrace.matching import SHIPPED_VIEW_CHECK as SHIPPED
+from copytrace.matching import (
     VIEW_FEATURES,
+    TemplateConfig,
+    VerifyConfig,
     ViewCheck,
     fit_view_check,
+    load_calibration,
     view_features,
 )
-from copytrace.pipelines.dedup.audit import dedup
-from copytrace.pipelines.dedup.score import ScoreJob, score_jobs
+from copytrace.pipelines.dedup import ScoreJob, dedup, score_jobs
 
 FIT_SET = dict(seed=1, references=200, screenshots=30, framed_others=40, watermarked=25,
                ukbench_groups=75, distractors=20)

@@ -25,9 +25,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from copytrace.benchmarks.make_disc import jpeg_bytes, load_photo
-from copytrace.descriptors.augment import EditContext, random_copy
-from copytrace.indexing.sources import scan_folder
-from copytrace.util.atomic import write_bytes_atomic
+from copytrace.descriptors import EditContext, random_copy
+from copytrace.indexing import scan_folder
+from copytrace.util import write_bytes_atomic
 
 FRAME_SIZE = (480, 640)
 PHOTO_BOX = (16, 84, 464, 500)  # where the photo sits inside the frame

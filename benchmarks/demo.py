@@ -25,8 +25,8 @@ from copytrace.benchmarks.disc_eval import metrics_table, score_predictions
 from copytrace.benchmarks.disc_io import read_predictions
 from copytrace.benchmarks.eval_report import LEGEND, write_disc_report
 from copytrace.benchmarks.metrics import PredictedMatch
-from copytrace.matching.results import QueryResult
-from copytrace.util.progress import progress_bar
+from copytrace.matching import QueryResult
+from copytrace.util import progress_bar
 
 STEPS = 6
 LOCAL_EDITS = ("text", "shapes", "paste_other", "stripes", "meme")  # edits a mask can show
@@ -110,7 +110,7 @@ def pick_localization(verdicts: Sequence[Verdict]) -> Verdict | None:
 
 
 def localize_one(console: Console, demo: DemoSet, verdicts: Sequence[Verdict], out: Path) -> Path | None:
-    from copytrace.pipelines.localize import localize_pair
+    from copytrace.pipelines import localize_pair
 
     v = pick_localization(verdicts)
     if v is None:
@@ -136,9 +136,9 @@ def print_metrics(console: Console, rows: dict) -> None:
 
 
 def run_queries(demo: DemoSet, out: Path) -> list[QueryResult]:
-    from copytrace.pipelines.query import query
+    from copytrace.pipelines import query_index
 
-    return query(demo.queries, out / "index", k=5, output=out / "predictions.csv")
+    return query_index(demo.queries, out / "index", k=5, output=out / "predictions.csv").results
 
 
 def main() -> None:
@@ -158,7 +158,7 @@ def main() -> None:
         demo = make_demo_set(out, seed=args.seed, copies=args.copies, advance=advance)
     describe_set(console, demo)
 
-    from copytrace.pipelines.build import build_index
+    from copytrace.pipelines import build_index
 
     story.step("Index the references (descriptor + FAISS, a local Ray job)")
     report = build_index(demo.references, out / "index", use_ray=True)

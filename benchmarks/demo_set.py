@@ -16,8 +16,8 @@ from pathlib import Path
 from PIL import Image
 
 from copytrace.benchmarks.make_disc import jpeg_bytes
-from copytrace.descriptors.augment import EditContext, random_copy
-from copytrace.util.atomic import write_bytes_atomic
+from copytrace.descriptors import EditContext, random_copy
+from copytrace.util import write_bytes_atomic
 
 # reference id -> scikit-image photo (short ids keep the demo's table within 80 columns)
 DEMO_PHOTOS = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from copytrace.benchmarks.demo_set import DemoCopy
-from copytrace.matching.results import QueryResult
+from copytrace.matching import QueryResult
 
 THRESHOLD = 0.5  # calibrated score from which the answer is "a copy" (README, Scores)
 

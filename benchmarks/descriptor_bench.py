@@ -24,14 +24,15 @@ from copytrace.benchmarks.disc_eval import metrics_table, score_predictions
 from copytrace.benchmarks.make_disc import hard_negative_sources
 from copytrace.benchmarks.metrics import Metrics, PredictedMatch
 from copytrace.benchmarks.pdq import pdq_predictions
-from copytrace.descriptors.embed import Embedder, embed_files
-from copytrace.descriptors.model import (
+from copytrace.descriptors import (
     CopyDescriptor,
+    Embedder,
     LoadedDescriptor,
+    embed_files,
     imagenet_descriptor,
     load_descriptor,
 )
-from copytrace.indexing.sources import scan_folder
+from copytrace.indexing import scan_folder
 
 
 @dataclass(frozen=True)

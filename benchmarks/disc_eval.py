@@ -50,16 +50,15 @@ def eval_disc(
                           Path(predictions), None)
     if queries is None or references is None:
         raise ValueError("give --predictions, or both --queries and --references")
-    from copytrace.pipelines.build import build_index
-    from copytrace.pipelines.query import query
+    from copytrace.pipelines import build_index, query_index
 
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="copytrace-disc-"))
     index = work / "index"
     build_index(references, index, model=model, use_ray=use_ray, ray_address=ray_address,
                 show_progress=show_progress)
     out = work / "predictions.csv"
-    query(queries, index, k=k, output=out, use_ray=use_ray, ray_address=ray_address,
-          show_progress=show_progress)
+    query_index(queries, index, k=k, output=out, use_ray=use_ray, ray_address=ray_address,
+                show_progress=show_progress)
     return DiscResult(score_predictions(read_predictions(out), ground_truth), out, index)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from copytrace.benchmarks.make_disc import jpeg_bytes, load_photo
-from copytrace.util.atomic import write_bytes_atomic
+from copytrace.util import write_bytes_atomic
 
 SOURCE_IMAGENET = 700  # the first 700 ImageNet-sample photos: not used by the dev benchmark
 MAX_SIDE = 512

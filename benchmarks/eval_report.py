@@ -18,7 +18,7 @@ import numpy as np
 
 from copytrace.benchmarks.disc_io import read_ground_truth
 from copytrace.benchmarks.metrics import GroundTruthMatch, Metrics, PredictedMatch, evaluate, precision_recall
-from copytrace.util.atomic import write_bytes_atomic, write_json_atomic
+from copytrace.util import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def plot_score_histograms(gt: Sequence[GroundTruthMatch], predictions: Sequence[
 def _id_paths(location: str | Path | None) -> dict[str, str]:
     if location is None:
         return {}
-    from copytrace.indexing.sources import list_sources
+    from copytrace.indexing import list_sources
 
     return {s.image_id: s.uri for s in list_sources(location)}
 

@@ -60,8 +60,7 @@ from copytrace.benchmarks.localize_eval import (
     summarize,
     summary_table,
 )
-from copytrace.matching.edit_objects import ObjectConfig
-from copytrace.matching.localize import Analysis, Localization, LocalizeConfig, analyze, segment
+from copytrace.matching import Analysis, Localization, LocalizeConfig, ObjectConfig, analyze, segment
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     report = run(args.data.resolve(), seed=args.seed, travel=not args.no_travel, clean=not args.no_clean,
                  limit=args.limit, made=args.made, workers=args.workers, verbose=args.verbose)
     if args.json:
-        from copytrace.util.atomic import write_json_atomic
+        from copytrace.util import write_json_atomic
 
         write_json_atomic(args.json, report)
     print(json.dumps({k: v for k, v in report.items() if k != "per_image"}, indent=1))

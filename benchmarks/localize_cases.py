@@ -26,8 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from copytrace.descriptors.decode import decode_file
-from copytrace.matching.localize import fill_holes
+from copytrace.descriptors import decode_file
+from copytrace.matching import fill_holes
 
 MICC_THRESHOLD = 28
 MICC_LOW_THRESHOLD = 8  # the pairs are pixel-identical outside the edit (99th percentile diff 0)

@@ -177,8 +177,9 @@ def eval_localize(
 ) -> tuple[Summary, list[MaskScore]]:
     """Score `copytrace localize` (or the masks in `predictions`, named <query stem>.png or
     <query stem>.mask.png) against each triple's ground-truth mask."""
-    from copytrace.descriptors.decode import DecodeError, decode_file
-    from copytrace.matching.localize import AlignmentError, LocalizeConfig, localize
+    from copytrace.descriptors import DecodeError, decode_file
+    from copytrace.matching import AlignmentError, LocalizeConfig
+    from copytrace.matching import localize_edits as localize
 
     config = LocalizeConfig(max_side=max_side)
     scores: list[MaskScore] = []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from copytrace.benchmarks.eval_report import pyplot
 from copytrace.benchmarks.localize_eval import MaskScore, Summary, Triple, read_triples, summarize
-from copytrace.util.atomic import write_bytes_atomic, write_json_atomic
+from copytrace.util import write_bytes_atomic, write_json_atomic
 
 ALL = "all"
 
@@ -62,7 +62,7 @@ def plot_kind_f1(summaries: dict[str, Summary], path: Path) -> Path:
 
 def _worst_rows(worst: Sequence[tuple[MaskScore, Triple]], kinds: dict[str, str], out: Path,
                 max_side: int) -> str:
-    from copytrace.pipelines.localize import localize_pair
+    from copytrace.pipelines import localize_pair
 
     rows = []
     for s, t in worst:

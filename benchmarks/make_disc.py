@@ -21,10 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from copytrace.descriptors.augment import EditContext, random_copy
-from copytrace.descriptors.decode import DecodeError, decode_file
-from copytrace.indexing.sources import scan_folder
-from copytrace.util.atomic import write_bytes_atomic, write_json_atomic
+from copytrace.descriptors import DecodeError, EditContext, decode_file, random_copy
+from copytrace.indexing import scan_folder
+from copytrace.util import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -42,24 +42,28 @@ from copytrace.benchmarks.disc_io import read_ground_truth
 from copytrace.benchmarks.make_disc import hard_negative_sources, make_disc
 from copytrace.benchmarks.metrics import Metrics, PredictedMatch, evaluate
 from copytrace.benchmarks.pdq import pdq_predictions
-from copytrace.descriptors.model import load_descriptor
-from copytrace.indexing.sources import list_sources
-from copytrace.matching.calibrate import (
+from copytrace.descriptors import load_descriptor
+from copytrace.indexing import list_sources
+from copytrace.matching import (
     Calibration,
     Decision,
+    ExpandConfig,
+    MatchConfig,
+    NormalizeConfig,
+    QueryViews,
+    VerifyConfig,
+    candidates,
+    finalize,
     fit_band,
     fit_calibration,
     fused_score,
     global_score_only,
     load_calibration,
+    load_rgb,
+    verify_prepared,
 )
-from copytrace.matching.expand import ExpandConfig
-from copytrace.matching.normalize import NormalizeConfig
-from copytrace.matching.rank import MatchConfig, QueryViews, candidates, finalize
-from copytrace.matching.verify import VerifyConfig, load_rgb, prepare, verify_prepared
-from copytrace.pipelines.build import build_index
-from copytrace.pipelines.engine import QueryEngine
-from copytrace.pipelines.verify_pool import Verifier, VerifyBackend, VerifyJob
+from copytrace.matching import prepare_for_verify as prepare
+from copytrace.pipelines import QueryEngine, Verifier, VerifyBackend, VerifyJob, build_index
 
 log = logging.getLogger(__name__)
 

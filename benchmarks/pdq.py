@@ -8,8 +8,8 @@ import numpy as np
 import pdqhash
 
 from copytrace.benchmarks.metrics import PredictedMatch
-from copytrace.descriptors.decode import DecodeError, decode_file
-from copytrace.indexing.sources import scan_folder
+from copytrace.descriptors import DecodeError, decode_file
+from copytrace.indexing import scan_folder
 
 
 def pdq_hashes(folder: str | Path) -> tuple[list[str], np.ndarray]:

@@ -40,11 +40,8 @@ import numpy as np
 from copytrace.benchmarks.dev_benchmark import dev_data_root, ensure_dev_benchmark
 from copytrace.benchmarks.disc_io import read_ground_truth
 from copytrace.benchmarks.metrics import PredictedMatch, evaluate
-from copytrace.matching.calibrate import Calibration, fit_band, global_score_only
-from copytrace.matching.results import QueryResult
-from copytrace.pipelines.build import build_index
-from copytrace.pipelines.engine import QueryEngine, QueryTimings, VerifyMode
-from copytrace.pipelines.verify_pool import VerifyBackend
+from copytrace.matching import Calibration, QueryResult, fit_band, global_score_only
+from copytrace.pipelines import QueryEngine, QueryTimings, VerifyBackend, VerifyMode, build_index
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +108,7 @@ class _Service:
 
         import uvicorn
 
-        from copytrace.app.service.app import ServiceConfig, create_app
+        from copytrace.app.service import ServiceConfig, create_app
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -216,7 +213,7 @@ def fit_band_on_calibration(data: Path, work: Path, model: str, calibration: Cal
 def _verify_chunk(engine: QueryEngine, config, chunk: list[Path], embedded: dict,
                   timings: QueryTimings) -> None:
     """Decode `chunk` (whole image only) and rank it from its precomputed view vectors."""
-    from copytrace.indexing.sources import ImageSource
+    from copytrace.indexing import ImageSource
 
     images = [engine.decode(f, config=replace(config, expand=None)) for f in chunk]
     engine.rank([ImageSource(q.query_id, str(f)) for q, f in zip(images, chunk, strict=True)],
@@ -240,7 +237,7 @@ def compare_backends(index: Path, files: list[Path], calibration: Calibration | 
     out = {}
     for backend in (VerifyBackend.INLINE, VerifyBackend.PROCESSES, VerifyBackend.RAY):
         if backend is VerifyBackend.RAY:
-            from copytrace.pipelines.ray_runtime import ensure_ray
+            from copytrace.pipelines import ensure_ray
 
             ensure_ray()  # start-up not counted
         with open_engine(index, calibration, backend.value, cache_dir=cache_dir) as engine:

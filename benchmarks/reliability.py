@@ -36,17 +36,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from copytrace.descriptors.decode import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_PIXELS,
-    DecodeError,
-    decode_file,
-)
-from copytrace.indexing.catalog import read_catalog
-from copytrace.indexing.fingerprint import fingerprint, leftovers
-from copytrace.indexing.parts import manifest_version, uncommitted_parts
-from copytrace.pipelines.build import build_index
-from copytrace.pipelines.index_update import add_images, remove_images
+from copytrace.descriptors import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodeError, decode_file
+from copytrace.indexing import index_fingerprint as fingerprint
+from copytrace.indexing import leftovers, manifest_version, read_catalog, uncommitted_parts
+from copytrace.pipelines import add_images, build_index, remove_images
 
 BIN = str(Path(sys.executable).parent / "copytrace")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",

@@ -39,11 +39,17 @@ from copytrace.benchmarks.scale_data import (
     make_distractors,
     similarity_quantiles,
 )
-from copytrace.descriptors.embed import granted_cores
-from copytrace.indexing.budget import parse_size
-from copytrace.indexing.index_spec import choose_index
-from copytrace.indexing.shards import ShardedIndex, index_bytes, train_template
-from copytrace.indexing.tuning import exact_top_k, recall_at_k, tune_search
+from copytrace.descriptors import granted_cores
+from copytrace.indexing import (
+    ShardedIndex,
+    choose_index,
+    exact_top_k,
+    index_bytes,
+    parse_size,
+    recall_at_k,
+    train_template,
+    tune_search,
+)
 
 log = logging.getLogger(__name__)
 

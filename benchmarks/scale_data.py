@@ -24,10 +24,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from copytrace.descriptors.augment import EditContext, random_copy
-from copytrace.descriptors.embed import Embedder, embed_files, embed_images
-from copytrace.descriptors.model import load_descriptor
-from copytrace.indexing.sources import scan_folder
+from copytrace.descriptors import (
+    EditContext,
+    Embedder,
+    embed_files,
+    embed_images,
+    load_descriptor,
+    random_copy,
+)
+from copytrace.indexing import scan_folder
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from copytrace.descriptors.embed import Embedder, auto_decode_processes, granted_cores
-from copytrace.descriptors.model import load_descriptor
-from copytrace.pipelines.build import build_index
-from copytrace.pipelines.ray_runtime import ensure_ray
-from copytrace.util.tcmalloc import tcmalloc_active
+from copytrace.descriptors import Embedder, auto_decode_processes, granted_cores, load_descriptor
+from copytrace.pipelines import build_index, ensure_ray
+from copytrace.util import tcmalloc_active
 
 BUILD_TARGET = 0.85  # issue 11: on CPU, the whole build at >= 0.85 of the bare forward rate
 
@@ -86,7 +84,7 @@ def bare_forward_per_core(model: str, batch_size: int, count: int, cores: int) -
 def decode_and_embed(images: Path, model: str, batch_size: int,
                      decode_processes: int | None = None) -> float:
     """Steady-state rate of the embedding stage alone (decode + forward), model loaded."""
-    from copytrace.descriptors.embed import embed_files
+    from copytrace.descriptors import embed_files
 
     files = sorted(str(p) for p in images.rglob("*") if p.is_file())
     embedder = Embedder(load_descriptor(model))

@@ -95,7 +95,7 @@ def _query_matches_the_hash_list(index, first, tmp_path):
     for n in ("chelsea", "coffee"):
         shutil.copy(first / f"{n}.jpg", queries)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    r = subprocess.run([sys.executable, "-m", "copytrace.app.cli.commands", "query", str(queries),
+    r = subprocess.run([sys.executable, "-m", "copytrace.app.cli", "query", str(queries),
                         "--index", str(index), "--no-verify", "--no-ray", "--format", "json",
                         "--match-hashes", str(tmp_path / "list.csv"), "--quiet"],
                        capture_output=True, text=True, env=env, timeout=600)

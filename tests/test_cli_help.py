@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from copytrace.app.cli.commands import app
+from copytrace.app.cli import app
 
 
 def _commands(command, path=()):  # noqa: ANN001, ANN202

@@ -260,7 +260,7 @@ def test_incremental_against_index(audit, dup_folder, tmp_path):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "copytrace.app.cli.commands", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "copytrace.app.cli", *args], cwd=cwd,
                           capture_output=True, text=True, env=env, timeout=600)
 
 

@@ -138,7 +138,7 @@ def test_eval_localize_report(tmp_path):
 
     from typer.testing import CliRunner
 
-    from copytrace.app.cli.commands import app
+    from copytrace.app.cli import app
 
     triples = _triples(tmp_path)
     res = CliRunner().invoke(app, ["eval", "localize", str(triples), "--report", str(tmp_path / "rep"),

@@ -173,7 +173,7 @@ def _write(path: Path, image: np.ndarray) -> Path:
 def test_cli_localize_writes_mask_overlay_and_json(tmp_path):
     from typer.testing import CliRunner
 
-    from copytrace.app.cli.commands import app
+    from copytrace.app.cli import app
 
     original, edited, truth = _pasted("astronaut", (250, 170, 110, 90))
     query, truth = _travel(edited, truth, scale=0.7, crop=(15, 5, 20, 10), quality=80)

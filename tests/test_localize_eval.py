@@ -40,7 +40,7 @@ def test_region_hits_need_box_iou_half():
 def test_cli_eval_localize_on_made_triples(tmp_path):
     from typer.testing import CliRunner
 
-    from copytrace.app.cli.commands import app
+    from copytrace.app.cli import app
 
     rows = [("query", "original", "mask")]
     for name in ("astronaut", "coffee"):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from copytrace.app.service.app import ServiceConfig, create_app
+from copytrace.app.service import ServiceConfig, create_app
 from copytrace.descriptors.augment import random_copy
 from copytrace.pipelines.build import build_index
 
@@ -205,7 +205,7 @@ def _listening_addresses(port: int) -> set[str]:
 def test_cli_serve_binds_loopback_and_finishes_in_flight_requests_on_sigterm(index):
     port = _free_port()
     env = {**os.environ, "COPYTRACE_TOKEN": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "copytrace.app.cli.commands", "serve",
+    proc = subprocess.Popen([sys.executable, "-m", "copytrace.app.cli", "serve",
                              "--index", str(index), "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -43,7 +43,7 @@ def test_cli_query_distributed_equals_in_process(tmp_path, photos_dir, local_ray
 
     from typer.testing import CliRunner
 
-    from copytrace.app.cli.commands import app
+    from copytrace.app.cli import app
     from copytrace.indexing.manifest import IndexLayout, Manifest
     from copytrace.pipelines.build import build_index
 

@@ -1,3 +1,3 @@
-from copytrace.app.cli.commands import main
+from copytrace.app.cli.main import main
 
 main()

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from copytrace.matching.results import QueryResult
+from copytrace.matching import QueryResult
 
 
 class OutputFormat(str, Enum):

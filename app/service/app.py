@@ -9,7 +9,7 @@ Endpoints: `GET /v1/health` (never needs the token), `GET /v1/index` (the manife
 
 Handlers never run model or keypoint work on the event loop: they stream the body (refusing it
 with 413 as soon as it passes the size limit, or at once from its Content-Length), then hand it to
-a micro-batching worker (`pipelines.batcher`) and await the answer. So health answers while
+a micro-batching worker (`batcher.py`) and await the answer. So health answers while
 queries run, concurrent uploads share one model forward, a full queue or a slow query answers
 503, a non-image 415, a corrupt image 400, and no request gets a 500. Binds 127.0.0.1 unless told
 otherwise; with a token (`--token` or COPYTRACE_TOKEN), every endpoint but health needs
@@ -19,79 +19,36 @@ otherwise; with a token (`--token` or COPYTRACE_TOKEN), every endpoint but healt
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     generate_latest,
 )
 
+from copytrace.app.service.auth import bearer_guard
 from copytrace.app.service.batcher import Batcher, QueueFull
-from copytrace.pipelines.engine import QueryEngine, VerifyMode
-from copytrace.pipelines.verify_pool import VerifyBackend
+from copytrace.app.service.config import TOKEN_ENV, ServiceConfig
+from copytrace.app.service.metrics import Metrics, count_requests
+from copytrace.app.service.uploads import read_body
+from copytrace.pipelines import QueryEngine, VerifyBackend, VerifyMode
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "COPYTRACE_TOKEN"
 NOT_AN_IMAGE = "not a recognised image format"
 TEXT_TYPES = ("text/", "application/json", "application/xml", "multipart/")
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
-    """Limits of the HTTP service."""
-
-    max_upload_bytes: int = 50 * 2**20
-    request_timeout: float = 30.0  # seconds from arrival to answer, queue wait included
-    max_queue: int = 256  # requests waiting for the engine before new ones get 503
-    max_batch: int = 16  # requests answered by one engine call
-    batch_wait: float = 0.005  # seconds the worker waits for more requests to batch
-    token: str | None = None  # bearer token; None: no authentication
-
-
-class _Metrics:
-    def __init__(self, depth: callable) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("copytrace_requests", "HTTP requests by endpoint and status",
-                                ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("copytrace_request_seconds", "Request latency by endpoint",
-                                 ["endpoint"], registry=self.registry,
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-        self.queue = Gauge("copytrace_queue_depth", "Queries waiting or in progress",
-                           registry=self.registry)
-        self.queue.set_function(depth)
-
-
 def _reject(status: int, detail: str) -> HTTPException:
     return HTTPException(status, detail)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 once it passes `limit` (before reading the rest)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _reject(413, f"image larger than the {limit} byte limit ({declared} bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _reject(413, f"image larger than the {limit} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(index: str | Path, *, model: str | None = None, device: str = "auto",
@@ -110,7 +67,7 @@ def create_app(index: str | Path, *, model: str | None = None, device: str = "au
         log.warning("reference keypoints prepared (%d unreadable)", failed)
         engine.verifier.start()
     batcher: Batcher | None = None
-    metrics = _Metrics(lambda: batcher.depth if batcher else 0)
+    metrics = Metrics(lambda: batcher.depth if batcher else 0)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -124,27 +81,8 @@ def create_app(index: str | Path, *, model: str | None = None, device: str = "au
     app = FastAPI(title="copytrace", version="1", lifespan=lifespan,
                   description="Find the originals an image was copied or edited from.")
 
-    def authorized(request: Request) -> None:
-        if config.token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
-            raise HTTPException(401, "missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    @app.middleware("http")
-    async def count(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette's signature
-        t = time.perf_counter()
-        endpoint = request.url.path if request.url.path.startswith(("/v1/", "/metrics")) \
-            else "other"
-        try:
-            response = await call_next(request)
-        except Exception:  # noqa: BLE001 - never a 500 with a traceback
-            log.exception("unexpected error on %s", request.url.path)
-            response = JSONResponse({"detail": "internal error: try again"}, status_code=503)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t)
-        return response
+    authorized = bearer_guard(config.token)
+    count_requests(app, metrics)
 
     @app.get("/v1/health")
     async def health() -> dict:
@@ -172,7 +110,7 @@ def create_app(index: str | Path, *, model: str | None = None, device: str = "au
         kind = request.headers.get("content-type", "").lower()
         if kind.startswith(TEXT_TYPES):
             raise _reject(415, f"expected image bytes, got Content-Type '{kind}'")
-        data = await _read_body(request, config.max_upload_bytes)
+        data = await read_body(request, config.max_upload_bytes)
         if not data:
             raise _reject(400, "empty request body: send the image bytes as the body")
         try:

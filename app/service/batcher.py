@@ -16,8 +16,8 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from copytrace.matching.results import QueryResult
-from copytrace.pipelines.engine import QueryEngine, VerifyMode
+from copytrace.matching import QueryResult
+from copytrace.pipelines import QueryEngine, VerifyMode
 
 log = logging.getLogger(__name__)
 
