@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Where torch comes from: empty = the default index; a CPU-only wheel index saves ~3 GB (README).
+TORCH_INDEX_URL ?=
 STAMP := $(VENV)/.installed
 TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4))
 
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml
 	fi
 	$(PYTHON) -m venv $(VENV)
 	# torch and torchvision first, pinned: pip takes this pair from the machine's disk.
-	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install -q $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==2.14.1 torchvision==0.29.1
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

@@ -9,7 +9,9 @@ edits of one found copy and writes the HTML evaluation report.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -191,8 +193,19 @@ def main() -> None:
     looks = [("report", f"{page}\n  PR curve, score histograms, worst misses and false positives")]
     if overlay is not None:
         looks.insert(0, ("overlay", f"{overlay}\n  original | copy | where it was edited"))
-    looks.append(("evidence", f"copytrace query {demo.queries}/<file> --index {out / 'index'} --json"))
+    looks.append(("evidence", f"{cli_name()} query {demo.queries}/<file> --index {out / 'index'} "
+                              "--json"))
     bullets(console, looks)
+
+
+def cli_name() -> str:
+    """How to call the CLI from the user's shell: `copytrace` when it is on PATH, else the
+    venv's script (a fresh shell after `make demo` has not activated .venv)."""
+    found = shutil.which("copytrace")
+    script = Path(sys.executable).with_name("copytrace")
+    if found and Path(found).resolve() == script.resolve():
+        return "copytrace"
+    return os.path.relpath(script) if script.exists() else "copytrace"
 
 
 if __name__ == "__main__":

@@ -103,8 +103,10 @@ def overlay(query: np.ndarray, original: np.ndarray, result: Localization, *,
             _label(o, str(n), (int(bx), int(by) - 2 if by > 30 else int(by) + 30), c, font, taken["o"])
     reg = result.registration
     edits = len(result.edit_regions)
+    outside = len(result.regions) - edits
     o = _caption(o, "original (yellow: the copy's frame)", font)
-    q = _caption(q, f"copy: {edits} edit region{'s' if edits != 1 else ''}", font)
+    q = _caption(q, f"copy: {edits} edit region{'s' if edits != 1 else ''}"
+                 + (f" + {outside} outside the frame" if outside else ""), font)
     panel = _caption(panel, f"difference; registered by {reg.method} ({reg.confidence:.2f})", font)
     gap = np.full((o.shape[0], 8, 3), 255, np.uint8)
     return np.concatenate([o, gap, q, gap, panel], axis=1)

@@ -54,10 +54,12 @@ class BuildReport:
     inputs: int
     indexed: int
     errors: int
-    resumed_chunks: int
+    resumed_chunks: int  # chunks an earlier, interrupted run had already embedded
     index_spec: str
     model_id: str
     error_examples: list[tuple[str, str]] = field(default_factory=list)
+    chunks: int = 0  # chunks in the whole listing
+    up_to_date: bool = False  # the same build had already finished: nothing was left to do
 
 
 class _EmbeddingReader:
@@ -147,7 +149,8 @@ def build_index(
                 " differ): pass --overwrite to rebuild it, or choose another --index folder"
             )
     write_json_atomic(layout.build_state, state)
-    if layout.manifest.exists():
+    was_complete = layout.manifest.exists()  # a finished build of these inputs and settings
+    if was_complete:
         layout.manifest.unlink()  # the folder is being (re)built; the manifest comes last
 
     chunks = [(no, sources[s : s + chunk_size])
@@ -208,4 +211,5 @@ def build_index(
     examples = list(zip(errs.column("uri").to_pylist(), errs.column("error").to_pylist(),
                         strict=True))
     return BuildReport(layout.root, len(sources), reader.total, counts.get("error", 0), resumed,
-                       spec, descriptor.model_id, examples)
+                       spec, descriptor.model_id, examples, chunks=len(chunks),
+                       up_to_date=was_complete and not todo)

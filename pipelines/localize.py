@@ -49,7 +49,7 @@ def localize(
     query: str | Path,
     original: str | Path,
     *,
-    mask: str | Path,
+    mask: str | Path | None = None,
     overlay: str | Path | None = None,
     json_out: str | Path | None = None,
     max_side: int = 1024,
@@ -59,13 +59,16 @@ def localize(
 ) -> Localization:
     """Localize the edits of the image `query` relative to `original` and write the outputs.
 
-    MASK is query-sized, 255 on edits; OVERLAY is original | query | heatmap; JSON lists the
-    edit objects (kind, tight query-pixel box, confidence), the overall 'edited' score and how
-    the pair was registered. `assume_copy`: the pair is known to be a copy, so a mask is always
-    written (with low confidence when the geometry is a best guess). `initial`: a known
-    query -> original homography (the verifier's) to start registration from. `query_pixels`:
-    the query already decoded (`query --localize` reuses the engine's `QueryImage`).
+    At least one output is needed. MASK is query-sized, 255 on edits; OVERLAY is original |
+    query | heatmap; JSON lists the edit objects (kind, tight query-pixel box, confidence), the
+    overall 'edited' score and how the pair was registered. `assume_copy`: the pair is known to
+    be a copy, so a mask is always written (with low confidence when the geometry is a best
+    guess). `initial`: a known query -> original homography (the verifier's) to start
+    registration from. `query_pixels`: the query already decoded (`query --localize` reuses the
+    engine's `QueryImage`).
     """
+    if mask is None and overlay is None and json_out is None:
+        raise ValueError("nothing to write: give --mask, --overlay or --json")
     q = query_pixels if query_pixels is not None else _decode(query)
     o = _decode(original)
     try:
@@ -73,7 +76,8 @@ def localize(
                                  assume_copy=assume_copy)
     except AlignmentError as exc:
         raise ValueError(f"cannot register '{query}' onto '{original}': {exc}") from None
-    write_png(mask, result.mask)
+    if mask is not None:
+        write_png(mask, result.mask)
     if overlay is not None:
         write_png(overlay, overlay_image(q, o, result))
     if json_out is not None:

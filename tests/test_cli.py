@@ -53,6 +53,14 @@ def test_round_trip_build_query_eval(tmp_path, photos_dir):
     one = json.loads(run("query", str(photos_dir / "coffee.jpg"), "--index", str(index),
                          "--json", "-q").stdout)
     assert one[0]["matches"][0]["reference_id"] == "coffee"
+    n = len(list(photos_dir.glob("*.jpg")))
+    errors = run("index", "errors", str(index))
+    assert errors.stdout == "" and f"0 errors in {n} inputs" in errors.stderr
+    again = run("index", "build", str(photos_dir), "--index", str(index), "--no-ray", "-q")
+    assert "already up to date" in again.stdout and "resumed" not in again.stdout
+    refused = run("serve", "--index", str(index), "--model", str(tmp_path / "no-model.pt"),
+                  "--port", "1", check=False)
+    assert refused.returncode == 2 and "serving" not in refused.stderr, refused.stderr
 
 
 def test_query_localize_writes_the_edit_mask(tmp_path, photos_dir):
@@ -73,3 +81,10 @@ def test_query_localize_writes_the_edit_mask(tmp_path, photos_dir):
     assert mask[75:85, 310:320].mean() > 200  # inside the painted box (scaled by 400/512)
     assert mask[300:400, 0:100].mean() < 20  # untouched corner
     assert (out / "edited__astronaut.json").exists()
+    # `localize` writes only what is asked for: JSON alone needs no --mask
+    only_json = tmp_path / "only.json"
+    said = run("localize", str(query), str(photos_dir / "astronaut.jpg"), "--json", str(only_json))
+    assert json.loads(only_json.read_text())["original"].endswith("astronaut.jpg")
+    assert "json" in said.stdout and not list(tmp_path.glob("*.png"))
+    nothing = run("localize", str(query), str(photos_dir / "astronaut.jpg"), check=False)
+    assert nothing.returncode == 2 and "give --mask, --overlay or --json" in nothing.stderr

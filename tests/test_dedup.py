@@ -290,6 +290,9 @@ def test_cli_hash_match_hashes_and_sql(audit, dup_folder, tmp_path):
     r = _cli("sql", str(tmp_path / "a2"), "SELECT count(*) AS n FROM clusters WHERE keep",
              cwd=tmp_path)
     assert r.returncode == 0 and str(len(audit.clusters)) in r.stdout
+    r = _cli("sql", str(tmp_path / "a2"), "SELECT count(*) AS n FROM clusters WHERE keep",
+             "--format", "json", cwd=tmp_path)  # the same rendering as `index sql`
+    assert r.returncode == 0 and json.loads(r.stdout) == [{"n": len(audit.clusters)}]
     r = _cli("sql", str(tmp_path / "a2"), "SELEC broken", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

@@ -117,7 +117,7 @@ def test_moved_references_are_unavailable_then_relocated(relative_index, tmp_pat
     assert all(u.startswith(str(moved) + os.sep) for u in uris)
     # the build state follows: rebuilding from the new place resumes instead of refusing
     again = build_index(moved, index, use_ray=False, show_progress=False)
-    assert again.resumed_chunks == 1 and again.indexed == len(PHOTOS)
+    assert again.resumed_chunks == 1 and again.up_to_date and again.indexed == len(PHOTOS)
 
 
 def test_dedup_from_another_working_directory_finds_the_same_pairs(tmp_path, photos_dir,

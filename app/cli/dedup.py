@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
+from copytrace.app.cli.output import OutputFormat, print_rows
 from copytrace.app.cli.root import Quiet, RayAddress, app, err, out
 
 
@@ -95,14 +95,15 @@ def hash_cmd(
 @app.command("sql")
 def sql_cmd(audit_dir: Annotated[Path, typer.Argument(help="Dedup audit folder.")],
             statement: Annotated[str, typer.Argument(help="SQL over pairs, clusters, candidates, "
-                                                     "hash_matches, catalog, pdq.")]) -> None:
-    """DuckDB SQL over a dedup audit and its index's catalog."""
+                                                     "hash_matches, catalog, pdq.")],
+            fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json or "
+                                                      "csv.")] = OutputFormat.TABLE) -> None:
+    """DuckDB SQL over a dedup audit and its index's catalog (printed as `index sql` prints)."""
+    from copytrace.app.cli.output import columns_for
     from copytrace.pipelines.dedup import audit_sql
 
     t = audit_sql(audit_dir, statement)
-    table = Table(*t.column_names)
-    for row in t.to_pylist():
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    out.print(table)
+    rows = t.to_pylist()
+    print_rows(rows, columns_for(rows, t.column_names), fmt, console=out)
 
 

@@ -64,12 +64,20 @@ def index_build(
     )
     out.print(f"[bold]index[/bold] {report.index}: {report.indexed} of {report.inputs} images "
               f"indexed, {report.errors} failed, FAISS {report.index_spec}, "
-              f"model {report.model_id}"
-              + (f", resumed {report.resumed_chunks} chunks" if report.resumed_chunks else ""))
+              f"model {report.model_id}" + _resume_note(report))
     for uri, reason in report.error_examples[:10]:
         out.print(f"  [red]error[/red] {uri}: {reason}")
     if report.errors > 10:
         out.print(f"  … {report.errors - 10} more: copytrace index errors {report.index}")
+
+
+def _resume_note(report) -> str:  # noqa: ANN001 - a pipelines BuildReport
+    if report.up_to_date:
+        return " (already up to date: nothing new to embed)"
+    if report.resumed_chunks:
+        return (f" (resumed an interrupted build: {report.resumed_chunks} of {report.chunks} "
+                "chunks were already done)")
+    return ""
 
 
 @index_app.command("info")
@@ -90,10 +98,14 @@ def index_errors(index: Annotated[Path, typer.Argument(help="Index folder.")],
                  limit: Annotated[int, typer.Option(help="Most rows to list.")] = 1000) -> None:
     """List the inputs that could not be indexed and why."""
     from copytrace.indexing import catalog_errors as errors
+    from copytrace.indexing import status_summary
 
     t = errors(index, limit=limit)
     for row in t.to_pylist():
         out.print(f"{row['uri']}\t{row['error']}", markup=False, highlight=False)
+    counts = status_summary(index)
+    if not t.num_rows:
+        err.print(f"0 errors in {sum(counts.values())} inputs")
 
 
 @index_app.command("add")

@@ -140,7 +140,9 @@ def _fail_without_queries(query_path: Path, results: list) -> None:
 def localize_cmd(
     query: Annotated[Path, typer.Argument(help="The copy (query image).")],
     original: Annotated[Path, typer.Argument(help="Its matched original.")],
-    mask: Annotated[Path, typer.Option("--mask", help="Write a query-sized PNG, 255 on edits.")],
+    mask: Annotated[Path | None, typer.Option("--mask", help="Write a query-sized PNG, 255 on "
+                                              "edits (give at least one of --mask, --overlay, "
+                                              "--json).")] = None,
     overlay: Annotated[Path | None, typer.Option("--overlay", help="Write original | query | "
                                                  "heatmap as a PNG.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write regions and scores as "
@@ -160,7 +162,9 @@ def localize_cmd(
     kinds = ", ".join(f"{x.kind} {x.confidence:.2f}" for x in edits)
     out.print(f"edited {r.edited:.3f}: {len(edits)} edit region(s) over {r.edited_fraction:.2%} of the "
               f"query{f' ({kinds})' if kinds else ''}, added content {r.added_fraction:.2%}; registered by "
-              f"{r.registration.method} (confidence {r.registration.confidence:.2f}); mask {mask}")
+              f"{r.registration.method} (confidence {r.registration.confidence:.2f})"
+              + "".join(f"; {name} {path}" for name, path in
+                        (("mask", mask), ("overlay", overlay), ("json", json_out)) if path))
 
 
 @app.command("localize-batch")

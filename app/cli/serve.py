@@ -39,10 +39,10 @@ def serve_cmd(
     """
     from copytrace.app.service import serve
 
-    err.print(f"serving '{index}' on http://{host}:{port} (docs at /docs"
-              f"{', bearer token required' if token else ''})")
     serve(index, host=host, port=port, model=model, device=device, token=token,
           max_upload_mb=max_upload_mb, timeout=timeout, cache_dir=cache_dir, prepare=prepare,
-          verify_backend="processes" if verify_workers else "inline")
+          verify_backend="processes" if verify_workers else "inline",
+          on_ready=lambda: err.print(f"serving '{index}' on http://{host}:{port} (docs at /docs"
+                                     f"{', bearer token required' if token else ''})"))
 
 

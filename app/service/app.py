@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -144,15 +144,19 @@ def serve(index: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
           model: str | None = None, device: str = "auto", token: str | None = None,
           max_upload_mb: float = 50, timeout: float = 30.0,
           cache_dir: str | Path | None = None, prepare: bool = False,
-          verify_backend: VerifyBackend | str = VerifyBackend.INLINE) -> None:
+          verify_backend: VerifyBackend | str = VerifyBackend.INLINE,
+          on_ready: Callable[[], None] | None = None) -> None:
     """Run the service until SIGTERM / Ctrl-C; in-flight requests are finished first, and a
-    SIGTERM shutdown returns normally (exit status 0)."""
+    SIGTERM shutdown returns normally (exit status 0). `on_ready` is called once the index and
+    model are open, just before the server binds (a refused model never announces anything)."""
     import uvicorn
 
     config = ServiceConfig(max_upload_bytes=int(max_upload_mb * 2**20), request_timeout=timeout,
                            token=token or os.environ.get(TOKEN_ENV) or None)
     app = create_app(index, model=model, device=device, config=config, cache_dir=cache_dir,
                      prepare=prepare, verify_backend=verify_backend)
+    if on_ready is not None:
+        on_ready()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            timeout_graceful_shutdown=int(timeout) + 5))
     # uvicorn re-raises a SIGTERM it shut down on once it restored the handler it found; the

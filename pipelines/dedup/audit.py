@@ -160,13 +160,15 @@ def decide(c: Candidate, query: str, other: str, score: float, ev: dict,
 def score_candidates(cands: dict[tuple[str, str], Candidate], uris: dict[str, str],
                      features: ImageFeatures, *, engine: QueryEngine, threshold: float,
                      template_config: TemplateConfig, use_ray: bool | None,
-                     ray_address: str | None, views: ViewCheck | None = None) -> list[ScoredPair]:
+                     ray_address: str | None, views: ViewCheck | None = None,
+                     show_progress: bool = False) -> list[ScoredPair]:
     """Verify each candidate (a -> b, then b -> a when that failed) and decide it; `views`
     rejects verified pairs that look like two photos of one object (matching.view_check)."""
     templates = features.template_cells(sorted({x for key in cands for x in key}),
                                         template_config)
     use_ray = len(cands) >= RAY_MIN_PAIRS if use_ray is None else use_ray
     best = decide_both_ways(cands, uris, templates, threshold=threshold, views=views,
+                            show_progress=show_progress,
                             **scorer_settings(engine, template_config, use_ray=use_ray,
                                               ray_address=ray_address))
     return sorted(best.values(), key=lambda p: (-p.score, p.a, p.b))
@@ -388,7 +390,8 @@ def dedup(
     scored = score_candidates(found, uris, features, engine=engine, threshold=threshold,
                               template_config=template_config, use_ray=use_ray,
                               ray_address=ray_address,
-                              views=shipped_view_check() if view_check else None)
+                              views=shipped_view_check() if view_check else None,
+                              show_progress=show_progress)
     pairs = exact_scored(exact) + [p for p in scored if p.duplicate]
     if bridge_check:
         pairs, scored = consistent_pairs(pairs, scored, uris, features, engine=engine,

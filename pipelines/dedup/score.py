@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -25,6 +25,7 @@ from copytrace.matching.verify import (
 )
 from copytrace.matching.view_check import residual_field, shading_residual
 from copytrace.pipelines.dedup.candidates import Candidate
+from copytrace.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -79,44 +80,58 @@ def _best(query_uri: str, others: Sequence[tuple[str, str, float]], config: Veri
 
 def score_jobs(jobs: Sequence[ScoreJob], templates: dict[str, np.ndarray], *,
                verify_config: VerifyConfig, calibration: Calibration,
-               template_config: TemplateConfig, keypoint_dir: Path | None = None
+               template_config: TemplateConfig, keypoint_dir: Path | None = None,
+               advance: Callable[[int], None] | None = None
                ) -> list[tuple[str, str, float, dict]]:
     """(query, other, score, evidence) for every pair of every job. Runs as one Ray task.
 
-    `keypoint_dir`: the index's keypoint cache, shared with `copytrace query`."""
+    `keypoint_dir`: the index's keypoint cache, shared with `copytrace query`; `advance(n)` is
+    told after each job how many pairs it held (a progress bar, when run in-process)."""
     cache = PreparedCache(load_rgb, config=verify_config, capacity=256, disk=keypoint_dir)
     out = []
     for job in jobs:
-        try:
-            scored = _best(job.query_uri, job.others, verify_config, calibration, cache)
-        except Exception as exc:  # noqa: BLE001 - one unreadable image must not sink the audit
-            log.warning("dedup: cannot verify '%s': %s", job.query_uri, exc)
-            continue
-        pixels = None
-        for (other, uri, _), (v, score) in zip(job.others, scored, strict=True):
-            ev: dict = {"inliers": None, "check": None, "homography": ()}
-            if isinstance(v, Unavailable):  # unreadable image: scored from the global score
-                log.warning("dedup: cannot verify '%s' vs '%s': %s", job.query, other, v.reason)
-            elif v is not None:
-                ev["inliers"] = v.inliers
-                ev["verification"] = v
-                ev["homography"] = tuple(float(x) for x in v.homography.reshape(-1))
-                try:
-                    pixels = load_rgb(job.query_uri) if pixels is None else pixels
-                    other_pixels = load_rgb(uri)
-                    check: ContentCheck = content_check(
-                        pixels, other_pixels, v.homography,
-                        templates.get(job.query, np.zeros((16, 16), bool)),
-                        config=template_config)
-                    ev["check"] = check
-                    ev["shading"] = shading_residual(pixels, other_pixels, v.homography)
-                    # only where the view check can change the verdict (it follows content)
-                    ev["residuals"] = (_residuals(cache, job.query_uri, uri, v, verify_config)
-                                       if check.passed else None)
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("dedup: content check of '%s' vs '%s' failed: %s", job.query,
-                                other, exc)
-            out.append((job.query, other, score, ev))
+        out.extend(_score_job(job, templates, cache, verify_config=verify_config,
+                              calibration=calibration, template_config=template_config))
+        if advance is not None:
+            advance(len(job.others))
+    return out
+
+
+def _score_job(job: ScoreJob, templates: dict[str, np.ndarray], cache: PreparedCache, *,
+               verify_config: VerifyConfig, calibration: Calibration,
+               template_config: TemplateConfig) -> list[tuple[str, str, float, dict]]:
+    """One query's pairs: verified, content-checked, with the view check's residuals."""
+    out: list[tuple[str, str, float, dict]] = []
+    try:
+        scored = _best(job.query_uri, job.others, verify_config, calibration, cache)
+    except Exception as exc:  # noqa: BLE001 - one unreadable image must not sink the audit
+        log.warning("dedup: cannot verify '%s': %s", job.query_uri, exc)
+        return []
+    pixels = None
+    for (other, uri, _), (v, score) in zip(job.others, scored, strict=True):
+        ev: dict = {"inliers": None, "check": None, "homography": ()}
+        if isinstance(v, Unavailable):  # unreadable image: scored from the global score
+            log.warning("dedup: cannot verify '%s' vs '%s': %s", job.query, other, v.reason)
+        elif v is not None:
+            ev["inliers"] = v.inliers
+            ev["verification"] = v
+            ev["homography"] = tuple(float(x) for x in v.homography.reshape(-1))
+            try:
+                pixels = load_rgb(job.query_uri) if pixels is None else pixels
+                other_pixels = load_rgb(uri)
+                check: ContentCheck = content_check(
+                    pixels, other_pixels, v.homography,
+                    templates.get(job.query, np.zeros((16, 16), bool)),
+                    config=template_config)
+                ev["check"] = check
+                ev["shading"] = shading_residual(pixels, other_pixels, v.homography)
+                # only where the view check can change the verdict (it follows content)
+                ev["residuals"] = (_residuals(cache, job.query_uri, uri, v, verify_config)
+                                   if check.passed else None)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("dedup: content check of '%s' vs '%s' failed: %s", job.query,
+                            other, exc)
+        out.append((job.query, other, score, ev))
     return out
 
 
@@ -145,12 +160,21 @@ def build_jobs(cands: Sequence[Candidate], uris: dict[str, str], *, reverse: boo
 
 def run_jobs(jobs: list[ScoreJob], templates: dict[str, np.ndarray], *, use_ray: bool,
              ray_address: str | None, verify_config: VerifyConfig, calibration: Calibration,
-             template_config: TemplateConfig, keypoint_dir: Path | None = None
-             ) -> list[tuple[str, str, float, dict]]:
+             template_config: TemplateConfig, keypoint_dir: Path | None = None,
+             show_progress: bool = False) -> list[tuple[str, str, float, dict]]:
+    """Every job's scored pairs, in job order, in-process or as Ray tasks of ~PAIRS_PER_TASK
+    pairs; `show_progress`: a bar over the pairs as they are verified."""
     kwargs = dict(verify_config=verify_config, calibration=calibration,
                   template_config=template_config, keypoint_dir=keypoint_dir)
-    if not use_ray:
-        return score_jobs(jobs, templates, **kwargs)
+    total = sum(len(j.others) for j in jobs)
+    with progress_bar("verifying pairs", total, enabled=show_progress and total > 0) as advance:
+        if not use_ray:
+            return score_jobs(jobs, templates, advance=advance, **kwargs)
+        return _run_on_ray(jobs, templates, ray_address, advance, kwargs)
+
+
+def _run_on_ray(jobs: list[ScoreJob], templates: dict[str, np.ndarray], ray_address: str | None,
+                advance: Callable[[int], None], kwargs: dict) -> list[tuple[str, str, float, dict]]:
     import ray
 
     from copytrace.pipelines.ray_runtime import ensure_ray
@@ -168,7 +192,12 @@ def run_jobs(jobs: list[ScoreJob], templates: dict[str, np.ndarray], *, use_ray:
         chunks.append(current)
     futures = [task.remote(c, {j.query: templates.get(j.query) for j in c if j.query in templates},
                            **kwargs) for c in chunks]
-    out = []
-    for part in ray.get(futures):
-        out.extend(part)
-    return out
+    parts: list[list | None] = [None] * len(futures)
+    pending = {f: i for i, f in enumerate(futures)}
+    while pending:  # results keep the job order whatever order the tasks finish in
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for f in done:
+            i = pending.pop(f)
+            parts[i] = ray.get(f)
+            advance(sum(len(j.others) for j in chunks[i]))
+    return [row for part in parts for row in part]
