@@ -144,7 +144,9 @@ def decode_to_device(paths: list[str | Path], *, size: int, device: str | torch.
             item = DecodedImage(_NO_PIXELS, item.width, item.height, "jpeg", item.sha256,
                                 len(item.data))
         elif isinstance(item, DecodedImage):
-            squares.append(torch.from_numpy(item.pixels).to(device).permute(2, 0, 1).float())
+            host = item.pixels if item.pixels.flags.writeable else item.pixels.copy()  # PIL's
+            # arrays are read-only; torch.from_numpy warns on memory it may not write
+            squares.append(torch.from_numpy(host).to(device).permute(2, 0, 1).float())
             item = DecodedImage(_NO_PIXELS, item.width, item.height, item.format, item.sha256,
                                 item.num_bytes)
         images.append(item)

@@ -78,6 +78,12 @@ class Embedder:
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
                 out = self.model(x)
+        elif len(x) > 1:
+            # One image per forward on the CPU: the kernels torch picks depend on the batch size
+            # (batches of 1, 2-3 and 4+ gave different low bits for the same image), so a batched
+            # query's descriptor, and its scores, depended on the other queries sharing its batch
+            # (issue 26). On a 2-core box one at a time was also faster (0.42 vs 0.63 s / 32).
+            out = torch.cat([self.model(x[i : i + 1]) for i in range(len(x))])
         else:
             out = self.model(x)
         return out.float().cpu().numpy()

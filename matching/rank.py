@@ -32,6 +32,13 @@ class MatchConfig:
     expand: ExpandConfig | None = field(default_factory=ExpandConfig)
     verify: VerifyConfig | None = field(default_factory=VerifyConfig)
 
+    @property
+    def pool(self) -> int:
+        """Candidates searched, verified and re-ranked per query before the best `k` are kept:
+        at least the verified ones. The pool does not shrink with `k`, so for any k <= k' <= pool
+        the top k is the prefix of the top k' (verification re-ranks within the pool only)."""
+        return max(self.k, self.verify.top_k) if self.verify is not None else self.k
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -56,7 +63,8 @@ def candidates(index: CopyIndex, vectors: np.ndarray, views: Sequence[QueryViews
                background: Background | None = None,
                config: MatchConfig = MatchConfig(),
                query_ids: Sequence[str] | None = None) -> list[list[Candidate]]:
-    """Top `config.k` candidates per query, merged over its views (rows of `vectors`, in order).
+    """Top `config.pool` candidates per query, merged over its views (rows of `vectors`, in
+    order); the caller keeps the best `config.k` after verification (`finalize`).
 
     With `query_ids` (queries that are themselves catalog images, as in a dedup audit), a query
     never becomes its own candidate nor part of its own background.
@@ -92,7 +100,7 @@ def candidates(index: CopyIndex, vectors: np.ndarray, views: Sequence[QueryViews
                                                  prev.view_box)
             row += 1
         ranked = sorted(best.values(), key=lambda c: (-c.global_score, c.reference_id))
-        out.append(ranked[: config.k])
+        out.append(ranked[: config.pool])
     return out
 
 

@@ -91,15 +91,26 @@ def index_model(index: CopyIndex, model: str | None = None) -> LoadedDescriptor:
     return descriptor
 
 
+RERANK_POOL = 10
+"""Candidates verified and re-ranked per query when `verify_k` is not given: at least this many
+whatever `k` is, so a smaller `k` returns the first k of a larger one's list (issue 26: with the
+pool tied to k, `-k 5` verified two more candidates than `-k 3` and one of them re-ranked to 2)."""
+
+
+def verify_pool(k: int, verify_k: int | None) -> int:
+    """Candidates verified per query: `verify_k`, else `k` but at least `RERANK_POOL`."""
+    return verify_k or max(k, RERANK_POOL)
+
+
 def match_config(*, k: int = 10, normalize: bool = True, expand: bool = True,
                  verify: bool = True, verify_k: int | None = None) -> MatchConfig:
     """The `MatchConfig` behind the CLI switches."""
-    return MatchConfig(
-        k=k, search_k=max(20, 2 * k),
-        normalize=NormalizeConfig() if normalize else None,
+    config = MatchConfig(
+        k=k, normalize=NormalizeConfig() if normalize else None,
         expand=ExpandConfig() if expand else None,
-        verify=VerifyConfig(top_k=verify_k or k) if verify else None,
+        verify=VerifyConfig(top_k=verify_pool(k, verify_k)) if verify else None,
     )
+    return replace(config, search_k=max(20, 2 * config.pool))
 
 
 def embed_views(images: Sequence[QueryImage], embedder: Embedder, *,
@@ -252,14 +263,14 @@ class QueryEngine:
     def options(self, *, k: int | None = None, verify: VerifyMode | str = VerifyMode.BANDED,
                 verify_k: int | None = None) -> MatchConfig:
         """The engine's `MatchConfig` with a per-call `k`, verification mode and `verify_k`."""
-        config = self.config
-        if k is not None:
-            config = replace(config, k=k, search_k=max(config.search_k, 2 * k))
+        config = self.config if k is None else replace(self.config, k=k)
         if VerifyMode(verify) is VerifyMode.OFF:
-            return replace(config, verify=None)
-        base = config.verify or VerifyConfig()
-        return replace(config, verify=replace(base, top_k=verify_k or (
-            base.top_k if k is None else k)))
+            config = replace(config, verify=None)
+        else:
+            base = config.verify or VerifyConfig()
+            config = replace(config, verify=replace(base, top_k=verify_k or (
+                base.top_k if k is None else verify_pool(k, None))))
+        return replace(config, search_k=max(config.search_k, 2 * config.pool))
 
     def embed(self, images: Sequence[QueryImage], *, batch_size: int = 32) -> list[np.ndarray]:
         """View vectors per query (whole image first), batched over all queries."""
@@ -320,7 +331,8 @@ class QueryEngine:
         keys = range(len(sources)) if queries is not None else [s.image_id for s in sources]
         return {key: finalize(cands, verified[i] if verified is not None else None,
                               calibration=self.calibration,
-                              decisions=decisions[i] if decisions is not None else None)
+                              decisions=decisions[i] if decisions is not None else None
+                              )[: config.k]  # the best k of the re-ranked pool
                 for i, (key, cands) in enumerate(zip(keys, ranked, strict=True))}
 
     def query_bytes(self, data: bytes, *, query_id: str = "query", k: int | None = None,

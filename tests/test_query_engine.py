@@ -118,16 +118,16 @@ def test_band_decides_clear_cases_without_keypoints(index, copies):
     with QueryEngine.open(index) as engine:
         unfitted = QueryTimings()  # no band fitted for this calibration: verify everything
         engine.calibration = replace(engine.calibration, band=None)
-        engine.query([exact], k=5, verify="banded", timings=unfitted)
+        engine.query([exact], k=5, verify_k=5, verify="banded", timings=unfitted)
         assert unfitted.pairs_verified == 5
         engine.calibration = replace(engine.calibration, band=DecisionBand(0.02, 0.98))
         small = QueryTimings()  # a catalog this small is no background: verify everything
-        engine.query([exact], k=5, verify="banded", timings=small)
+        engine.query([exact], k=5, verify_k=5, verify="banded", timings=small)
         assert small.pairs_verified == 5 and len(engine.index) < engine.band_min_catalog
         engine.band_min_catalog = 0
         full, banded = QueryTimings(), QueryTimings()
-        r_full = engine.query([exact], k=5, verify="full", timings=full)[0]
-        r_band = engine.query([exact], k=5, verify="banded", timings=banded)[0]
+        r_full = engine.query([exact], k=5, verify_k=5, verify="full", timings=full)[0]
+        r_band = engine.query([exact], k=5, verify_k=5, verify="banded", timings=banded)[0]
         band = engine.calibration.decision_band()
     assert full.pairs_verified == 5 and full.pairs_decided == 0
     assert banded.pairs_verified + banded.pairs_decided == 5
