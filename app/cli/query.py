@@ -42,8 +42,8 @@ def query_cmd(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the top candidates "
                                          "with local features and geometry (inliers, "
                                          "homography, matched boxes).")] = True,
-    verify_k: Annotated[int | None, typer.Option(help="Candidates verified per query "
-                                                 "(default: -k).")] = None,
+    verify_k: Annotated[int | None, typer.Option(help="Candidates verified and re-ranked per "
+                                                 "query (default: -k, at least 10).")] = None,
     full_verify: Annotated[bool, typer.Option("--full-verify", help="Verify every top "
                                               "candidate (default: only those the calibrated "
                                               "global score leaves undecided).")] = False,
