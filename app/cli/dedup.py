@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from copytrace.app.cli.output import OutputFormat, print_rows
+from copytrace.app.cli.output import OutputFormat, print_table
 from copytrace.app.cli.root import Quiet, RayAddress, app, err, out
 
 
@@ -99,11 +99,8 @@ def sql_cmd(audit_dir: Annotated[Path, typer.Argument(help="Dedup audit folder."
             fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json or "
                                                       "csv.")] = OutputFormat.TABLE) -> None:
     """DuckDB SQL over a dedup audit and its index's catalog (printed as `index sql` prints)."""
-    from copytrace.app.cli.output import columns_for
     from copytrace.pipelines.dedup import audit_sql
 
-    t = audit_sql(audit_dir, statement)
-    rows = t.to_pylist()
-    print_rows(rows, columns_for(rows, t.column_names), fmt, console=out)
+    print_table(audit_sql(audit_dir, statement), fmt, console=out)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from copytrace.app.cli.output import OutputFormat, print_rows
+from copytrace.app.cli.output import OutputFormat, print_table
 from copytrace.app.cli.root import CacheDir, Quiet, RayAddress, err, index_app, out
 
 
@@ -205,11 +205,8 @@ def index_sql(index: Annotated[Path, typer.Argument(help="Index folder.")],
               fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json "
                                                         "or csv.")] = OutputFormat.TABLE) -> None:
     """Run DuckDB SQL over the catalog, e.g. duplicates by sha256."""
-    from copytrace.app.cli.output import columns_for
     from copytrace.indexing import index_sql as sql
 
-    t = sql(index, statement)
-    rows = t.to_pylist()
-    print_rows(rows, columns_for(rows, t.column_names), fmt, console=out)
+    print_table(sql(index, statement), fmt, console=out)
 
 

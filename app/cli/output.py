@@ -165,3 +165,9 @@ def columns_for(rows: Sequence[dict], names: Sequence[str]) -> list[Column]:
 
     return [Column(n, is_id=n.lower().endswith("id") or n.lower() in ID_NAMES, numeric=numeric(n))
             for n in names]
+
+
+def print_table(table, fmt: OutputFormat, *, console: Console) -> None:  # noqa: ANN001 - pyarrow
+    """A query result of unknown shape (`index sql`, `copytrace sql`), one rendering for both."""
+    rows = table.to_pylist()
+    print_rows(rows, columns_for(rows, table.column_names), fmt, console=console)
