@@ -299,7 +299,8 @@ def finish(out: Path, index: Path, catalog: pa.Table, pairs: list[ScoredPair],
            candidates: list[ScoredPair], *, keep: KeepPolicy, threshold: float,
            report: bool, extra: dict | None = None, listing: pa.Table | None = None,
            keep_only: set[str] | None = None, features: ImageFeatures | None = None,
-           template_config: TemplateConfig | None = None) -> DedupReport:
+           template_config: TemplateConfig | None = None,
+           show_progress: bool = False) -> DedupReport:
     """Clusters, Parquet tables, audit.json and the HTML report.
 
     `listing` (image_id, uri) names images beyond the catalog (incremental runs); `keep_only`
@@ -330,7 +331,8 @@ def finish(out: Path, index: Path, catalog: pa.Table, pairs: list[ScoredPair],
     if report:
         from copytrace.pipelines.dedup.report import write_report
 
-        write_report(result, listing if listing is not None else catalog, threshold=threshold)
+        write_report(result, listing if listing is not None else catalog, threshold=threshold,
+                     show_progress=show_progress)
     return result
 
 
@@ -397,6 +399,7 @@ def dedup(
         pairs, scored = consistent_pairs(pairs, scored, uris, features, engine=engine,
                                          template_config=template_config)
     return finish(out, index, catalog, pairs, scored, keep=keep, threshold=threshold,
+                  show_progress=show_progress,
                   report=report, features=features, template_config=template_config,
                   extra={"band": band, "k": k, "always_top": always_top, "crops": crops,
                          "view_check": view_check, "bridge_check": bridge_check,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from copytrace.matching.overlay import overlay
 from copytrace.matching.verify import load_rgb
 from copytrace.pipelines.dedup.score import Kind, ScoredPair
 from copytrace.util.atomic import write_bytes_atomic
+from copytrace.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +128,10 @@ def _img(src: str | None, alt: str) -> str:
     return f'<img src="{src}" alt="{html.escape(alt)}" loading="eager">'
 
 
-def write_report(audit, catalog: pa.Table, *, threshold: float) -> Path:
-    """report.html for a DedupReport (`audit`), thumbnails beside it."""
+def write_report(audit, catalog: pa.Table, *, threshold: float, show_progress: bool = False
+                 ) -> Path:
+    """report.html for a DedupReport (`audit`), thumbnails beside it; `show_progress`: a bar
+    over the side-by-side heatmaps (each one localizes the pair's edits)."""
     out = Path(audit.out)
     uris = dict(zip(catalog.column("image_id").to_pylist(), catalog.column("uri").to_pylist(),
                     strict=True))
@@ -172,20 +176,29 @@ def write_report(audit, catalog: pa.Table, *, threshold: float) -> Path:
     near = [p for p in audit.pairs if p.kind != Kind.EXACT][:MAX_PAIRS]
     parts.append(f"<h2>Near duplicates side by side ({len(near)})</h2><p class=muted>heatmap: "
                  "original | copy | where the copy differs (red outlines: edits)</p>")
-    for n, p in enumerate(near):
-        q = p.query or p.a
-        o = p.b if q == p.a else p.a
-        rel = f"diffs/{n:06d}.jpg"
-        heat = rel if q in uris and o in uris and _diff(uris[q], uris[o], out / rel,
-                                                        p.homography) else None
-        ev = (f"{p.kind} · score {p.score:.3f} · inliers {_or_dash(p.inliers)} · content "
-              f"coverage {_or_dash(p.coverage)} · PDQ distance {_or_dash(p.pdq_distance)}")
-        parts.append(f'<div class=pair><b>{html.escape(p.a)} ↔ {html.escape(p.b)}</b> '
-                     f'<span class=muted>{html.escape(ev)}</span><div class=side>'
-                     f'{_img(thumb(p.a), p.a)}{_img(thumb(p.b), p.b)}'
-                     f'{_img(heat, "heatmap") if heat else "<span class=muted>no heatmap</span>"}'
-                     "</div></div>")
+    with progress_bar("report heatmaps", len(near), enabled=show_progress and bool(near)) as step:
+        for n, p in enumerate(near):
+            parts.append(_side_by_side(n, p, uris, out, thumb))
+            step(1)
     page = ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             '<link rel=icon href="data:,"><title>copytrace dedup audit'
             f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     return write_bytes_atomic(out / REPORT_FILE, page.encode())
+
+
+
+def _side_by_side(n: int, p: ScoredPair, uris: dict[str, str], out: Path,
+                  thumb: Callable[[str], str | None]) -> str:
+    """One near-duplicate pair: both thumbnails and the heatmap of where the copy differs."""
+    q = p.query or p.a
+    o = p.b if q == p.a else p.a
+    rel = f"diffs/{n:06d}.jpg"
+    heat = rel if q in uris and o in uris and _diff(uris[q], uris[o], out / rel,
+                                                    p.homography) else None
+    ev = (f"{p.kind} · score {p.score:.3f} · inliers {_or_dash(p.inliers)} · content "
+          f"coverage {_or_dash(p.coverage)} · PDQ distance {_or_dash(p.pdq_distance)}")
+    return (f'<div class=pair><b>{html.escape(p.a)} ↔ {html.escape(p.b)}</b> '
+            f'<span class=muted>{html.escape(ev)}</span><div class=side>'
+            f'{_img(thumb(p.a), p.a)}{_img(thumb(p.b), p.b)}'
+            f'{_img(heat, "heatmap") if heat else "<span class=muted>no heatmap</span>"}'
+            "</div></div>")
