@@ -65,8 +65,10 @@ def _quad(box: tuple[int, int, int, int]) -> np.ndarray:
 
 
 def overlay(query: np.ndarray, original: np.ndarray, result: Localization, *,
-            height: int = 480) -> np.ndarray:
-    """original | copy | heatmap side by side (RGB uint8, `height` rows), regions numbered and labelled."""
+            height: int = 480, numbers_only: bool = False) -> np.ndarray:
+    """original | copy | heatmap side by side (RGB uint8, `height` rows), regions numbered and
+    labelled; `numbers_only`: the copy's labels are the region numbers alone (small panels,
+    where "7 added 0.93" labels collide; `region_legend` gives the text beside the image)."""
     font = max(0.45, height / 800)
     o, so = _fit(original, height - _caption_height(font))
     q, sq = _fit(query, height - _caption_height(font))
@@ -93,7 +95,7 @@ def overlay(query: np.ndarray, original: np.ndarray, result: Localization, *,
             contours, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(panel, contours, -1, c, 2, cv2.LINE_AA)
         cv2.rectangle(q, (x0, y0), (x1, y1), c, 2)
-        text = f"{n} {r.kind} {r.confidence:.2f}" if r.is_edit else f"{n} outside frame"
+        text = str(n) if numbers_only else region_label(n, r)
         _label(q, text, (x0, y0 - 2 if y0 > 30 else y1 + 30), c, font, taken["q"])
         _label(panel, str(n), (x0, y0 - 2 if y0 > 30 else y1 + 30), c, font, taken["p"])
         if r.is_edit:
@@ -110,3 +112,12 @@ def overlay(query: np.ndarray, original: np.ndarray, result: Localization, *,
     panel = _caption(panel, f"difference; registered by {reg.method} ({reg.confidence:.2f})", font)
     gap = np.full((o.shape[0], 8, 3), 255, np.uint8)
     return np.concatenate([o, gap, q, gap, panel], axis=1)
+
+
+def region_label(n: int, region) -> str:  # noqa: ANN001 - a localize.Region
+    return f"{n} {region.kind} {region.confidence:.2f}" if region.is_edit else f"{n} outside frame"
+
+
+def region_legend(result: Localization) -> str:
+    """Every numbered region of an overlay as text: "1 added 0.93 · 2 outside frame"."""
+    return " · ".join(region_label(n, r) for n, r in enumerate(result.regions, start=1))

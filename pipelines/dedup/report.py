@@ -14,7 +14,7 @@ import pyarrow as pa
 from PIL import Image
 
 from copytrace.matching.localize import AlignmentError, LocalizeConfig, localize
-from copytrace.matching.overlay import overlay
+from copytrace.matching.overlay import overlay, region_legend
 from copytrace.matching.verify import load_rgb
 from copytrace.pipelines.dedup.score import Kind, ScoredPair
 from copytrace.util.atomic import write_bytes_atomic
@@ -63,24 +63,26 @@ def _thumb(uri: str, path: Path) -> bool:
     return True
 
 
-def _diff(query_uri: str, other_uri: str, path: Path, homography: tuple[float, ...]) -> bool:
+def _diff(query_uri: str, other_uri: str, path: Path, homography: tuple[float, ...]
+          ) -> str | None:
     """The localize heatmap of the verification query against the other image of the pair,
-    starting from the verifier's homography (query -> other)."""
+    starting from the verifier's homography (query -> other); its regions' legend, or None
+    when there is no heatmap."""
     try:
         q, o = load_rgb(query_uri), load_rgb(other_uri)
         initial = np.asarray(homography, np.float64).reshape(3, 3) if len(homography) == 9 else None
         result = localize(q, o, config=LocalizeConfig(max_side=512), initial=initial,
                           assume_copy=True)
-        panel = overlay(q, o, result, height=220)
+        panel = overlay(q, o, result, height=220, numbers_only=True)
     except (AlignmentError, ValueError, OSError) as exc:
         log.info("report: no heatmap for %s vs %s: %s", query_uri, other_uri, exc)
-        return False
+        return None
     import io
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(panel)).save(buf, "JPEG", quality=85)
     write_bytes_atomic(path, buf.getvalue())
-    return True
+    return region_legend(result)
 
 
 def sweep_rows(candidates: list[ScoredPair], exact: int) -> list[tuple[float, int, float, int]]:
@@ -193,12 +195,14 @@ def _side_by_side(n: int, p: ScoredPair, uris: dict[str, str], out: Path,
     q = p.query or p.a
     o = p.b if q == p.a else p.a
     rel = f"diffs/{n:06d}.jpg"
-    heat = rel if q in uris and o in uris and _diff(uris[q], uris[o], out / rel,
-                                                    p.homography) else None
+    legend = _diff(uris[q], uris[o], out / rel, p.homography) if q in uris and o in uris \
+        else None
+    heat = rel if legend is not None else None
     ev = (f"{p.kind} · score {p.score:.3f} · inliers {_or_dash(p.inliers)} · content "
           f"coverage {_or_dash(p.coverage)} · PDQ distance {_or_dash(p.pdq_distance)}")
     return (f'<div class=pair><b>{html.escape(p.a)} ↔ {html.escape(p.b)}</b> '
             f'<span class=muted>{html.escape(ev)}</span><div class=side>'
             f'{_img(thumb(p.a), p.a)}{_img(thumb(p.b), p.b)}'
             f'{_img(heat, "heatmap") if heat else "<span class=muted>no heatmap</span>"}'
-            "</div></div>")
+            f'</div>{f"<p class=muted>regions: {html.escape(legend)}</p>" if legend else ""}'
+            "</div>")
