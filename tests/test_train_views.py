@@ -113,7 +113,7 @@ def test_device_stage_reproduces_the_pil_edit(name, images) -> None:
         rec.edit(name)(img, r2, ctx)
         assert r1.getstate() == r2.getstate()
         row = torch.from_numpy(rec.row(img.size))[None]
-        x = torch.from_numpy(to_square(img, size)).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(np.array(to_square(img, size))).permute(2, 0, 1)[None].float() / 255
         out = apply_deferred(x, row)[0].permute(1, 2, 0).numpy() * 255
         base = to_square(img, size).astype(np.float32)
         close.append(np.abs(out - ref).mean())
