@@ -76,7 +76,7 @@ def metrics_table(rows: dict[str, Metrics]) -> str:
 
 
 def metric_rows(rows: dict[str, Metrics]) -> tuple[list[dict], list[Column]]:
-    """The metrics as rows and columns for `pipelines.output.print_rows` (table, JSON, CSV)."""
+    """The metrics as rows and columns for `app.cli.output.print_rows` (table, JSON, CSV)."""
     columns = [Column("method", is_id=True), Column("uAP", "µAP", numeric=True),
                Column("R@P90", numeric=True), Column("acc@1", numeric=True),
                Column("recall@10", "R@10", numeric=True), Column("predictions", "preds", numeric=True),
