@@ -46,10 +46,10 @@ def _rows(path: Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
                          f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
-def read_predictions(path: str | Path, *, require_score: bool = True, top: int | None = None,
+def read_predictions(path: str | Path, *, require_score: bool = True,
                      min_score: float | None = None) -> list[Prediction]:
-    """The rows of a predictions CSV; with `top`, only the best `top` of each query (best
-    score first, queries in file order); `min_score` drops rows below it (and unscored ones)."""
+    """The rows of a predictions CSV, in file order; `min_score` drops rows below it (and
+    unscored ones). `best_per_query` keeps the best few of each query."""
     path = Path(path)
     header, rows = _rows(path, "predictions")
     qcol = _column(header, QUERY_COLUMNS, path)
@@ -64,7 +64,7 @@ def read_predictions(path: str | Path, *, require_score: bool = True, top: int |
         raise ValueError(f"'{path}': rows without a score")
     if min_score is not None:
         preds = [p for p in preds if p.score is not None and p.score >= min_score]
-    return preds if top is None else best_per_query(preds, top)
+    return preds
 
 
 def best_per_query(preds: list[Prediction], top: int | None) -> list[Prediction]:

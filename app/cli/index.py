@@ -103,9 +103,8 @@ def index_errors(index: Annotated[Path, typer.Argument(help="Index folder.")],
     t = errors(index, limit=limit)
     for row in t.to_pylist():
         out.print(f"{row['uri']}\t{row['error']}", markup=False, highlight=False)
-    counts = status_summary(index)
     if not t.num_rows:
-        err.print(f"0 errors in {sum(counts.values())} inputs")
+        err.print(f"0 errors in {sum(status_summary(index).values())} inputs")
 
 
 @index_app.command("add")

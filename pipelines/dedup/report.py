@@ -4,6 +4,7 @@ script), thumbnails and difference heatmaps written beside it in `thumbs/` and `
 from __future__ import annotations
 
 import html
+import io
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -55,12 +56,15 @@ def _thumb(uri: str, path: Path) -> bool:
         log.warning("report: no thumbnail for '%s': %s", uri, exc)
         return False
     img.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR)
-    import io
+    _write_jpeg(path, img)
+    return True
 
+
+def _write_jpeg(path: Path, img: Image.Image) -> None:
+    """The report's images: JPEG quality 85, written atomically."""
     buf = io.BytesIO()
     img.convert("RGB").save(buf, "JPEG", quality=85)
     write_bytes_atomic(path, buf.getvalue())
-    return True
 
 
 def _diff(query_uri: str, other_uri: str, path: Path, homography: tuple[float, ...]
@@ -77,11 +81,7 @@ def _diff(query_uri: str, other_uri: str, path: Path, homography: tuple[float, .
     except (AlignmentError, ValueError, OSError) as exc:
         log.info("report: no heatmap for %s vs %s: %s", query_uri, other_uri, exc)
         return None
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(panel)).save(buf, "JPEG", quality=85)
-    write_bytes_atomic(path, buf.getvalue())
+    _write_jpeg(path, Image.fromarray(np.ascontiguousarray(panel)))
     return region_legend(result)
 
 
