@@ -210,8 +210,10 @@ def decide_both_ways(cands: dict[tuple[str, str], Candidate], uris: dict[str, st
 
 def consistent_pairs(pairs: list[ScoredPair], scored: list[ScoredPair], uris: dict[str, str],
                      features: ImageFeatures, *, engine: QueryEngine,
-                     template_config: TemplateConfig) -> tuple[list[ScoredPair], list[ScoredPair]]:
-    """`pairs` and `scored` with the inconsistent bridges re-decided (pipelines.dedup.bridges)."""
+                     template_config: TemplateConfig, show_progress: bool = False
+                     ) -> tuple[list[ScoredPair], list[ScoredPair]]:
+    """`pairs` and `scored` with the inconsistent bridges re-decided (pipelines.dedup.bridges);
+    `show_progress`: a bar over the bridge partners' pairs as they are verified."""
     found = bridges(pairs)
     if not found:
         return pairs, scored
@@ -219,7 +221,8 @@ def consistent_pairs(pairs: list[ScoredPair], scored: list[ScoredPair], uris: di
                                         template_config)
     kept, dropped = drop_inconsistent(
         pairs, uris, templates,
-        **scorer_settings(engine, template_config, use_ray=False, ray_address=None))
+        **scorer_settings(engine, template_config, use_ray=False, ray_address=None),
+        show_progress=show_progress)
     return kept, [dropped.get(frozenset((p.a, p.b)), p) for p in scored]
 
 
@@ -397,7 +400,8 @@ def dedup(
     pairs = exact_scored(exact) + [p for p in scored if p.duplicate]
     if bridge_check:
         pairs, scored = consistent_pairs(pairs, scored, uris, features, engine=engine,
-                                         template_config=template_config)
+                                         template_config=template_config,
+                                         show_progress=show_progress)
     return finish(out, index, catalog, pairs, scored, keep=keep, threshold=threshold,
                   show_progress=show_progress,
                   report=report, features=features, template_config=template_config,

@@ -57,7 +57,8 @@ def share_content(links: Sequence[tuple[str, str]], uris: dict[str, str],
         groups[c].append((d, uris[d], 0.0))
         groups[d].append((c, uris[c], 0.0))
     jobs = [ScoreJob(q, uris[q], others) for q, others in sorted(groups.items())]
-    return {frozenset((q, o)) for q, o, _, ev in run_jobs(jobs, templates, **score_kwargs)
+    scored = run_jobs(jobs, templates, label="checking cluster bridges", **score_kwargs)
+    return {frozenset((q, o)) for q, o, _, ev in scored
             if ev["check"] is not None and ev["check"].passed}
 
 

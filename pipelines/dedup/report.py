@@ -132,8 +132,8 @@ def _img(src: str | None, alt: str) -> str:
 
 def write_report(audit, catalog: pa.Table, *, threshold: float, show_progress: bool = False
                  ) -> Path:
-    """report.html for a DedupReport (`audit`), thumbnails beside it; `show_progress`: a bar
-    over the side-by-side heatmaps (each one localizes the pair's edits)."""
+    """report.html for a DedupReport (`audit`), thumbnails beside it; `show_progress`: bars
+    over the clusters' thumbnails and the side-by-side heatmaps (each localizes a pair's edits)."""
     out = Path(audit.out)
     uris = dict(zip(catalog.column("image_id").to_pylist(), catalog.column("uri").to_pylist(),
                     strict=True))
@@ -165,16 +165,12 @@ def write_report(audit, catalog: pa.Table, *, threshold: float, show_progress: b
                  "</p>")
     parts.append(f"<h2>Clusters, largest first ({min(len(audit.clusters), MAX_CLUSTERS)} of "
                  f"{len(audit.clusters)})</h2>")
-    for n, (members, rep) in enumerate(zip(audit.clusters[:MAX_CLUSTERS],
-                                           audit.representatives, strict=False)):
-        cells = "".join(
-            f'<div class="member{" keep" if m == rep else ""}">{_img(thumb(m), m)}'
-            f'{html.escape(m)}{" <span class=badge>keep</span>" if m == rep else ""}</div>'
-            for m in members[:MAX_MEMBERS])
-        more = f"<p class=muted>+{len(members) - MAX_MEMBERS} more</p>" \
-            if len(members) > MAX_MEMBERS else ""
-        parts.append(f'<div class=cluster id="c{n}"><b>cluster {n}</b> · {len(members)} images'
-                     f'<div class=members>{cells}</div>{more}</div>')
+    shown = audit.clusters[:MAX_CLUSTERS]
+    with progress_bar("report thumbnails", len(shown), enabled=show_progress and bool(shown)
+                      ) as step:
+        for n, (members, rep) in enumerate(zip(shown, audit.representatives, strict=False)):
+            parts.append(_cluster_block(n, members, rep, thumb))
+            step(1)
     near = [p for p in audit.pairs if p.kind != Kind.EXACT][:MAX_PAIRS]
     parts.append(f"<h2>Near duplicates side by side ({len(near)})</h2><p class=muted>heatmap: "
                  "original | copy | where the copy differs (red outlines: edits)</p>")
@@ -187,6 +183,18 @@ def write_report(audit, catalog: pa.Table, *, threshold: float, show_progress: b
             f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     return write_bytes_atomic(out / REPORT_FILE, page.encode())
 
+
+
+def _cluster_block(n: int, members: list[str], rep: str, thumb) -> str:
+    """One cluster's thumbnails, the kept one badged."""
+    cells = "".join(
+        f'<div class="member{" keep" if m == rep else ""}">{_img(thumb(m), m)}'
+        f'{html.escape(m)}{" <span class=badge>keep</span>" if m == rep else ""}</div>'
+        for m in members[:MAX_MEMBERS])
+    more = f"<p class=muted>+{len(members) - MAX_MEMBERS} more</p>" \
+        if len(members) > MAX_MEMBERS else ""
+    return (f'<div class=cluster id="c{n}"><b>cluster {n}</b> · {len(members)} images'
+            f'<div class=members>{cells}</div>{more}</div>')
 
 
 def _side_by_side(n: int, p: ScoredPair, uris: dict[str, str], out: Path,

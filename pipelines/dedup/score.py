@@ -161,13 +161,14 @@ def build_jobs(cands: Sequence[Candidate], uris: dict[str, str], *, reverse: boo
 def run_jobs(jobs: list[ScoreJob], templates: dict[str, np.ndarray], *, use_ray: bool,
              ray_address: str | None, verify_config: VerifyConfig, calibration: Calibration,
              template_config: TemplateConfig, keypoint_dir: Path | None = None,
-             show_progress: bool = False) -> list[tuple[str, str, float, dict]]:
+             show_progress: bool = False, label: str = "verifying pairs"
+             ) -> list[tuple[str, str, float, dict]]:
     """Every job's scored pairs, in job order, in-process or as Ray tasks of ~PAIRS_PER_TASK
-    pairs; `show_progress`: a bar over the pairs as they are verified."""
+    pairs; `show_progress`: a bar (`label`) over the pairs as they are verified."""
     kwargs = dict(verify_config=verify_config, calibration=calibration,
                   template_config=template_config, keypoint_dir=keypoint_dir)
     total = sum(len(j.others) for j in jobs)
-    with progress_bar("verifying pairs", total, enabled=show_progress and total > 0) as advance:
+    with progress_bar(label, total, enabled=show_progress and total > 0) as advance:
         if not use_ray:
             return score_jobs(jobs, templates, advance=advance, **kwargs)
         return _run_on_ray(jobs, templates, ray_address, advance, kwargs)
