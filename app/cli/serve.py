@@ -20,8 +20,8 @@ def serve_cmd(
     device: Annotated[str, typer.Option(help="'auto' (GPU if present), 'cpu' or 'cuda'.")]
     = "auto",
     token: Annotated[str | None, typer.Option(envvar="COPYTRACE_TOKEN", help="Require "
-                                              "'Authorization: Bearer TOKEN' (all but "
-                                              "/v1/health).")] = None,
+                                              "the token (all but /v1/health): 'Authorization: "
+                                              "Bearer TOKEN', or the web page's login form.")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Refuse larger uploads (413).")] = 50,
     timeout: Annotated[float, typer.Option(help="Seconds per request, queue wait included "
                                            "(then 503).")] = 30,
@@ -33,7 +33,8 @@ def serve_cmd(
                                                  "(one per core) instead of in the service "
                                                  "process.")] = False,
 ) -> None:
-    """Serve query-by-image over HTTP: POST the image bytes to /v1/query?k=10.
+    """Serve query-by-image over HTTP: POST the image bytes to /v1/query?k=10, or open the web
+    page at / in a browser (API documentation at /docs).
 
     Example: curl --data-binary @photo.jpg 'http://127.0.0.1:8080/v1/query?k=5'
     """
@@ -42,7 +43,7 @@ def serve_cmd(
     serve(index, host=host, port=port, model=model, device=device, token=token,
           max_upload_mb=max_upload_mb, timeout=timeout, cache_dir=cache_dir, prepare=prepare,
           verify_backend="processes" if verify_workers else "inline",
-          on_ready=lambda: err.print(f"serving '{index}' on http://{host}:{port} (docs at /docs"
+          on_ready=lambda: err.print(f"serving '{index}' on http://{host}:{port} (web page at /, API at /docs"
                                      f"{', bearer token required' if token else ''})"))
 
 

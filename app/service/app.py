@@ -5,15 +5,17 @@
 
 Endpoints: `GET /v1/health` (never needs the token), `GET /v1/index` (the manifest),
 `POST /v1/query` (the image bytes as the body; the JSON of `copytrace query --json`), `GET
-/metrics` (Prometheus: requests, latency, queue depth).
+/metrics` (Prometheus: requests, latency, queue depth); the web page at `/` and its endpoints
+(`web.py`); the OpenAPI document at `/openapi.json`, browsable at `/docs`.
 
 Handlers never run model or keypoint work on the event loop: they stream the body (refusing it
 with 413 as soon as it passes the size limit, or at once from its Content-Length), then hand it to
 a micro-batching worker (`batcher.py`) and await the answer. So health answers while
 queries run, concurrent uploads share one model forward, a full queue or a slow query answers
 503, a non-image 415, a corrupt image 400, and no request gets a 500. Binds 127.0.0.1 unless told
-otherwise; with a token (`--token` or COPYTRACE_TOKEN), every endpoint but health needs
-`Authorization: Bearer TOKEN`. On SIGTERM/Ctrl-C, requests in flight are finished first.
+otherwise; with a token (`--token` or COPYTRACE_TOKEN), every endpoint but health and the login
+form needs `Authorization: Bearer TOKEN` or the login form's cookie. On SIGTERM/Ctrl-C,
+requests in flight are finished first.
 """
 
 from __future__ import annotations
@@ -38,11 +40,15 @@ from copytrace.app.service.auth import bearer_guard
 from copytrace.app.service.batcher import Batcher, QueueFull
 from copytrace.app.service.config import TOKEN_ENV, ServiceConfig
 from copytrace.app.service.metrics import Metrics, count_requests
+from copytrace.app.service.schemas import HealthOut, IndexOut, QueryOut, documented
 from copytrace.app.service.uploads import read_body
+from copytrace.app.service.web import add_web
 from copytrace.pipelines import QueryEngine, VerifyBackend, VerifyMode
 
 log = logging.getLogger(__name__)
 
+DESCRIPTION = ("Find the originals an image was copied or edited from. The web page is at "
+               "[/](/); every JSON answer below is also what `copytrace query --json` prints.")
 NOT_AN_IMAGE = "not a recognised image format"
 TEXT_TYPES = ("text/", "application/json", "application/xml", "multipart/")
 
@@ -78,29 +84,38 @@ def create_app(index: str | Path, *, model: str | None = None, device: str = "au
         await asyncio.to_thread(batcher.stop)  # requests already accepted are answered first
         engine.close()
 
-    app = FastAPI(title="copytrace", version="1", lifespan=lifespan,
-                  description="Find the originals an image was copied or edited from.")
+    # FastAPI's own /docs loads Swagger UI from a CDN and serves without the token: web.py
+    # serves the OpenAPI document behind the token and a page of its own that reads it.
+    app = FastAPI(title="copytrace", version="1", lifespan=lifespan, description=DESCRIPTION,
+                  docs_url=None, redoc_url=None, openapi_url=None)
 
     authorized = bearer_guard(config.token)
     count_requests(app, metrics)
 
-    @app.get("/v1/health")
+    @app.get("/v1/health", responses=documented(HealthOut))
     async def health() -> dict:
         return {"status": "ok", "images": len(engine.index), "model": engine.descriptor.model_id,
                 "queue": batcher.depth if batcher else 0}
 
-    @app.get("/v1/index", dependencies=[Depends(authorized)])
+    @app.get("/v1/index", dependencies=[Depends(authorized)], responses=documented(IndexOut, 401))
     async def index_info() -> dict:
+        """The index manifest: model, FAISS spec and tuning, counts, version."""
         return asdict(engine.index.manifest)
 
     @app.get("/metrics", dependencies=[Depends(authorized)])
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/query", dependencies=[Depends(authorized)])
+    @app.post("/v1/query", dependencies=[Depends(authorized)],
+              responses=documented(QueryOut, 400, 401, 413, 415, 503),
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def query_image(request: Request, k: int = Query(10, ge=1, le=1000),
                           verify: str = "banded", query_id: str = "query") -> dict:
-        """`verify`: banded (default; keypoints only where the global score is undecided), full,
+        """The image bytes as the body; its top `k` candidate originals, best first.
+
+        `verify`: banded (default; keypoints only where the global score is undecided), full,
         or off. For backward compatibility `verify=true` means banded and `false` off."""
         started = time.monotonic()
         try:
@@ -132,6 +147,7 @@ def create_app(index: str | Path, *, model: str | None = None, device: str = "au
             raise _reject(status, f"cannot decode the uploaded image: {result.error}")
         return result.as_json()
 
+    add_web(app, engine, lambda: batcher, config=config, authorized=authorized)
     return app
 
 

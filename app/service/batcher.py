@@ -13,8 +13,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from copytrace.matching import QueryResult
 from copytrace.pipelines import QueryEngine, VerifyMode
@@ -32,6 +34,14 @@ class _Request:
     query_id: str
     k: int
     verify: VerifyMode
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class _Call:
+    """Other engine work (the web page's localization) run on the same thread, in turn."""
+
+    fn: Callable[[QueryEngine], Any]
     future: Future = field(default_factory=Future)
 
 
@@ -67,6 +77,16 @@ class Batcher:
             raise QueueFull(f"{self._queue.maxsize} requests waiting") from None
         return request.future
 
+    def call(self, fn: Callable[[QueryEngine], Any]) -> Future:
+        """Queue `fn(engine)` to run on the worker thread (the engine is used by one thread
+        only); its future gets the return value or the exception."""
+        request = _Call(fn)
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise QueueFull(f"{self._queue.maxsize} requests waiting") from None
+        return request.future
+
     def stop(self, timeout: float | None = None) -> None:
         """Finish what is queued, then stop the worker."""
         self._queue.put(_STOP)
@@ -96,13 +116,23 @@ class Batcher:
             self.busy = len(live)
             groups: dict[tuple[int, VerifyMode], list[_Request]] = {}
             for r in live:
-                groups.setdefault((r.k, r.verify), []).append(r)
+                if isinstance(r, _Request):
+                    groups.setdefault((r.k, r.verify), []).append(r)
             for (k, verify), requests in groups.items():
                 self._answer(requests, k, verify)
+            for c in live:
+                if isinstance(c, _Call):
+                    self._run_call(c)
             self.busy = 0
             self.batches += bool(live)
             if stop:
                 return
+
+    def _run_call(self, call: _Call) -> None:
+        try:
+            call.future.set_result(call.fn(self.engine))
+        except Exception as exc:  # noqa: BLE001 - the handler turns it into a clear answer
+            call.future.set_exception(exc)
 
     def _answer(self, requests: list[_Request], k: int, verify: VerifyMode) -> None:
         try:
