@@ -4,6 +4,7 @@ thin layers over the jobs in copytrace.pipelines.
 Modules:
     cli/             sub-package, see its docstring
     service/         sub-package, see its docstring
+    threatexchange/  sub-package, see its docstring (the python-threatexchange extension)
 
 Nothing below imports this floor; benchmarks may (the `eval` and `bench` commands).
 """
