@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import tempfile
 import threading
@@ -86,14 +87,30 @@ class Overlays:
             return self._items.get(key)
 
 
-def localize_upload(engine: QueryEngine, data: bytes, *, reference_id: str,
-                    query_id: str) -> tuple[dict, bytes]:
+def parse_homography(text: str | None) -> list[list[float]] | None:
+    """'h00,h01,...,h22' (a query match's `homography`, row by row) -> 3 x 3; None if absent."""
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError("homography: 9 comma-separated numbers") from None
+    if len(values) != 9 or not all(math.isfinite(v) for v in values):
+        raise ValueError("homography: 9 comma-separated finite numbers")
+    return [values[0:3], values[3:6], values[6:9]]
+
+
+def localize_upload(engine: QueryEngine, data: bytes, *, reference_id: str, query_id: str,
+                    homography: list[list[float]] | None = None) -> tuple[dict, bytes]:
     """The query's edits against one catalog image: the localization JSON and the overlay PNG
-    (`QueryEngine.localize_top`, the code path of `copytrace query --localize`). `KeyError`:
-    not a catalog id; `DecodeError`: not an image; `LocalizeFailed`: no registration."""
+    (`QueryEngine.localize_top`, the code path of `copytrace query --localize`; registration
+    starts from `homography`, the query's match evidence, else the pair is verified first).
+    `KeyError`: not a catalog id; `DecodeError`: not an image; `LocalizeFailed`: no
+    registration."""
     image = engine.decode(data, query_id=query_id)
+    evidence = {"homography": homography} if homography is not None else {}
     with tempfile.TemporaryDirectory(prefix="copytrace-localize-") as tmp:
-        outcomes = engine.localize_top([image], [[Match(reference_id, 1.0, 0.0, {})]], tmp,
+        outcomes = engine.localize_top([image], [[Match(reference_id, 1.0, 0.0, evidence)]], tmp,
                                        overlay=True)
         if not outcomes:
             raise KeyError(reference_id)
@@ -194,16 +211,22 @@ def add_web(app: FastAPI, engine: QueryEngine, batcher: Callable[[], Batcher], *
     @app.post("/v1/localize", dependencies=guard, responses=documented(LocalizeOut, 400, 401, 404,
                                                                        422, 503))
     async def localize(request: Request, reference_id: str = Query(..., min_length=1),
-                       query_id: str = "query") -> dict:
+                       query_id: str = "query", homography: str | None = None) -> dict:
         """The edits of the uploaded image (the body, as for /v1/query) against one catalog
         image: numbered regions with their kinds, and an overlay picture (original | copy |
-        difference) at the returned `overlay` URL."""
+        difference) at the returned `overlay` URL. `homography`: the match's query -> reference
+        homography from /v1/query, 9 comma-separated numbers row by row (saves verifying the
+        pair again)."""
+        try:
+            given = parse_homography(homography)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
         data = await read_body(request, config.max_upload_bytes)
         if not data:
             raise HTTPException(400, "empty request body: send the image bytes as the body")
         try:
-            future = batcher().call(lambda e: localize_upload(e, data, reference_id=reference_id,
-                                                              query_id=query_id))
+            future = batcher().call(lambda e: localize_upload(
+                e, data, reference_id=reference_id, query_id=query_id, homography=given))
         except QueueFull as exc:
             raise HTTPException(503, f"busy ({exc}): retry later",
                                 headers={"Retry-After": "1"}) from None

@@ -7,7 +7,11 @@ const THRESHOLD = 0.5;
 let counter = 0;
 
 function decidedBy(match) {
-  if (match.verified === true) return `verified by keypoints: ${match.inliers} inliers of ${match.matches} matches`;
+  if (match.verified === true) {
+    return match.score >= THRESHOLD
+      ? `verified by keypoints: ${match.inliers} inliers of ${match.matches} matches`
+      : `keypoints match (${match.inliers} inliers) but the fit and the pixels say not a copy (e.g. another photo of the same scene)`;
+  }
   if (match.verified === false) return "keypoint check found no geometry: global score only";
   if (match.verified === "unavailable") return `reference unreadable (${match.verify_error || "?"}): global score only`;
   const d = match.decided_by_global_score;
@@ -146,6 +150,7 @@ class QueryCard {
   async localize(best) {
     this.edits.replaceChildren(el("p", {class: "muted", text: `Localizing the edits against ${best.reference_id}…`}));
     const params = new URLSearchParams({reference_id: best.reference_id, query_id: this.file.name});
+    if (best.homography) params.set("homography", best.homography.flat().join(","));  // skips a second keypoint check
     let found;
     try {
       found = await apiJson(`/v1/localize?${params}`, {method: "POST", body: this.file,
