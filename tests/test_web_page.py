@@ -279,4 +279,27 @@ def test_page_query_matches_the_json_api(server, tmp_path):
     unknown = httpx.post(f"{url}/v1/localize", params={"reference_id": "../etc/passwd"},
                          content=body, headers=auth, timeout=300)
     assert unknown.status_code == 404
+    bad = httpx.post(f"{url}/v1/localize", params={"reference_id": "astronaut", "homography": "1,2"},
+                     content=body, headers=auth, timeout=300)
+    assert bad.status_code == 400 and "homography" in bad.text
     assert a["matches"][0]["reference_id"] == "astronaut" and a["matches"][0]["score"] >= 0.5
+
+
+def test_thumbnail_cache_is_bounded_and_reads_catalog_ids_only(photos_dir):
+    from copytrace.app.service.thumbs import ThumbnailCache
+
+    asked: list[str] = []
+
+    def uris(image_id: str) -> str | None:
+        asked.append(image_id)
+        return str(photos_dir / f"{image_id}.jpg") if image_id in {"astronaut", "coffee", "rocket"} else None
+
+    cache = ThumbnailCache(uris, max_bytes=40_000)
+    for name in ("astronaut", "coffee", "rocket", "astronaut"):
+        thumb = cache.get(name, 300)  # snaps to 320
+        assert max(Image.open(io.BytesIO(thumb.jpeg)).size) == 320
+        assert cache.nbytes <= 40_000
+    assert (thumb.width, thumb.height) == (512, 512)
+    with pytest.raises(KeyError):
+        cache.get("../photos/astronaut")
+    assert asked[-1] == "../photos/astronaut"  # looked up as an id, never opened as a path
