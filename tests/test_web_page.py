@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from devtools import CHROMIUM, DevTools, console_errors
 from PIL import Image
@@ -44,6 +45,16 @@ def edited_copy(folder: Path) -> Path:
     a[60:160, 300:420] = photo("coffee")[100:200, 100:220]
     path = folder / "suspicious-copy.jpg"
     path.write_bytes(jpeg_bytes(a[20:500, 10:490], 85))
+    return path
+
+
+def unrelated_image(folder: Path) -> Path:
+    """A made picture (rings on a gradient) that is in no catalog."""
+    y, x = np.mgrid[0:360, 0:480]
+    rings = (np.sin(np.hypot(x - 200, y - 150) / 9.0) > 0) * 120
+    rgb = np.stack([x * 255 // 480, rings + y * 100 // 360, 255 - x * 255 // 480], -1)
+    path = folder / "unrelated.png"
+    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(path)
     return path
 
 
@@ -157,9 +168,10 @@ class Browser:
             assert time.time() < deadline, f"timed out waiting for: {expression}"
             time.sleep(0.2)
 
-    def upload(self, selector: str, path: Path) -> None:
+    def upload(self, selector: str, *paths: Path) -> None:
         node = self.send("Runtime.evaluate", {"expression": f"document.querySelector('{selector}')"})
-        self.send("DOM.setFileInputFiles", {"files": [str(path)], "objectId": node["result"]["objectId"]})
+        self.send("DOM.setFileInputFiles", {"files": [str(p) for p in paths],
+                                            "objectId": node["result"]["objectId"]})
 
     def screenshot(self, path: Path) -> Path:
         size = self.send("Page.getLayoutMetrics")["cssContentSize"]
@@ -214,10 +226,13 @@ def test_the_page_finds_the_copy_and_shows_its_edits(server, browser, tmp_path):
     url, _ = server
     login(browser, url)
     browser.wait("document.getElementById('summary').textContent.includes('12 images')", 60)
-    browser.upload("#files", edited_copy(tmp_path))
-    browser.wait("document.querySelector('article.query')?.dataset.state === 'done'")
+    browser.upload("#files", edited_copy(tmp_path), unrelated_image(tmp_path))
+    browser.wait("[...document.querySelectorAll('article.query')].map(q => q.dataset.state).join() "
+                 "=== 'done,done'")
+    assert browser.js("document.querySelector('#q2 h2').textContent") == "unrelated.png"
+    assert browser.js("document.getElementById('q2').dataset.verdict") == "no-copy"
     state = browser.js("""(() => {
-        const q = document.querySelector('article.query');
+        const q = document.getElementById('q1');
         const first = q.querySelector('.match');
         return {verdict: q.dataset.verdict, status: q.querySelector('.status').textContent,
                 first: first.querySelector('.ref').textContent,
@@ -232,9 +247,11 @@ def test_the_page_finds_the_copy_and_shows_its_edits(server, browser, tmp_path):
     assert state["how"].startswith(("verified by keypoints", "decided by the global score")), state
     assert state["cards"] == 5 and state["queryBox"], state
     browser.wait("document.querySelector('.overlay-img')?.complete === true")
-    browser.wait("document.querySelectorAll('.match .boxes rect').length > 0", 30)
-    images = browser.js("""[...document.querySelectorAll('.match .thumb, .overlay-img, .query-img')]
+    browser.wait("document.querySelectorAll('#q1 .match .boxes rect').length > 0", 30)
+    browser.wait("[...document.images].every(i => i.complete)", 30)
+    images = browser.js("""[...document.querySelectorAll('#q1 :is(.match .thumb, .overlay-img, .query-img)')]
         .map(i => ({cls: i.className, w: i.naturalWidth, done: i.complete}))""")
+    assert browser.js("[...document.images].every(i => i.naturalWidth > 0)"), "an image did not load"
     assert images[0]["cls"] == "query-img" and all(i["done"] and i["w"] > 0 for i in images), images
     overlay = next(i for i in images if i["cls"] == "overlay-img")
     assert overlay["w"] > 600  # original | copy | difference

@@ -184,15 +184,12 @@ class QueryCard {
 
 function queryFiles(files) {
   const images = [...files].filter((f) => f.type.startsWith("image/") || !f.type);
-  const results = document.getElementById("results");
   const k = document.getElementById("k").value;
   const verify = document.getElementById("verify").value;
+  const cards = images.map((file) => new QueryCard(file));
+  document.getElementById("results").prepend(...cards.map((card) => card.root));  // newest batch on top, in order
   (async () => {
-    for (const file of images) {  // one at a time: the server batches, the page stays ordered
-      const card = new QueryCard(file);
-      results.prepend(card.root);
-      await card.run(k, verify);
-    }
+    for (const card of cards) await card.run(k, verify);  // one at a time: the server batches anyway
   })();
 }
 
