@@ -141,6 +141,7 @@ def test_interfaces_and_benchmarks_use_only_front_doors() -> None:
                                             "copytrace.matching", "copytrace.pipelines",
                                             "copytrace.pipelines.dedup", "copytrace.app",
                                             "copytrace.app.cli", "copytrace.app.service",
+                                            "copytrace.app.threatexchange",
                                             "copytrace.benchmarks"]))
 def test_each_package_maps_its_modules_and_names_no_module(package: str) -> None:
     """The docstring names every module; no public name hides a submodule (the old
