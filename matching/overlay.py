@@ -13,6 +13,11 @@ import numpy as np
 
 from copytrace.matching.localize import OUTSIDE, Localization
 
+REGISTERED_BY = {"given": "the match's homography", "keypoints": "keypoints",
+                 "similarity": "image similarity", "dense": "dense flow",
+                 "best-guess": "a best guess"}
+"""Registration methods (`matching.register.Method` values) as the caption says them."""
+
 KIND_COLOURS = {  # RGB
     "added": (255, 40, 40), "removed": (255, 160, 0), "replaced": (230, 0, 230), "text": (0, 200, 255),
     OUTSIDE: (60, 110, 255),
@@ -109,7 +114,8 @@ def overlay(query: np.ndarray, original: np.ndarray, result: Localization, *,
     o = _caption(o, "original (yellow: the copy's frame)", font)
     q = _caption(q, f"copy: {edits} edit region{'s' if edits != 1 else ''}"
                  + (f" + {outside} outside the frame" if outside else ""), font)
-    panel = _caption(panel, f"difference; registered by {reg.method} ({reg.confidence:.2f})", font)
+    how = REGISTERED_BY.get(reg.method, reg.method)
+    panel = _caption(panel, f"difference; registered by {how} ({reg.confidence:.2f})", font)
     gap = np.full((o.shape[0], 8, 3), 255, np.uint8)
     return np.concatenate([o, gap, q, gap, panel], axis=1)
 
