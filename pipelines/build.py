@@ -38,6 +38,7 @@ from copytrace.indexing.sources import NoImagesError, absolute_uri, list_sources
 from copytrace.indexing.store import id_map_table
 from copytrace.indexing.tuning import tune_built_index
 from copytrace.pipelines.embed_job import EmbedSettings, run_embedding
+from copytrace.pipelines.ray_runtime import WorkersLostError
 from copytrace.util.atomic import write_json_atomic, write_parquet_atomic
 from copytrace.util.progress import progress_bar
 
@@ -165,12 +166,18 @@ def build_index(
     sizes = {no: len(src) for no, src in todo}
     with progress_bar("embedding", total=len(sources), enabled=show_progress) as advance:
         advance(sum(len(src) for no, src in chunks if no not in sizes))
-        for result in run_embedding(todo, settings, use_ray=use_ray, address=ray_address,
-                                    num_workers=num_workers, descriptor=descriptor):
-            name = layout.part_name(result.chunk)
-            write_parquet_atomic(layout.embeddings_dir / name, result.embeddings)
-            write_parquet_atomic(layout.catalog_dir / name, result.catalog)
-            advance(sizes[result.chunk])
+        try:
+            for result in run_embedding(todo, settings, use_ray=use_ray, address=ray_address,
+                                        num_workers=num_workers, descriptor=descriptor):
+                name = layout.part_name(result.chunk)
+                write_parquet_atomic(layout.embeddings_dir / name, result.embeddings)
+                write_parquet_atomic(layout.catalog_dir / name, result.catalog)
+                advance(sizes[result.chunk])
+        except WorkersLostError as exc:  # every node gone: the committed chunks stay for a rerun
+            saved = sum(1 for no, _ in chunks if (layout.catalog_dir / layout.part_name(no)).exists())
+            raise BuildError(f"embedding stopped: {exc.reason}; {saved} of {len(chunks)} "
+                             f"chunks are saved in '{layout.root}': rerun the same command to "
+                             "resume") from exc
 
     reader = _EmbeddingReader(layout.embeddings_dir)
     if reader.total == 0:

@@ -9,7 +9,8 @@ sharing those cores makes some thread slow all the time (measured on the busy 2-
 1-thread processes ran the bare forward 2.3x faster than one 2-thread process). Inline that is a
 local process pool (for builds of at least `POOL_MIN_IMAGES`; fewer run in this process), on Ray
 one actor per granted CPU. On a GPU, one actor per GPU holds the model and decodes on the
-node's cores. The driver keeps two chunks in flight per worker so no worker waits for work.
+node's cores. The driver keeps two chunks in flight per worker so no worker waits for work;
+a chunk lost with a Ray actor or node goes back in the queue (`ray_runtime.run_on_actors`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from copytrace.descriptors.model import LoadedDescriptor, load_descriptor
 from copytrace.indexing.catalog import STATUS_ERROR, STATUS_OK, CatalogRow, catalog_table
 from copytrace.indexing.embeddings import embedding_table
 from copytrace.indexing.sources import ImageSource
-from copytrace.pipelines.ray_runtime import cluster_cpus, cluster_gpus, cluster_workers, ensure_ray
+from copytrace.pipelines.ray_runtime import (
+    RetryPolicy,
+    cluster_cpus,
+    cluster_gpus,
+    cluster_workers,
+    ensure_ray,
+    node_id,
+    run_on_actors,
+)
 from copytrace.util.worker_guard import exit_with_parent
 
 log = logging.getLogger(__name__)
@@ -104,8 +113,8 @@ class _Worker:
     def run(self, chunk: int, sources: list[ImageSource]) -> ChunkResult:
         return embed_chunk(chunk, sources, self.embedder, self.settings)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        return node_id()
 
 
 _POOL_WORKER: _Worker | None = None  # the model of a local pool process
@@ -165,8 +174,13 @@ def _run_pool(chunks: Sequence[tuple[int, list[ImageSource]]], settings: EmbedSe
 
 def run_on_ray(chunks: Sequence[tuple[int, list[ImageSource]]], settings: EmbedSettings, *,
                address: str | None = None, num_workers: int | None = None,
-               in_flight_per_worker: int = 2) -> Iterator[ChunkResult]:
-    """Yields results in completion order (callers key them by `chunk`)."""
+               policy: RetryPolicy | None = None) -> Iterator[ChunkResult]:
+    """Yields results in completion order (callers key them by `chunk`), each chunk once.
+
+    Actors get file paths, never pixels: every node reads the images itself (a shared
+    filesystem). A chunk lost with its actor or node is run again on the surviving actors
+    (`ray_runtime.run_on_actors`); `WorkersLostError` when none is left.
+    """
     if not chunks:
         return
     import ray
@@ -175,28 +189,25 @@ def run_on_ray(chunks: Sequence[tuple[int, list[ImageSource]]], settings: EmbedS
     gpus = cluster_gpus()
     if gpus:  # one actor per node (per GPU), using every core of its node for decoding
         n_workers = max(1, min(len(chunks), num_workers or cluster_workers()))
-        actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus >= n_workers else 0)(_Worker)
-        workers = [actor_cls.remote(settings, os.cpu_count() or 1) for _ in range(n_workers)]
+        gpu = 1 if gpus >= n_workers else 0
+        actor_cls = ray.remote(num_cpus=1, num_gpus=gpu)(_Worker)
+        threads = os.cpu_count() or 1
+
+        def start():  # noqa: ANN202 - a Ray actor handle
+            return actor_cls.remote(settings, threads)
+        needs = {"CPU": 1, **({"GPU": 1} if gpu else {})}
     else:  # one one-thread actor per CPU Ray grants (module docstring: why one thread)
         n_workers = max(1, min(len(chunks), num_workers or cluster_cpus()))
         actor_cls = ray.remote(num_cpus=1)(_Worker)
-        workers = [actor_cls.remote(one_core(settings), 1) for _ in range(n_workers)]
-    todo = deque(chunks)
-    running: dict = {}
-    free = deque(w for w in workers for _ in range(in_flight_per_worker))
-    try:
-        while todo or running:
-            while todo and free:
-                worker = free.popleft()
-                chunk, sources = todo.popleft()
-                running[worker.run.remote(chunk, sources)] = worker
-            done, _ = ray.wait(list(running), num_returns=1)
-            worker = running.pop(done[0])
-            free.append(worker)
-            yield ray.get(done[0])
-    finally:
-        for w in workers:
-            ray.kill(w)
+        worker_settings = one_core(settings)
+
+        def start():  # noqa: ANN202
+            return actor_cls.remote(worker_settings, 1)
+        needs = {"CPU": 1}
+    items = [(chunk, (chunk, sources)) for chunk, sources in chunks]
+    for _, result in run_on_actors(items, start, workers=n_workers, needs=needs, what="chunk",
+                                   policy=policy):
+        yield result
 
 
 def run_embedding(chunks: Sequence[tuple[int, list[ImageSource]]], settings: EmbedSettings, *,

@@ -29,8 +29,13 @@ log = logging.getLogger(__name__)
 @writes_index("index")
 def add_images(images: str | Path, index: str | Path, *, batch_size: int = 32,
                device: str = "auto", use_ray: bool = False, ray_address: str | None = None,
-               num_workers: int | None = None, show_progress: bool = True) -> UpdateReport:
-    """Embed the images under `images` with the index's model and append them (ids must be new)."""
+               num_workers: int | None = None, chunk_size: int = 512,
+               show_progress: bool = True) -> UpdateReport:
+    """Embed the images under `images` with the index's model and append them (ids must be new).
+
+    Embedded in chunks of `chunk_size` (on Ray: spread over the workers, a chunk lost with a node
+    run again on another); nothing is appended until every chunk is in.
+    """
     layout = IndexLayout(Path(index))
     manifest = Manifest.read(layout.manifest)
     sources = list_sources(images, all_files=True)
@@ -47,16 +52,16 @@ def add_images(images: str | Path, index: str | Path, *, batch_size: int = 32,
                           f"built '{index}'; rebuild the index")
     settings = EmbedSettings(model=manifest.model.name, batch_size=batch_size, device=device,
                              pdq=manifest.pdq)
-    catalogs, embeddings = [], []
+    chunks = [(no, sources[s : s + chunk_size])
+              for no, s in enumerate(range(0, len(sources), chunk_size))]
+    results = {}
     with progress_bar("embedding", total=len(sources), enabled=show_progress) as advance:
-        for result in run_embedding([(0, sources)], settings, use_ray=use_ray,
-                                    address=ray_address, num_workers=num_workers,
-                                    descriptor=descriptor):
-            catalogs.append(result.catalog)
-            embeddings.append(result.embeddings)
-            advance(len(sources))
-    catalog = pa.concat_tables(catalogs)
-    table = pa.concat_tables(embeddings)
+        for result in run_embedding(chunks, settings, use_ray=use_ray, address=ray_address,
+                                    num_workers=num_workers, descriptor=descriptor):
+            results[result.chunk] = result  # Ray answers in completion order: keyed, then sorted
+            advance(len(chunks[result.chunk][1]))
+    catalog = pa.concat_tables([results[no].catalog for no, _ in chunks])
+    table = pa.concat_tables([results[no].embeddings for no, _ in chunks])
     ids = table.column("image_id").to_pylist()
     if not ids:
         raise NoImagesError(f"none of the {len(sources)} files in '{images}' could be decoded")

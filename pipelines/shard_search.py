@@ -15,9 +15,21 @@ import numpy as np
 
 from copytrace.indexing.shards import ShardedIndex, merge_topk
 from copytrace.indexing.store import CopyIndex
-from copytrace.pipelines.ray_runtime import cluster_gpus, ensure_ray
+from copytrace.pipelines.ray_runtime import (
+    WorkersLostError,
+    cluster_gpus,
+    ensure_ray,
+    error_line,
+    kill_actor,
+    lost_worker_errors,
+    node_id,
+)
 
 log = logging.getLogger(__name__)
+
+
+class ShardsUnavailableError(WorkersLostError):
+    """Some shards cannot be searched (their actor died and could not be loaded again)."""
 
 
 class _ShardActor:
@@ -27,6 +39,9 @@ class _ShardActor:
                  use_gpu: bool | None) -> None:
         self.index = ShardedIndex.load([Path(p) for p in paths], nprobe=nprobe,
                                        k_factor=k_factor, use_gpu=use_gpu)
+
+    def node(self) -> str:
+        return node_id()
 
     def sizes(self) -> list[int]:
         return [s.ntotal for s in self.index.shards]
@@ -42,11 +57,21 @@ class _ShardActor:
 
 
 class RayShardedIndex:
-    """`ShardedIndex`'s search interface over shard actors (contiguous runs of shards each)."""
+    """`ShardedIndex`'s search interface over shard actors (round-robin groups of shards).
 
-    def __init__(self, actors: list, total: int) -> None:
+    Actors are spread over the nodes. When some die (their node is lost), a search loads their
+    shards again into new actors on the surviving nodes and retries once; if that fails too it
+    raises `ShardsUnavailableError` naming the shards: a top k merged from only some of the
+    shards is never returned.
+    """
+
+    def __init__(self, actors: list, total: int, *, groups: list[list[str]] | None = None,
+                 offsets: dict[str, int] | None = None, settings: dict | None = None) -> None:
         self.actors = actors
         self._total = total
+        self.groups = groups or [[] for _ in actors]  # shard paths per actor
+        self.offsets = offsets or {}  # shard path -> global position of its first vector
+        self.settings = settings or {}  # nprobe, k_factor, use_gpu: what a new actor loads with
 
     @classmethod
     def load(cls, paths: list[Path], *, nprobe: int | None = None, k_factor: int | None = None,
@@ -57,9 +82,8 @@ class RayShardedIndex:
         ensure_ray(address)
         n = max(1, min(actors, len(paths)))
         groups = [[str(p) for p in paths[i::n]] for i in range(n)]  # round robin over actors
-        gpu = 1 if use_gpu is not False and cluster_gpus() >= n else 0
-        actor_cls = ray.remote(num_cpus=0, num_gpus=gpu)(_ShardActor)
-        handles = [actor_cls.remote(g, nprobe, k_factor, use_gpu) for g in groups]
+        settings = {"nprobe": nprobe, "k_factor": k_factor, "use_gpu": use_gpu}
+        handles = [_start_actor(g, settings, n) for g in groups]
         sizes = ray.get([h.sizes.remote() for h in handles])
         by_path = {p: s for g, ss in zip(groups, sizes, strict=True)
                    for p, s in zip(g, ss, strict=True)}
@@ -69,8 +93,9 @@ class RayShardedIndex:
             offset += by_path[str(p)]
         ray.get([h.set_offsets.remote([offsets[p] for p in g])
                  for h, g in zip(handles, groups, strict=True)])
-        log.info("%d shards on %d Ray actors", len(paths), n)
-        return cls(handles, offset)
+        nodes = ray.get([h.node.remote() for h in handles])
+        log.info("%d shards on %d Ray actors, nodes %s", len(paths), n, ", ".join(nodes))
+        return cls(handles, offset, groups=groups, offsets=offsets, settings=settings)
 
     @property
     def ntotal(self) -> int:
@@ -79,20 +104,80 @@ class RayShardedIndex:
     def set_search_params(self, *, nprobe: int | None = None, k_factor: int | None = None) -> None:
         import ray
 
+        self.settings.update(nprobe=nprobe, k_factor=k_factor)
         ray.get([a.set_search_params.remote(nprobe, k_factor) for a in self.actors])
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def nodes(self) -> list[str]:
+        """The node of each actor, in actor order."""
         import ray
 
+        return ray.get([a.node.remote() for a in self.actors])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        parts = ray.get([a.search.remote(q, k) for a in self.actors])
-        return merge_topk([s for s, _ in parts], [i for _, i in parts], k)
+        parts, lost = self._search_all(q, k)
+        if lost:
+            log.warning("shard actors lost (%s): loading shards %s again on surviving nodes",
+                        "; ".join(lost.values()), ", ".join(self._names(lost)))
+            self._reload(lost)
+            again, still = self._search_all(q, k, only=list(lost))
+            if still:
+                raise ShardsUnavailableError(
+                    f"shards {', '.join(self._names(still))} cannot be searched: their Ray actor "
+                    f"was lost and reloading them failed ({'; '.join(still.values())}); no "
+                    "partial result is returned")
+            parts.update(again)
+        ordered = [parts[i] for i in range(len(self.actors))]
+        return merge_topk([s for s, _ in ordered], [i for _, i in ordered], k)
+
+    def _search_all(self, q: np.ndarray, k: int, only: list[int] | None = None
+                    ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, str]]:
+        """Results by actor number, and the actors lost on the way (number -> why)."""
+        import ray
+
+        which = range(len(self.actors)) if only is None else only
+        refs = {i: self.actors[i].search.remote(q, k) for i in which}
+        parts, lost = {}, {}
+        for i, ref in refs.items():
+            try:
+                parts[i] = ray.get(ref)
+            except lost_worker_errors() as exc:
+                lost[i] = error_line(exc)
+        return parts, lost
+
+    def _reload(self, lost: dict[int, str]) -> None:
+        """New actors for the lost groups; a group that fails to load keeps its dead actor (the
+        retry then fails and names its shards)."""
+        import ray
+
+        for i in lost:
+            kill_actor(self.actors[i])
+            handle = _start_actor(self.groups[i], self.settings, len(self.actors))
+            try:
+                ray.get(handle.set_offsets.remote([self.offsets[p] for p in self.groups[i]]))
+            except lost_worker_errors() as exc:
+                lost[i] = error_line(exc)
+                kill_actor(handle)
+                continue
+            self.actors[i] = handle
+            log.warning("shards %s loaded again on node %s", ", ".join(self._names({i: ""})),
+                        ray.get(handle.node.remote()))
+
+    def _names(self, actors: dict[int, str]) -> list[str]:
+        return [Path(p).name for i in actors for p in self.groups[i]]
 
     def close(self) -> None:
-        import ray
-
         for a in self.actors:
-            ray.kill(a)
+            kill_actor(a)
+
+
+def _start_actor(group: list[str], settings: dict, n: int):  # noqa: ANN202 - a Ray actor handle
+    """One shard actor, placed by Ray's SPREAD strategy (away from the other actors' nodes)."""
+    import ray
+
+    gpu = 1 if settings["use_gpu"] is not False and cluster_gpus() >= n else 0
+    actor_cls = ray.remote(num_cpus=0, num_gpus=gpu, scheduling_strategy="SPREAD")(_ShardActor)
+    return actor_cls.remote(group, settings["nprobe"], settings["k_factor"], settings["use_gpu"])
 
 
 def open_distributed(index: str | Path, *, actors: int = 2, ray_address: str | None = None,

@@ -113,6 +113,8 @@ def index_add(
                                                 "new images (ids must not be in the index).")],
     index: Annotated[Path, typer.Option("--index", "-i", help="Index folder to change.")],
     batch_size: Annotated[int, typer.Option(help="Images per model forward.")] = 32,
+    chunk_size: Annotated[int, typer.Option(help="Images per unit of work (on Ray: spread over "
+                                                 "the workers).")] = 512,
     ray: Annotated[bool, typer.Option("--ray/--no-ray", help="Embed as a Ray job.")] = False,
     ray_address: RayAddress = None,
     quiet: Quiet = False,
@@ -120,8 +122,8 @@ def index_add(
     """Embed new images with the index's model and append them (a new manifest version)."""
     from copytrace.pipelines import add_images
 
-    r = add_images(images, index, batch_size=batch_size, use_ray=ray, ray_address=ray_address,
-                   show_progress=not quiet)
+    r = add_images(images, index, batch_size=batch_size, use_ray=ray or bool(ray_address),
+                   ray_address=ray_address, chunk_size=chunk_size, show_progress=not quiet)
     out.print(f"index {index}: version {r.version}, {r.added} added, {r.live} live, "
               f"{r.shards} shards", markup=False, highlight=False)
 

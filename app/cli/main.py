@@ -42,7 +42,8 @@ _load_plugins()
 _KNOWN_ERRORS = (("copytrace.descriptors.decode", "DecodeError"),
                  ("copytrace.indexing.lock", "IndexLockedError"),
                  ("copytrace.indexing.sources", "SourceError"),
-                 ("copytrace.pipelines.build", "BuildError"))
+                 ("copytrace.pipelines.build", "BuildError"),
+                 ("copytrace.pipelines.ray_runtime", "WorkersLostError"))
 
 # Commands that run the model or verification: only they are worth the tcmalloc re-exec.
 MODEL_COMMANDS = frozenset({"query", "localize", "localize-batch", "train", "dedup", "serve",

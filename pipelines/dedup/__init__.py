@@ -6,7 +6,8 @@ Modules:
                      test_dedup_against.py]
     audit.py         `copytrace dedup` [tests: test_dedup.py, test_reliability.py]
     bridges.py       Duplicate pairs must agree with their neighbours [tests: test_dedup.py]
-    candidates.py    Candidate pairs for a dedup audit
+    candidates.py    Candidate pairs for a dedup audit; the self-join as a Ray job
+                     (`neighbours_on_ray`) [tests: test_dedup.py, test_cluster_jobs.py]
     features.py      Per-image dedup features [tests: test_dedup_features.py]
     report.py        The audit's report.html
     score.py         Score dedup candidates [tests: test_dedup.py]
@@ -23,6 +24,7 @@ _EXPORTS = {
     "audit_sql": "sql",
     "dedup": "audit",
     "dedup_against": "against",
+    "neighbours_on_ray": "candidates",
     "score_jobs": "score",
     "write_hash_matches": "audit",
 }

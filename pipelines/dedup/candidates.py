@@ -8,6 +8,7 @@ the pairs found, never N x N.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from copytrace.descriptors.decode import DecodeError
 from copytrace.descriptors.embed import embed_images
 from copytrace.indexing.catalog_sql import sql
 from copytrace.indexing.embeddings import embedding_parts, table_vectors
+from copytrace.indexing.manifest import IndexLayout
 from copytrace.indexing.sources import ImageSource
 from copytrace.matching.expand import ExpandConfig
 from copytrace.matching.pdq import MATCH_DISTANCE, range_pairs
@@ -123,21 +125,93 @@ def _self_join_config(engine: QueryEngine, k: int, crops: bool) -> MatchConfig:
                    expand=ExpandConfig() if crops else None)
 
 
-def shard_neighbours(index: str, part: str, start: int, stop: int, uris: dict[str, str], *,
-                     k: int, crops: bool, batch: int = 64) -> list[Neighbour]:
-    """One Ray task of the self-join: rows [start, stop) of one embeddings part, searched
-    against the whole index by an engine the task opens itself."""
-    engine = QueryEngine.open(index, config=match_config(k=k, expand=False, verify=False),
-                              keypoint_cache=False)
-    config = _self_join_config(engine, k, crops)
-    table = pq.read_table(part).slice(start, stop - start)
-    ids, vectors = table.column("image_id").to_pylist(), table_vectors(table)
-    return [n for s in range(0, len(ids), batch) for n in search_block(
-        engine, ids[s : s + batch], vectors[s : s + batch], uris, config=config)]
-
-
 SHARD_ROWS = 4096
-"""Images per Ray task of the self-join."""
+"""Images per work item of the self-join on Ray."""
+
+
+def read_rows(part: str | Path, start: int, stop: int) -> tuple[list[str], np.ndarray]:
+    """Rows [start, stop) of an embeddings part, reading only the row groups that hold them."""
+    f = pq.ParquetFile(part)
+    groups, first, pos = [], None, 0
+    for g in range(f.metadata.num_row_groups):
+        n = f.metadata.row_group(g).num_rows
+        if pos < stop and pos + n > start:
+            groups.append(g)
+            first = pos if first is None else first
+        pos += n
+    if not groups:
+        return [], np.zeros((0, 0), np.float32)
+    table = f.read_row_groups(groups).slice(start - first, stop - start)
+    return table.column("image_id").to_pylist(), table_vectors(table)
+
+
+class _NeighbourWorker:
+    """Ray actor body: opens the index and model once, then searches blocks of catalog rows as
+    queries and keeps only the neighbours worth scoring (what it holds: the engine plus one
+    block and the block's kept neighbours)."""
+
+    def __init__(self, index: str, k: int, crops: bool, min_score: float, always_top: int,
+                 batch: int) -> None:
+        self.engine = QueryEngine.open(index, config=match_config(k=k, expand=False,
+                                                                  verify=False),
+                                       keypoint_cache=False)
+        self.config = _self_join_config(self.engine, k, crops)
+        self.min_score, self.always_top, self.batch = min_score, always_top, batch
+
+    def ready(self) -> str:
+        from copytrace.pipelines.ray_runtime import node_id
+
+        return node_id()
+
+    def run(self, part: str, start: int, stop: int, uris: dict[str, str]) -> list[Neighbour]:
+        ids, vectors = read_rows(part, start, stop)
+        return [n for s in range(0, len(ids), self.batch)
+                for n in search_block(self.engine, ids[s : s + self.batch],
+                                      vectors[s : s + self.batch], uris, config=self.config)
+                if n.score >= self.min_score or n.rank < self.always_top]
+
+
+def neighbours_on_ray(index: str | Path, *, k: int, min_score: float, always_top: int = 2,
+                      crops: bool = False, uris: dict[str, str] | None = None,
+                      ray_address: str | None = None, workers: int | None = None,
+                      rows_per_item: int = SHARD_ROWS, batch: int = 64,
+                      show_progress: bool = False) -> Iterator[Neighbour]:
+    """The descriptor self-join of `index` as a Ray job: every catalog image searched against
+    the whole index by one-CPU actors (one per CPU the cluster grants, or `workers`), each
+    holding one engine. Yields the neighbours with a calibrated global score >= `min_score` or
+    among the `always_top` of their query (never the query itself), block by block in
+    completion order. Blocks of `rows_per_item` rows are the unit of work and of retry: a block
+    lost with its node runs again on a surviving actor (`ray_runtime.run_on_actors`). `uris`
+    (image id -> file) are needed only for `crops`."""
+    import ray
+
+    from copytrace.pipelines.ray_runtime import cluster_cpus, ensure_ray, run_on_actors
+
+    ensure_ray(ray_address)
+    root = str(IndexLayout(Path(index)).root)
+    items = []
+    for part in embedding_parts(IndexLayout(Path(index)).embeddings_dir):
+        rows = pq.ParquetFile(part).metadata.num_rows
+        ids = (pq.read_table(part, columns=["image_id"]).column("image_id").to_pylist()
+               if crops and uris else [])
+        for s in range(0, rows, rows_per_item):
+            e = min(rows, s + rows_per_item)
+            block_uris = {i: uris[i] for i in ids[s:e] if i in uris} if ids else {}
+            items.append((f"{Path(part).name}:{s}", (str(part), s, e, block_uris)))
+    if not items:
+        return
+    actor_cls = ray.remote(num_cpus=1)(_NeighbourWorker)
+
+    def start():  # noqa: ANN202 - a Ray actor handle
+        return actor_cls.remote(root, k, crops, min_score, always_top, batch)
+
+    n_workers = max(1, min(len(items), workers or cluster_cpus()))
+    sizes = {key: args[2] - args[1] for key, args in items}
+    with progress_bar("neighbours", total=sum(sizes.values()), enabled=show_progress) as advance:
+        for key, found in run_on_actors(items, start, workers=n_workers, needs={"CPU": 1},
+                                        what="block"):
+            yield from found
+            advance(sizes[key])
 
 
 def descriptor_candidates(engine: QueryEngine, found: dict[tuple[str, str], Candidate], *,
@@ -150,17 +224,16 @@ def descriptor_candidates(engine: QueryEngine, found: dict[tuple[str, str], Cand
     candidate when its global-only calibrated score reaches `min_score` (the band verification
     then decides) or it is among the `always_top` best of its query (hard copies score low
     against a busy background but still rank first). Memory: one block of queries at a time;
-    with `use_ray`, blocks of SHARD_ROWS images are Ray tasks."""
-
-    def keep(n: Neighbour) -> bool:
-        return n.score >= min_score or n.rank < always_top
-
-    parts = list(embedding_parts(engine.index.layout.embeddings_dir))
+    with `use_ray`, blocks of SHARD_ROWS images on Ray actors (`neighbours_on_ray`)."""
     if use_ray:
-        _ray_candidates(engine, found, parts, uris, k=k, crops=crops, keep=keep,
-                        ray_address=ray_address, show_progress=show_progress)
+        for n in neighbours_on_ray(engine.index.layout.root, k=k, min_score=min_score,
+                                   always_top=always_top, crops=crops, uris=uris,
+                                   ray_address=ray_address, rows_per_item=SHARD_ROWS,
+                                   batch=batch, show_progress=show_progress):
+            _add(found, n)
         return
     config = _self_join_config(engine, k, crops)
+    parts = list(embedding_parts(engine.index.layout.embeddings_dir))
     with progress_bar("neighbours", total=len(engine.index), enabled=show_progress) as advance:
         for part in parts:
             table = pq.read_table(part)
@@ -169,34 +242,6 @@ def descriptor_candidates(engine: QueryEngine, found: dict[tuple[str, str], Cand
             for s in range(0, len(ids), batch):
                 for n in search_block(engine, ids[s : s + batch], vectors[s : s + batch], uris,
                                       config=config):
-                    if keep(n):
+                    if n.score >= min_score or n.rank < always_top:
                         _add(found, n)
                 advance(len(ids[s : s + batch]))
-
-
-def _ray_candidates(engine: QueryEngine, found: dict[tuple[str, str], Candidate], parts: list,
-                    uris: dict[str, str], *, k: int, crops: bool, keep, ray_address: str | None,
-                    show_progress: bool) -> None:
-    import ray
-
-    from copytrace.pipelines.ray_runtime import ensure_ray
-
-    ensure_ray(ray_address)
-    task = ray.remote(num_cpus=1)(shard_neighbours)
-    root = str(engine.index.layout.root)
-    futures = {}
-    for part in parts:
-        rows = pq.ParquetFile(part).metadata.num_rows
-        ids = pq.read_table(part, columns=["image_id"]).column("image_id").to_pylist()
-        for s in range(0, rows, SHARD_ROWS):
-            shard_uris = {i: uris[i] for i in ids[s : s + SHARD_ROWS] if i in uris}
-            futures[task.remote(root, str(part), s, min(rows, s + SHARD_ROWS), shard_uris, k=k,
-                                crops=crops)] = min(rows, s + SHARD_ROWS) - s
-    with progress_bar("neighbours", total=len(engine.index), enabled=show_progress) as advance:
-        pending = list(futures)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for n in ray.get(done[0]):
-                if keep(n):
-                    _add(found, n)
-            advance(futures[done[0]])
