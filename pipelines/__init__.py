@@ -9,7 +9,7 @@ Modules:
     build.py         `copytrace index build` [tests: test_build_query.py, test_catalog_pdq.py,
                      test_dedup_against.py, ...]
     embed_job.py     Embed many files in chunks, inline or on Ray actors, yielding one result per
-                     chunk [tests: test_embed_workers.py, test_cluster_build.py]
+                     chunk [tests: test_embed_workers.py, test_cluster_node_loss.py]
     engine.py        `QueryEngine` [tests: test_dedup.py, test_query_engine.py,
                      test_reliability_updates.py]
     index_update.py  `copytrace index add/remove/compact/verify` [tests: test_catalog_pdq.py,
@@ -19,9 +19,9 @@ Modules:
     query.py         `copytrace query` [tests: test_build_query.py, test_matching.py,
                      test_query_engine.py, ...]
     ray_runtime.py   Start or join Ray; run work on actors that survive losing nodes [tests:
-                     test_cluster_build.py, test_embed_workers.py]
+                     test_cluster_node_loss.py, test_embed_workers.py]
     shard_search.py  Search an index whose shards live in Ray actors [tests: test_shard_search.py,
-                     test_cluster_jobs.py]
+                     test_cluster_node_loss.py]
     verify_pool.py   Keypoint verification of many (query, references) jobs [tests:
                      test_query_engine.py, test_worker_guard.py]
     dedup/           sub-package, see its docstring

@@ -49,11 +49,14 @@ class RetryPolicy:
 
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Idempotent; `address` like 'ray://head:10001' or 'auto' joins an existing cluster."""
+    """Idempotent; `address` like 'ray://head:10001' or 'auto' (or $RAY_ADDRESS) joins an
+    existing cluster; without one, a new local Ray starts even when `ray start` runs on this
+    machine (plain `ray.init()` would join that instance, and refuse `num_cpus`)."""
     import ray
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # A local raylet starts its workers 15 nice levels below the driver (19 under `nice -n 10`):
@@ -72,7 +75,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
         _quiet_cluster_events()
         log.info("joined Ray cluster at %s (%d nodes alive)", address, alive_nodes())
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
         log.info("started local Ray")
 
 

@@ -62,6 +62,11 @@ class RayCluster:
         self.cluster = Cluster(initialize_head=True,
                                head_node_args={"num_cpus": 0, "include_dashboard": False,
                                                "_system_config": checks})
+        # Cluster records itself as this machine's "current" Ray (/tmp/ray/ray_current_cluster),
+        # where any plain `ray.init()` on the machine would then join it: forget it at once
+        from ray._private.utils import get_ray_address_file
+
+        Path(get_ray_address_file(None)).unlink(missing_ok=True)
         self.head = self.cluster.head_node.node_id
         self.address = self.cluster.address
         self.workers(2)

@@ -7,7 +7,7 @@ Modules:
     audit.py         `copytrace dedup` [tests: test_dedup.py, test_reliability.py]
     bridges.py       Duplicate pairs must agree with their neighbours [tests: test_dedup.py]
     candidates.py    Candidate pairs for a dedup audit; the self-join as a Ray job
-                     (`neighbours_on_ray`) [tests: test_dedup.py, test_cluster_jobs.py]
+                     (`neighbours_on_ray`) [tests: test_dedup.py, test_cluster_node_loss.py]
     features.py      Per-image dedup features [tests: test_dedup_features.py]
     report.py        The audit's report.html
     score.py         Score dedup candidates [tests: test_dedup.py]
