@@ -41,7 +41,7 @@ class WorkersLostError(RuntimeError):
 class RetryPolicy:
     """How much node loss a pool job absorbs before it gives up."""
 
-    max_attempts: int = 3  # times one item may be lost with its worker
+    max_attempts: int = 3  # times one item may be lost with its worker (each in flight counts)
     max_replacements: int | None = None  # actors started for lost ones (None: the pool's size)
     in_flight_per_worker: int = 2  # items queued on each actor, so none waits for work
     start_timeout_s: float = 600.0  # an actor not placed (and initialized) by then is given up

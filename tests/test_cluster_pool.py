@@ -6,6 +6,7 @@ is a bug that surfaces (not a node loss to retry)."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -33,6 +34,7 @@ class _Echo:
                 os.makedirs(mark, exist_ok=True)
                 open(os.path.join(mark, str(seen)), "w").close()
                 os._exit(1)  # the worker process dies mid-item, as on a lost node
+        time.sleep(0.25)  # long enough for the pool to see the freed CPU and start a replacement
         return x * x
 
 
@@ -60,8 +62,10 @@ def test_a_dying_worker_costs_a_retry_not_the_job(tmp_path, local_ray, caplog):
 
 
 def test_an_item_that_kills_every_worker_stops_the_job(tmp_path, local_ray):
+    # one item in flight per worker: every item in flight on a lost worker counts a loss
+    policy = RetryPolicy(max_attempts=2, in_flight_per_worker=1, poll_s=0.2)
     with pytest.raises(WorkersLostError, match="item 5 was lost with its Ray worker 2 times"):
-        _run(tmp_path, {5: 9}, RetryPolicy(max_attempts=2, poll_s=0.2))
+        _run(tmp_path, {5: 9}, policy)
 
 
 def test_a_failing_constructor_is_not_retried(tmp_path, local_ray):
