@@ -17,6 +17,7 @@ Modules:
     disc_eval.py     `copytrace eval disc`
     disc_io.py       DISC2021 files as the metrics' records [tests: test_eval_report.py]
     distractor_eval.py Accuracy at catalog scale
+    edit_families.py Accuracy per edit family [tests: test_matching_bench.py]
     eval_report.py   `copytrace eval disc --report DIR` [tests: test_eval_report.py]
     localize_bench.py Localization benchmark with a fit/report split, next to two baselines
     localize_cases.py The pairs the localization benchmark scores

@@ -39,6 +39,7 @@ import numpy as np
 from copytrace.benchmarks.dev_benchmark import dev_data_root, ensure_dev_benchmark
 from copytrace.benchmarks.disc_eval import metrics_table
 from copytrace.benchmarks.disc_io import read_ground_truth
+from copytrace.benchmarks.edit_families import family_dicts, family_table, family_text, query_families
 from copytrace.benchmarks.make_disc import hard_negative_sources, make_disc
 from copytrace.benchmarks.metrics import Metrics, PredictedMatch, evaluate
 from copytrace.benchmarks.pdq import pdq_predictions
@@ -60,6 +61,8 @@ from copytrace.matching import (
     global_score_only,
     load_calibration,
     load_rgb,
+    rotation_pass,
+    shipped_view_check,
     verify_prepared,
 )
 from copytrace.matching import prepare_for_verify as prepare
@@ -68,7 +71,7 @@ from copytrace.pipelines import QueryEngine, Verifier, VerifyBackend, VerifyJob,
 log = logging.getLogger(__name__)
 
 THRESHOLD = 0.5
-VERIFY_CACHE_VERSION = 3  # bump when `Verification` gains fields or the verifier changes (mirror keypoints)
+VERIFY_CACHE_VERSION = 5  # bump when `Verification` gains fields or the verifier changes (lazy field)
 
 
 def ensure_calibration_benchmark(data: Path, work: Path) -> Path:
@@ -227,34 +230,69 @@ def run(bench: Path, index: Path, work: Path, data: Path, *, k: int = 10,
         calibration = calibration or engine.calibration
         ranked, timings = _search_stages(engine, ids, vectors, views, k=k)
     verify = VerifyConfig(top_k=k)
-    vkey = hashlib.sha256(repr((VERIFY_CACHE_VERSION, verify, expand,
-                                [[c.reference_id for c in row] for row in
-                                 ranked["+expand"]])).encode()).hexdigest()[:10]
-    vcache = work / f"verified-{bench.name}-{vkey}.pkl"
-    if vcache.exists():  # same candidates, same settings: reuse (timing from the run that made it)
-        verified, timings["verify"] = pickle.loads(vcache.read_bytes())
-    else:
+    verified_plain, timings["verify"] = _cached_verify(work, bench, index, ids, ranked["+expand"],
+                                                       verify, expand, ray=ray_verify)
+    with QueryEngine.open(index, device="cpu") as engine:
         t = time.perf_counter()
-        verified = _verify(index, bench, ids, ranked["+expand"], verify, ray=ray_verify)
-        timings["verify"] = time.perf_counter() - t
-        vcache.write_bytes(pickle.dumps((verified, timings["verify"])))
+        ranked["+rotate"], timings["rotated_views"] = rotation_pass(
+            ranked["+expand"], [vectors[q] for q in ids], [views[q] for q in ids],
+            model_pixels=lambda i: engine.decode(bench / "queries" / f"{ids[i]}.jpg",
+                                                 config=MatchConfig(expand=None)).model_pixels,
+            embed=engine.embedder.embed_pixels, calibration=calibration,
+            search=lambda v, qv: candidates(engine.index, v, qv, background=engine.background(
+                MatchConfig()), config=MatchConfig(k=k, search_k=max(20, 2 * k), verify=None)))
+        timings["rotate"] = time.perf_counter() - t
+    # Only the queries whose candidates the turned views changed are verified again.
+    changed = [i for i, (a, b) in enumerate(zip(ranked["+expand"], ranked["+rotate"],
+                                                strict=True))
+               if [c.reference_id for c in a[:k]] != [c.reference_id for c in b[:k]]]
+    verified = list(verified_plain)
+    if changed:
+        again, t_again = _cached_verify(work, bench, index, [ids[i] for i in changed],
+                                        [ranked["+rotate"][i] for i in changed], verify, expand,
+                                        ray=ray_verify)
+        for i, row in zip(changed, again, strict=True):
+            verified[i] = row
+        timings["verify"] += t_again
+    timings["rotate_changed_queries"] = len(changed)
     preds = {
         "global": _predictions(ranked["global"], ids, lambda c: c.similarity),
         **{name: _predictions(ranked[name], ids, lambda c: global_score_only(
-            c.global_score, calibration=calibration)) for name in ("+normalize", "+expand")},
-        "+verify (full)": _finalized(ids, ranked["+expand"], verified, calibration),
-        "+verify (banded default)": _finalized(ids, ranked["+expand"], verified, calibration,
+            c.global_score, calibration=calibration))
+           for name in ("+normalize", "+expand", "+rotate")},
+        "+verify (full)": _finalized(ids, ranked["+rotate"], verified, calibration),
+        "+verify (banded default)": _finalized(ids, ranked["+rotate"], verified, calibration,
                                                banded=True),
+        "+verify (banded, no view check)": _finalized(ids, ranked["+rotate"], verified,
+                                                      calibration, banded=True, view_check=False),
+        "+verify (banded, no rotations)": _finalized(ids, ranked["+expand"], verified_plain,
+                                                     calibration, banded=True),
     }
     n = len(ids)
     return {"ids": ids, "n": n, "preds": preds, "gt": [g for g in gt if g.query in set(ids)],
-            "ranked": ranked["+expand"], "verified": verified,
+            "ranked": ranked["+rotate"], "verified": verified,
             "pairs": sum(len(v) for v in verified),
-            "pairs_banded": _banded_pairs(ranked["+expand"], calibration, k),
+            "pairs_banded": _banded_pairs(ranked["+rotate"], calibration, k),
             "vectors": vectors, "views": views, "all_ranked": ranked,
             "timings": {**timings, "embed_whole": t_whole * n / len(vectors),
                         "embed_views": t_views * n / len(vectors)},
             "views_per_query": float(np.mean([len(views[q].names) for q in ids]))}
+
+
+def _cached_verify(work: Path, bench: Path, index: Path, ids: list[str], ranked,
+                   verify: VerifyConfig, expand: ExpandConfig, *, ray: bool) -> tuple[list, float]:
+    """`_verify`, cached in `work` by settings and candidates (the timing is the computing run's)."""
+    vkey = hashlib.sha256(repr((VERIFY_CACHE_VERSION, verify, expand,
+                                [[c.reference_id for c in row] for row in
+                                 ranked])).encode()).hexdigest()[:10]
+    vcache = work / f"verified-{bench.name}-{vkey}.pkl"
+    if vcache.exists():
+        return pickle.loads(vcache.read_bytes())
+    t = time.perf_counter()
+    verified = _verify(index, bench, ids, ranked, verify, ray=ray)
+    out = (verified, time.perf_counter() - t)
+    vcache.write_bytes(pickle.dumps(out))
+    return out
 
 
 def _search_stages(engine: QueryEngine, ids: list[str], vectors: dict, views: dict, *,
@@ -288,9 +326,11 @@ def _search_stages(engine: QueryEngine, ids: list[str], vectors: dict, views: di
 
 
 def _finalized(ids, ranked, verified, calibration: Calibration, *, banded: bool = False,
-               verify_k: int | None = None) -> list[PredictedMatch]:
+               verify_k: int | None = None, view_check: bool = True) -> list[PredictedMatch]:
     """Scores as `copytrace query` gives them: every top candidate verified, or only those the
-    decision band leaves undecided (`banded`), or only the top `verify_k`."""
+    decision band leaves undecided (`banded`), or only the top `verify_k`; the view check
+    (another photo of the same object capped below 0.5) on unless `view_check` is False."""
+    check = shipped_view_check() if view_check else None
     band = calibration.decision_band()
     out = []
     for q, cands, ver in zip(ids, ranked, verified, strict=True):
@@ -300,7 +340,7 @@ def _finalized(ids, ranked, verified, calibration: Calibration, *, banded: bool 
                          for c in cands[: len(ver)]]
         out.extend(PredictedMatch(q, m.reference_id, m.score) for m in finalize(
             cands, ver, calibration=calibration, decisions=decisions,
-            verified_count=min(len(ver), verify_k) if verify_k else None))
+            verified_count=min(len(ver), verify_k) if verify_k else None, view_check=check))
     return out
 
 
@@ -367,6 +407,36 @@ def fit(data: Path, work: Path, model: str, k: int, out: Path) -> Calibration:
     return cal
 
 
+def fit_view_cut(data: Path, work: Path, model: str, k: int, *, keep_recall: float = 0.99
+                 ) -> dict:
+    """The view check's cut for the query path, on the calibration benchmark: among its verified
+    pairs scored a copy, the probability that keeps `keep_recall` of the true copies (a copy
+    capped below 0.5 is a silent miss, so recall is fixed first, as `fit_view_check` does)."""
+    bench = ensure_calibration_benchmark(data, work)
+    index = ensure_index(bench / "references", work / "idx-calib", model)
+    r = run(bench, index, work, data, k=k)
+    with QueryEngine.open(index, device="cpu") as engine:
+        calibration = engine.calibration
+    check = shipped_view_check()
+    truth = {(g.query, g.reference) for g in r["gt"]}
+    probs, labels = [], []
+    for q, cands, ver in zip(r["ids"], r["ranked"], r["verified"], strict=True):
+        for c, v in zip(cands, ver, strict=False):
+            if getattr(v, "inliers", None) is None or fused_score(
+                    c.global_score, v, calibration=calibration) < THRESHOLD:
+                continue
+            probs.append(check.probability(v, v.agreement, v.shading,
+                                           (v.field_f, v.field_correlation)))
+            labels.append((q, c.reference_id) in truth)
+    probs, labels = np.array(probs), np.array(labels, bool)
+    pos = np.sort(probs[labels])
+    cut = float(pos[int(np.floor((1.0 - keep_recall) * len(pos)))]) if len(pos) else check.cut
+    return {"cut": round(cut, 5), "keep_recall": keep_recall,
+            "copies_kept": f"{int((probs[labels] >= cut).sum())}/{int(labels.sum())}",
+            "others_rejected": f"{int((probs[~labels] < cut).sum())}/{int((~labels).sum())}",
+            "source": f"fit_view_cut on the verified pairs scored >= 0.5 of {bench.name}"}
+
+
 def retune(r: dict, index: Path, calibration: Calibration, k: int) -> dict[str, Metrics]:
     """What each knob buys on the evaluation set: verified top-k (full pipeline, from the cached
     verifications), query crops and normalization settings (global stage, no verification)."""
@@ -406,8 +476,11 @@ def _report(r: dict, calibration: Calibration, hard: dict, pdq: list, t_pdq: flo
              "+normalize": tm["normalize"] / n,
              "+expand": (tm["embed_views"] - tm["embed_whole"] + tm["expand_search"]
                          - tm["search"] - tm["normalize"]) / n,
+             "+rotate": tm["rotate"] / n,
              "+verify (full)": tm["verify"] / n,
-             "+verify (banded default)": share * tm["verify"] / n}
+             "+verify (banded default)": share * tm["verify"] / n,
+             "+verify (banded, no view check)": share * tm["verify"] / n,
+             "+verify (banded, no rotations)": share * tm["verify"] / n}
     for name, preds in r["preds"].items():
         rows[name] = evaluate(r["gt"], preds)
         stage = {**rows[name].as_dict(), "added_ms_per_query": round(1000 * added[name], 1)}
@@ -415,9 +488,24 @@ def _report(r: dict, calibration: Calibration, hard: dict, pdq: list, t_pdq: flo
             stage["hard_negative_rate"] = _hard_rate(preds, hard)
             stage["hard_negative_rate_odd_groups"] = _hard_rate(preds, hard, "odd")
         report["stages"][name] = stage
+    report["rotations"] = {"views_embedded": tm["rotated_views"],
+                           "queries_with_changed_candidates": tm["rotate_changed_queries"]}
     report["verification"] = {"pairs_full": r["pairs"], "pairs_banded": r["pairs_banded"],
                               "wall_ms_per_query_2_cores": round(1000 * tm["verify"] / n, 1)}
+    no_verify = sum(added[s] for s in ("global", "+normalize", "+expand", "+rotate"))
+    report["cost_vs_no_verify"] = {s: round((no_verify + added[s]) / no_verify, 2)
+                                   for s in ("+verify (full)", "+verify (banded default)")}
     return report, rows
+
+
+FAMILY_STAGES = ("+rotate", "+verify (full)", "+verify (banded default)")
+"""Stages with a per-edit-family table: `--no-verify`, full verification, the default."""
+
+
+def families(r: dict, bench: Path) -> dict[str, list]:
+    """Per stage, the per-edit-family rows (`benchmarks.edit_families`)."""
+    fams = {q: f for q, f in query_families(bench).items() if q in set(r["ids"])}
+    return {stage: family_table(r["gt"], r["preds"][stage], fams) for stage in FAMILY_STAGES}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -430,6 +518,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fit-calibration", action="store_true",
                         help="fit the fused score and decision band on the calibration benchmark "
                              "first and use them")
+    parser.add_argument("--fit-view-cut", action="store_true",
+                        help="fit the view check's cut for the query path on the calibration "
+                             "benchmark first and use it")
     parser.add_argument("--retune", action="store_true",
                         help="also report verify_k, query-crop and normalization variants")
     parser.add_argument("--no-ray", action="store_true", help="verify in a process pool")
@@ -448,6 +539,10 @@ def main(argv: list[str] | None = None) -> dict:
     index = ensure_index(bench / "references", work / "idx-dev", args.model)
     if calibration is None:  # what `copytrace query` uses: index file > model card > defaults
         calibration = load_calibration(index, load_descriptor(args.model).card)
+    view_cut = None
+    if args.fit_view_cut:
+        view_cut = fit_view_cut(dev_data_root(args.data), work, args.model, args.k)
+        calibration = replace(calibration, other_view_cut=view_cut["cut"])
     r = run(bench, index, work, data, k=args.k, calibration=calibration, limit=args.limit,
             ray_verify=not args.no_ray)
     t = time.perf_counter()
@@ -456,6 +551,10 @@ def main(argv: list[str] | None = None) -> dict:
     report, rows = _report(r, calibration, hard, pdq,
                            time.perf_counter() - t, args.k)
     report["benchmark"] = str(bench)
+    if view_cut is not None:
+        report["view_cut"] = view_cut
+    fam = families(r, bench)
+    report["families"] = {stage: family_dicts(rows) for stage, rows in fam.items()}
     report["model"] = load_descriptor(args.model).model_id
     if args.retune:
         tuned = retune(r, index, calibration, args.k)
@@ -473,6 +572,9 @@ def main(argv: list[str] | None = None) -> dict:
         rate = (f"{stage['hard_negative_rate']:.3f} / {stage['hard_negative_rate_odd_groups']:.3f}"
                 if "hard_negative_rate" in stage else "n/a (raw cosine)")
         print(f"{name:<26} {stage['added_ms_per_query']:>14.1f}  {rate}")
+    print(f"cost vs --no-verify (ms/query ratio): {report['cost_vs_no_verify']}")
+    for stage in FAMILY_STAGES[1:]:
+        print("\n" + family_text(fam[stage], title=f"per edit family: {stage}"))
     if args.retune:
         print("\nre-tuning (verify_k: full pipeline; crops, normalize: global stage only)")
         print(metrics_table(tuned))

@@ -26,7 +26,12 @@ Modules:
     rank.py          From query views to ranked, verified matches
     register.py      Pixel-accurate registration of a query onto its original, for diffing them
                      [tests: test_localize.py]
+    residuals.py     What a second photograph leaves in a verified pair: the inlier residuals'
+                     smooth field, shading no global gain explains [tests: test_dedup_views.py,
+                     test_view_check_query.py]
     results.py       The records a query returns [tests: test_demo.py, test_output.py]
+    rotations.py     Rotated query views for queries without a confident match
+                     [tests: test_rotations.py]
     similarity_search.py Registration without keypoints
     templates.py     Content, not templates [tests: test_dedup.py, test_dedup_features.py]
     verify.py        Local verification of a candidate match [tests: test_dedup.py,
@@ -56,6 +61,7 @@ _EXPORTS = {
     "Prediction": "isc_csv",
     "QueryResult": "results",
     "QueryViews": "rank",
+    "RotateConfig": "expand",
     "SHIPPED_VIEW_CHECK": "view_check:SHIPPED",
     "TemplateConfig": "templates",
     "VIEW_FEATURES": "view_check",
@@ -80,7 +86,9 @@ _EXPORTS = {
     "read_ground_truth": "isc_csv",
     "read_hash_list": "pdq",
     "read_predictions": "isc_csv",
+    "rotation_pass": "rotations",
     "segment": "localize",
+    "shipped_view_check": "view_check",
     "verify_prepared": "verify",
     "view_features": "view_check",
     "write_predictions": "isc_csv",

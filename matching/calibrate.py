@@ -21,7 +21,10 @@ verified branch, so that branch does not depend on the descriptor's similarity s
 
 One hard rule sits on top: when the query shows the reference's scene beyond the reference's
 frame with no paste seam, the reference is a crop of the query's scene, not its original, and
-the score is capped below the threshold (`extends_cap`).
+the score is capped below the threshold (`extends_cap`). A second: a verified pair the view check
+(`matching.view_check`, fitted for the dedup audit) calls another photograph of the same object
+is capped at `other_view_cap` (`rank.finalize`); the weights are not refitted for it, since it
+only moves pairs above the threshold to below it.
 
 A new descriptor changes the scale of the global similarity (the unverified branch and
 --no-verify): refit and store the result with the index as `calibration.json`, which then
@@ -63,6 +66,8 @@ class Calibration:
     global_weight: float = 14.168  # --no-verify: sigmoid(global_bias + w * global)
     global_bias: float = -4.9602
     extends_cap: float = 0.2  # max score when the reference is a crop of the query's scene
+    other_view_cap: float = 0.3  # max score when the view check says "another photo" (rank.finalize)
+    other_view_cut: float | None = None  # the view check's cut in the query path; None: its own
     source: str = "fitted: calibration benchmark (imagenet-sample[:300] seed 1 + even UKBench)"
     fitted_on: dict = field(default_factory=dict)
     band: DecisionBand | None = None  # where verification runs (`fit_band`); None: everywhere

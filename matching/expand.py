@@ -36,6 +36,14 @@ class ExpandConfig:
 
 
 @dataclass(frozen=True)
+class RotateConfig:
+    """Rotated whole-image views for queries without a confident match (`matching.rotations`)."""
+
+    angles: tuple[int, ...] = (90, 180, 270)  # degrees, multiples of 90 (counter-clockwise)
+    confident: float = 0.5  # calibrated global score of the top candidate that skips rotations
+
+
+@dataclass(frozen=True)
 class View:
     name: str
     box: Box

@@ -16,10 +16,11 @@ import numpy as np
 
 from copytrace.indexing.store import CopyIndex
 from copytrace.matching.calibrate import Calibration, Decision, fused_score, global_score_only
-from copytrace.matching.expand import Box, ExpandConfig
+from copytrace.matching.expand import Box, ExpandConfig, RotateConfig
 from copytrace.matching.normalize import Background, NormalizeConfig, background_offsets
 from copytrace.matching.results import Match
 from copytrace.matching.verify import Unavailable, Verification, VerifyConfig
+from copytrace.matching.view_check import ViewCheck
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class MatchConfig:
     normalize: NormalizeConfig | None = field(default_factory=NormalizeConfig)
     expand: ExpandConfig | None = field(default_factory=ExpandConfig)
     verify: VerifyConfig | None = field(default_factory=VerifyConfig)
+    view_check: bool = True  # a verified copy whose geometry says "another photo" is capped below 0.5
+    rotate: RotateConfig | None = field(default_factory=RotateConfig)  # 90/180/270 views, if unsure
 
     @property
     def pool(self) -> int:
@@ -106,7 +109,8 @@ def candidates(index: CopyIndex, vectors: np.ndarray, views: Sequence[QueryViews
 
 def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | None] | None,
              *, calibration: Calibration, verified_count: int | None = None,
-             decisions: Sequence[Decision] | None = None) -> list[Match]:
+             decisions: Sequence[Decision] | None = None,
+             view_check: ViewCheck | None = None) -> list[Match]:
     """Matches with a calibrated score, best first.
 
     `verifications[i]` belongs to `cands[i]` for the first `verified_count` candidates (None:
@@ -114,6 +118,11 @@ def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | 
     scored from the global similarity alone. With `decisions` (the decision band's verdict per
     candidate), exactly the candidates marked VERIFY hold a verification; the others are scored
     from the global similarity and their evidence says which way the band decided.
+
+    With `view_check` (the dedup audit's "copy or another photo of the same object" model,
+    `matching.view_check`), a verified pair scored a copy whose geometry and pixels say "a second
+    photograph" is capped at `calibration.other_view_cap`, below the decision threshold; its
+    evidence carries the check's probability.
     """
     n_verified = 0 if verifications is None else (verified_count if verified_count is not None
                                                   else len(verifications))
@@ -132,6 +141,8 @@ def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | 
                 evidence["verified"] = v is not None
                 if v is not None:
                     evidence.update(v.as_evidence())
+                    if view_check is not None and score >= THRESHOLD:
+                        score = _other_view_capped(v, score, view_check, calibration, evidence)
         else:
             score = global_score_only(c.global_score, calibration=calibration)
             evidence["verified"] = None  # not attempted
@@ -140,3 +151,21 @@ def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | 
         matches.append(Match(c.reference_id, score, c.similarity, evidence))
     matches.sort(key=lambda m: (-m.score, -m.similarity, m.reference_id))
     return matches
+
+
+THRESHOLD = 0.5  # the calibrated score's decision threshold
+
+
+def _other_view_capped(v: Verification, score: float, view_check: ViewCheck,
+                       calibration: Calibration, evidence: dict) -> float:
+    """The score after the view check. The query path has no template model, so the check's
+    content coverage is the verifier's overlap agreement (the share of the overlap whose pixels
+    agree, which is what the content check measures off the template cells)."""
+    p = view_check.probability(v, v.agreement, v.shading, (v.field_f, v.field_correlation))
+    evidence["view_check"] = round(p, 4)
+    evidence["residual_field"] = [round(v.field_f, 3), round(v.field_correlation, 3)]
+    cut = view_check.cut if calibration.other_view_cut is None else calibration.other_view_cut
+    if p >= cut:
+        return score
+    evidence["another_view"] = True
+    return min(score, calibration.other_view_cap)

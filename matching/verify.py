@@ -11,6 +11,7 @@ homography, and the matched box in both images.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -24,6 +25,7 @@ import cv2
 import numpy as np
 
 from copytrace.matching.align import AlignConfig, Alignment, Keypoints, align_keypoints, detect
+from copytrace.matching.residuals import field_statistics, shading_of_warped
 from copytrace.util.worker_guard import exit_with_parent
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,30 @@ class Verification:
     seam: float  # pixel step across the projected reference border vs next to it (paste evidence)
     query_extends: bool  # the query shows the scene beyond the reference frame, without a seam
     mirrored: bool = False
+    # What a second photograph leaves (`matching.residuals`; the view check reads them): shading
+    # no global gain explains, and the inliers (detection-scale query x, y, reference x, y) and
+    # both frames (detection-scale w, h of query and reference) behind the residual field, which
+    # is measured on first use only (`field_f`): most pairs never need it.
+    shading: float = 0.0
+    field_points: np.ndarray | None = field(default=None, repr=False, compare=False)
+    field_frames: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+    @functools.cached_property
+    def _field(self) -> tuple[float, float]:
+        if self.field_points is None:
+            return 0.0, 0.0
+        f = self.field_frames
+        return field_statistics(self.field_points[:, :2], self.field_points[:, 2:], f[:2], f[2:])
+
+    @property
+    def field_f(self) -> float:
+        """log F of the inlier residuals' smooth field (0 below `FIELD_MIN_INLIERS` inliers)."""
+        return self._field[0]
+
+    @property
+    def field_correlation(self) -> float:
+        """Neighbour correlation of the inlier residuals (0 below `FIELD_MIN_INLIERS`)."""
+        return self._field[1]
 
     @property
     def _similarity_fit(self) -> tuple[float, float]:
@@ -127,7 +153,7 @@ class Verification:
             "distortion": round(self.distortion, 4),
             "reference_in_query": round(self.reference_in_query, 4),
             "seam": round(self.seam, 3), "query_extends": self.query_extends,
-            "mirrored": self.mirrored,
+            "mirrored": self.mirrored, "shading": round(self.shading, 4),
         }
 
 
@@ -395,6 +421,8 @@ def _measure(query: Prepared, reference: Prepared, a: Alignment, mirrored: bool,
     photometric, detail = _photometric(query, blurred, overlap, hull_q)
     agreement = _agreement(query, blurred, overlap, hull_q)
     share, seam, extends = _border_geometry(query, reference, h_small, warped, config)
+    shading = shading_of_warped(query.gray, warped, valid > 0)
+    qk, rk = query.keypoints, reference.keypoints
     return Verification(
         inliers=a.inliers, matches=a.matches, homography=a.homography,
         query_box=a.query_box, reference_box=a.reference_box,
@@ -402,7 +430,10 @@ def _measure(query: Prepared, reference: Prepared, a: Alignment, mirrored: bool,
         residual=residual, photometric=photometric, detail=detail, tight=tight,
         agreement=agreement,
         reference_in_query=share, seam=seam,
-        query_extends=extends, mirrored=mirrored,
+        query_extends=extends, mirrored=mirrored, shading=shading,
+        field_points=np.hstack([q_small, r_small]).astype(np.float64),
+        field_frames=(qk.width * qk.scale, qk.height * qk.scale, rk.width * rk.scale,
+                      rk.height * rk.scale),
     )
 
 

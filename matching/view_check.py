@@ -16,6 +16,7 @@ as `view_check.json` beside this module.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,15 @@ import numpy as np
 
 from copytrace.matching.align import AlignConfig, Keypoints, match_descriptors
 from copytrace.matching.calibrate import fit_logistic
+from copytrace.matching.residuals import (
+    FIELD_MIN_INLIERS,
+    field_statistics,
+    shading_residual,
+)
 from copytrace.matching.verify import Verification, mirror_keypoints
+
+__all__ = ["VIEW_FEATURES", "ViewCheck", "fit_view_check", "perspective", "residual_field",
+           "shading_residual", "shipped_view_check", "view_features"]
 from copytrace.util.atomic import write_json_atomic
 
 VIEW_FEATURES = ("log_inliers", "inlier_ratio", "residual", "tight", "photometric", "detail",
@@ -57,53 +66,6 @@ features. A smooth residual field (`residual_field`) can only speak for another 
 SHIPPED = Path(__file__).with_name("view_check.json")
 
 
-def shading_residual(query: np.ndarray, other: np.ndarray, homography: np.ndarray, *,
-                     block: int = 16) -> float:
-    """How far the smoothed brightness of `other` warped onto `query` departs from one global
-    gain and offset (robust fit over BLOCKxBLOCK means), relative to the query's contrast.
-
-    A copy's colour edits are global, so what is left is its local edits (outliers of the
-    robust fit); a second photo is lit differently across the object (shading, highlights),
-    which no global gain explains."""
-    import cv2
-
-    def grey(x: np.ndarray) -> np.ndarray:
-        return (x if x.ndim == 2 else cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)).astype(np.float32)
-
-    a, b = grey(query), grey(other)
-    h, w = a.shape
-    flags = cv2.WARP_INVERSE_MAP
-    warped = cv2.warpPerspective(b, homography, (w, h), flags=flags | cv2.INTER_LINEAR)
-    valid = cv2.warpPerspective(np.ones_like(b), homography, (w, h),
-                                flags=flags | cv2.INTER_NEAREST)
-    ny, nx = h // block, w // block
-    if ny * nx == 0:
-        return 1.0
-
-    def means(x: np.ndarray) -> np.ndarray:
-        return x[: ny * block, : nx * block].reshape(ny, block, nx, block).mean(axis=(1, 3))
-
-    full = means(valid) > 0.99
-    ma = means(cv2.GaussianBlur(a, (0, 0), 3))[full].astype(np.float64)
-    mb = means(cv2.GaussianBlur(warped, (0, 0), 3))[full].astype(np.float64)
-    if len(ma) < 12:
-        return 1.0
-    design = np.c_[mb, np.ones_like(mb)]
-    coef = np.linalg.lstsq(design, ma, rcond=None)[0]
-    for _ in range(3):  # reweighted: local edits (text, pasted shapes) are outliers
-        res = ma - design @ coef
-        inl = np.abs(res) < 3 * 1.4826 * np.median(np.abs(res)) + 2
-        coef = np.linalg.lstsq(design[inl], ma[inl], rcond=None)[0]
-    return float(np.median(np.abs(ma - design @ coef)) / (ma.std() + 1e-6))
-
-
-FIELD_MIN_INLIERS = 30
-"""Fewer inliers than this: no field is measured (too few to tell a field from noise)."""
-FIELD_DEGREE = 3  # the smooth field: a polynomial of this degree in the query's coordinates
-FIELD_NEIGHBOURS = 5
-FIELD_RADIUS = (2.0, 60.0)  # px (detection scale): neighbours nearer are one blob's duplicates
-
-
 def residual_field(query: Keypoints, reference: Keypoints, homography: np.ndarray, *,
                    mirrored: bool = False, config: AlignConfig | None = None
                    ) -> tuple[float, float]:
@@ -117,15 +79,9 @@ def residual_field(query: Keypoints, reference: Keypoints, homography: np.ndarra
     (0, 0) when fewer than `FIELD_MIN_INLIERS` inliers. `mirrored`: the verification matched
     the flipped query (its homography maps the query's own coordinates)."""
     q, r = _field_inliers(query, reference, homography, mirrored, config or AlignConfig())
-    if len(q) < FIELD_MIN_INLIERS:
-        return 0.0, 0.0
-    qn, _ = _normalized(q, query)
-    rn, rf = _normalized(r, reference)
-    h, _ = cv2.findHomography(qn, rn, 0)
-    if h is None or not np.isfinite(h).all():
-        return 0.0, 0.0
-    e = (cv2.perspectiveTransform(qn.reshape(-1, 1, 2), h).reshape(-1, 2) - rn) * rf
-    return _field_f(qn, e), _neighbour_correlation(q, e)
+    return field_statistics(q, r, (query.width * query.scale, query.height * query.scale),
+                            (reference.width * reference.scale,
+                             reference.height * reference.scale))
 
 
 def _field_inliers(query: Keypoints, reference: Keypoints, homography: np.ndarray,
@@ -141,39 +97,6 @@ def _field_inliers(query: Keypoints, reference: Keypoints, homography: np.ndarra
     inl = ((projected.reshape(-1, 2) - dst) ** 2).sum(axis=1) < (
         config.ransac_threshold / min(query.scale, reference.scale)) ** 2
     return src[inl] * query.scale, dst[inl] * reference.scale
-
-
-def _normalized(points: np.ndarray, kp: Keypoints) -> tuple[np.ndarray, float]:
-    """Points about the image centre over its half diagonal (detection scale); that factor."""
-    w, h = kp.width * kp.scale, kp.height * kp.scale
-    f = 0.5 * math.hypot(w, h)
-    return (points - [w / 2, h / 2]) / f, f
-
-
-def _field_f(qn: np.ndarray, e: np.ndarray) -> float:
-    """log F statistic of a polynomial field over the residual vectors `e` at `qn`."""
-    u, v = qn[:, 0], qn[:, 1]
-    x = np.stack([u ** a * v ** (t - a) for t in range(FIELD_DEGREE + 1) for a in range(t + 1)],
-                 axis=1)
-    fit = x @ np.linalg.lstsq(x, e, rcond=None)[0]
-    terms = 2 * x.shape[1]
-    free = max(1, 2 * len(e) - terms - 8)  # less the refitted homography's 8
-    ss_res, ss_tot = float(((e - fit) ** 2).sum()), float((e ** 2).sum())
-    f = ((ss_tot - ss_res) / terms) / max(ss_res / free, 1e-12)
-    return float(np.clip(math.log(max(f, 1e-3)), -3.0, 5.0))
-
-
-def _neighbour_correlation(points: np.ndarray, e: np.ndarray) -> float:
-    """Mean e_i . e_j over neighbours j of i (`FIELD_RADIUS`), over the mean |e_i|^2."""
-    sq = (points ** 2).sum(axis=1)
-    d = sq[:, None] + sq[None, :] - 2.0 * (points @ points.T)  # squared distances
-    d[d < FIELD_RADIUS[0] ** 2] = np.inf
-    k = min(FIELD_NEIGHBOURS, len(points) - 1)
-    nn = np.argpartition(d, k - 1, axis=1)[:, :k]
-    near = np.take_along_axis(d, nn, 1) < FIELD_RADIUS[1] ** 2
-    dots = (e[:, None, :] * e[nn]).sum(axis=2)
-    den = float(((e ** 2).sum(axis=1)[:, None] * near).sum())
-    return float(np.clip((dots * near).sum() / den, -1.0, 1.0)) if den > 1e-12 else 0.0
 
 
 def view_features(v: Verification, coverage: float | None, shading: float | None = None,
@@ -232,8 +155,10 @@ class ViewCheck:
                       "scale": tuple(d["scale"]), "features": tuple(d["features"])})
 
 
+@functools.cache
 def shipped_view_check() -> ViewCheck | None:
-    """The fitted model shipped with copytrace, or None when it is absent (check off)."""
+    """The fitted model shipped with copytrace, or None when it is absent (check off); read once
+    per process."""
     return ViewCheck.load(SHIPPED) if SHIPPED.exists() else None
 
 

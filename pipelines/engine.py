@@ -39,7 +39,9 @@ from copytrace.matching.normalize import Background, NormalizeConfig, load_backg
 from copytrace.matching.query_image import QueryImage, QuerySource, decode_query
 from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
 from copytrace.matching.results import Match, QueryResult
+from copytrace.matching.rotations import rotation_pass
 from copytrace.matching.verify import Verification, VerifyConfig
+from copytrace.matching.view_check import shipped_view_check
 from copytrace.pipelines.shard_search import RayShardedIndex, open_distributed
 from copytrace.pipelines.verify_pool import Verifier, VerifyBackend, VerifyJob
 
@@ -312,6 +314,14 @@ class QueryEngine:
         ranked = candidates(self.index, np.concatenate(list(vectors)), views,
                             background=self.background(config), config=config,
                             query_ids=[s.image_id for s in sources] if exclude_self else None)
+        if config.rotate is not None and queries is not None and not exclude_self:
+            ranked, turned = rotation_pass(
+                ranked, vectors, views, model_pixels=lambda i: queries[i].model_pixels,
+                embed=self.embedder.embed_pixels, calibration=self.calibration,
+                search=lambda v, qv: candidates(self.index, v, qv, config=config,
+                                                background=self.background(config)),
+                config=config.rotate)
+            timings.views += turned
         timings.search += time.perf_counter() - t
         t = time.perf_counter()
         verified: list[list[Verification | None]] | None = None
@@ -331,7 +341,8 @@ class QueryEngine:
         keys = range(len(sources)) if queries is not None else [s.image_id for s in sources]
         return {key: finalize(cands, verified[i] if verified is not None else None,
                               calibration=self.calibration,
-                              decisions=decisions[i] if decisions is not None else None
+                              decisions=decisions[i] if decisions is not None else None,
+                              view_check=shipped_view_check() if config.view_check else None,
                               )[: config.k]  # the best k of the re-ranked pool
                 for i, (key, cands) in enumerate(zip(keys, ranked, strict=True))}
 
