@@ -142,10 +142,11 @@ def test_other_photos_of_the_same_object_do_not_pass(dev_data, tmp_path):
     passed = [(r.query_id, m.reference_id, round(m.score, 3)) for r in results for m in r.matches
               if m.score >= 0.5]
     assert len(results) == 36 and all(r.matches for r in results)
-    # Measured: 5 of 36 (3 are the ceramic fish tile of group 13). What passes is flat printed
-    # objects shot from nearby viewpoints: one homography maps the print exactly and its pixels
-    # agree, as a copy's would. A regression guard, not the goal (which is 0).
-    assert len(passed) <= 6, passed
+    # Measured: 5 of 36 before the view check ran in the query path (3 were the ceramic fish tile
+    # of group 13), 3 with it (two of group 13, ukbench00078 of group 19). What passes is flat
+    # printed objects shot from nearby viewpoints: one homography maps the print exactly and its
+    # pixels agree, as a copy's would. A regression guard, not the goal (which is 0).
+    assert len(passed) <= 4, passed
 
 
 def test_disk_keypoint_cache_never_serves_a_replaced_file(tmp_path):
