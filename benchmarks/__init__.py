@@ -27,6 +27,9 @@ Modules:
     matching_bench.py Matching ablation on the dev benchmark
     metrics.py       DISC2021 / ISC2021 matching-track metrics, defined once [tests:
                      test_eval_report.py, test_metrics.py]
+    new_patterns.py  Tamper patterns the training edits never made (mosaic, glitch bands, sticker
+                     and polaroid frames, halftone) [tests: test_adapt.py]
+    pattern_bench.py Query adapters on new patterns: before / after, and the other patterns
     pdq.py           PDQ (Facebook's perceptual hash) as the peer baseline
     proc_peak.py     Wall time and peak memory of a command, read from /proc
     query_latency.py Query latency and accuracy of the verification modes, through the engine and

@@ -2,6 +2,7 @@
 CPU/GPU embedding, copy-style edits, PDQ. Training lives in the `training` sub-package.
 
 Modules:
+    adapter.py       Query-side adapters for new tamper patterns [tests: test_adapt.py]
     augment.py       Copy-style edits [tests: test_build_query.py, test_dedup.py,
                      test_dedup_against.py, ...]
     batch_decode.py  Batch JPEG decoding on the model's device (nvJPEG through torchvision), CPU
@@ -24,6 +25,11 @@ import time). Modules and names starting with `_` are private to this package.
 from copytrace.util import lazy_api
 
 _EXPORTS = {
+    "AdapterConfig": "adapter",
+    "QueryAdapter": "adapter",
+    "TrainingSet": "adapter",
+    "apply_adapter": "adapter",
+    "train_adapter": "adapter",
     "CopyDescriptor": "model",
     "DEFAULT_MAX_BYTES": "decode",
     "DEFAULT_MAX_PIXELS": "decode",

@@ -2,6 +2,7 @@
 chosen by size and memory budget, manifest, versioned updates, DuckDB SQL.
 
 Modules:
+    adapters.py      Query adapters stored in an index folder [tests: test_adapt.py]
     budget.py        Human memory budgets ('4GB', '512MiB') as bytes, autofaiss style [tests:
                      test_indexing.py]
     catalog.py       The image catalog [tests: test_build_query.py, test_catalog_pdq.py,
@@ -39,18 +40,22 @@ import time). Modules and names starting with `_` are private to this package.
 from copytrace.util import lazy_api
 
 _EXPORTS = {
+    "AdapterCard": "adapters",
+    "AdapterError": "adapters",
     "ImageSource": "sources",
     "IndexLayout": "manifest",
     "IndexLockedError": "lock",
     "Manifest": "manifest",
     "ShardedIndex": "shards",
     "SourceError": "sources",
+    "adapter_cards": "adapters",
     "catalog_errors": "catalog_sql:errors",
     "choose_index": "index_spec",
     "exact_top_k": "tuning",
     "index_bytes": "shards",
     "index_fingerprint": "fingerprint:fingerprint",
     "index_sql": "catalog_sql:sql",
+    "load_adapters": "adapters",
     "leftovers": "fingerprint",
     "list_sources": "sources",
     "manifest_version": "parts",
@@ -59,6 +64,7 @@ _EXPORTS = {
     "read_embeddings": "embeddings",
     "recall_at_k": "tuning",
     "relocate_index": "relocate:relocate",
+    "remove_adapter": "adapters",
     "scan_folder": "sources",
     "status_summary": "catalog_sql",
     "train_template": "shards",

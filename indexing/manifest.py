@@ -83,10 +83,12 @@ class Manifest:
     tombstones: str | None = None  # Parquet of removed image ids, honoured at search
     updated: str = ""
     pdq: bool = False  # the catalog holds every image's PDQ hash; `index add` computes them too
+    adapters: dict[str, str] = field(default_factory=dict)  # name -> file (`indexing.adapters`)
 
     def files(self) -> set[str]:
         """Paths (relative to the index root) this version's search reads."""
-        return {*self.index.shards, self.id_map, *([self.tombstones] if self.tombstones else [])}
+        return {*self.index.shards, self.id_map, *([self.tombstones] if self.tombstones else []),
+                *self.adapters.values()}
 
     def write(self, path: Path) -> None:
         write_json_atomic(path, asdict(self))
@@ -107,7 +109,7 @@ class Manifest:
             source=d["source"], versions=d.get("versions", {}), created=d.get("created", ""),
             version=d.get("version", 1), id_map=d.get("id_map", "ids.parquet"),
             tombstones=d.get("tombstones"), updated=d.get("updated", ""),
-            pdq=bool(d.get("pdq", False)),
+            pdq=bool(d.get("pdq", False)), adapters=dict(d.get("adapters", {})),
         )
 
 

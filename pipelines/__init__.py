@@ -6,6 +6,8 @@ A query touches query.py -> engine.py -> verify_pool.py (+ shard_search.py with 
 localize.py with --localize); a build touches build.py -> embed_job.py.
 
 Modules:
+    adapt.py         `copytrace adapt`: a query adapter for a new tamper pattern [tests:
+                     test_adapt.py]
     build.py         `copytrace index build` [tests: test_build_query.py, test_catalog_pdq.py,
                      test_dedup_against.py, ...]
     embed_job.py     Embed many files in chunks, inline or on Ray actors, yielding one result per
@@ -33,6 +35,8 @@ import time). Modules and names starting with `_` are private to this package.
 from copytrace.util import lazy_api
 
 _EXPORTS = {
+    "AdaptOptions": "adapt",
+    "AdaptReport": "adapt",
     "BuildError": "build",
     "HashFormat": "pdq_hashes",
     "QueryEngine": "engine",
@@ -43,6 +47,7 @@ _EXPORTS = {
     "VerifyJob": "verify_pool",
     "VerifyMode": "engine",
     "WorkersLostError": "ray_runtime",
+    "adapt_index": "adapt",
     "add_images": "index_update",
     "build_index": "build",
     "compact_index": "index_update",
@@ -57,6 +62,7 @@ _EXPORTS = {
     "query_index": "query",
     "remove_images": "index_update",
     "verify_index": "index_update:verify",
+    "with_adapter_views": "engine",
 }
 
 __all__, __getattr__, __dir__ = lazy_api(__name__, _EXPORTS)

@@ -28,9 +28,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from copytrace.descriptors.adapter import apply_adapter
 from copytrace.descriptors.decode import DecodeError
 from copytrace.descriptors.embed import Embedder, embed_images
 from copytrace.descriptors.model import LoadedDescriptor, load_descriptor
+from copytrace.indexing.adapters import ALL, LoadedAdapter, load_adapters
 from copytrace.indexing.sources import ImageSource
 from copytrace.indexing.store import CopyIndex
 from copytrace.matching.calibrate import Calibration, Decision, global_score_only, load_calibration
@@ -134,6 +136,23 @@ def embed_views(images: Sequence[QueryImage], embedder: Embedder, *,
     return out
 
 
+def with_adapter_views(vectors: Sequence[np.ndarray], views: Sequence[QueryViews],
+                       adapters: Sequence[LoadedAdapter]) -> tuple[list[np.ndarray],
+                                                                list[QueryViews]]:
+    """Each adapter's map of a query's whole-image vector as one more view of it ('adapter:NAME',
+    the whole query's box), merged with the plain views as the crops are: a reference keeps its
+    best normalized score over all views, so a query no adapter helps keeps its plain results
+    unless an adapted view finds a reference even closer."""
+    if not adapters or not vectors:
+        return list(vectors), list(views)
+    whole = np.stack([v[0] for v in vectors])
+    adapted = [apply_adapter(a.arrays, whole) for a in adapters]
+    names = [f"adapter:{a.card.name}" for a in adapters]
+    return ([np.concatenate([v, *(x[i : i + 1] for x in adapted)]) for i, v in enumerate(vectors)],
+            [QueryViews([*qv.names, *names], [*qv.boxes, *[qv.boxes[0]] * len(adapters)])
+             for qv in views])
+
+
 def reference_uris(copy_index: CopyIndex, ids: set[str]) -> dict[str, str]:
     """Catalog URIs of the given reference ids (what verification and localization read)."""
     cat = copy_index.catalog().select(["image_id", "uri"])
@@ -179,6 +198,7 @@ class QueryEngine:
     verifier: Verifier
     band_min_catalog: int = BAND_MIN_CATALOG  # smaller indexes verify every top candidate
     cache_dir: Path | None = None  # this index's writable cache folder; None: the index folder
+    adapters: list[LoadedAdapter] = field(default_factory=list)  # extra query views (`adapt`)
     _uris: dict[str, str] | None = field(default=None, repr=False)
     _backgrounds: dict = field(default_factory=dict, repr=False)
     _verifiers: dict = field(default_factory=dict, repr=False)
@@ -189,11 +209,13 @@ class QueryEngine:
              verify_backend: VerifyBackend | str = VerifyBackend.INLINE,
              verify_workers: int | None = None, cache_capacity: int = 2048,
              keypoint_cache: bool = True, ray_address: str | None = None,
-             cache_dir: str | Path | None = None, shard_actors: int = 0) -> QueryEngine:
+             cache_dir: str | Path | None = None, shard_actors: int = 0,
+             adapters: str = ALL) -> QueryEngine:
         """Open `index` for querying; the keypoint cache and background sample go to `cache_dir`
         (a subfolder per index) when given, else to the index folder when it is writable
         (`keypoint_cache=False`: keypoints in memory only). `shard_actors` > 0: the FAISS
-        shards are held and searched by that many Ray actors (`pipelines.shard_search`)."""
+        shards are held and searched by that many Ray actors (`pipelines.shard_search`).
+        `adapters`: the index's query adapters used as extra views ('all', 'none' or names)."""
         copy_index = (open_distributed(index, actors=shard_actors, ray_address=ray_address)
                       if shard_actors > 0 else CopyIndex.open(index))
         descriptor = index_model(copy_index, model)
@@ -204,9 +226,10 @@ class QueryEngine:
         verifier = Verifier(config.verify or VerifyConfig(), backend=VerifyBackend(verify_backend),
                             workers=verify_workers, cache_capacity=cache_capacity,
                             disk_cache=disk, ray_address=ray_address)
+        loaded = load_adapters(copy_index.layout.root, adapters, manifest=copy_index.manifest)
         return cls(copy_index, descriptor, Embedder(descriptor, device=device), config,
                    calibration or load_calibration(copy_index.layout.root, descriptor.card),
-                   verifier, cache_dir=cache)
+                   verifier, cache_dir=cache, adapters=loaded)
 
     def close(self) -> None:
         """Stop verification workers and shard actors (if any)."""
@@ -285,11 +308,12 @@ class QueryEngine:
         config = config or self.config
         timings = timings if timings is not None else QueryTimings()
         t = time.perf_counter()
-        vectors = self.embed(images, batch_size=batch_size)
+        vectors, views = with_adapter_views(self.embed(images, batch_size=batch_size),
+                                            [q.views for q in images], self.adapters)
         timings.embed += time.perf_counter() - t
-        timings.views += sum(len(q.views.names) for q in images)
+        timings.views += sum(len(v.names) for v in views)
         sources = [ImageSource(q.query_id, q.uri) for q in images]
-        by_id = self.rank(sources, vectors, [q.views for q in images], config=config,
+        by_id = self.rank(sources, vectors, views, config=config,
                           timings=timings, queries=images, verify_mode=verify)
         return [by_id[i] for i in range(len(images))]
 

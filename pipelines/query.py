@@ -38,6 +38,7 @@ from copytrace.pipelines.engine import (
     index_model,
     match_config,
     reference_uris,
+    with_adapter_views,
 )
 from copytrace.pipelines.localize import PairOutcome
 from copytrace.pipelines.verify_pool import VerifyBackend
@@ -93,6 +94,7 @@ def query_index(
     cache_dir: str | Path | None = None,
     shard_actors: int = 0,
     localize: str | Path | None = None,
+    adapters: str = "all",
 ) -> QueryRun:
     """Rank the index's images for each query; optionally write the ISC2021 predictions CSV.
 
@@ -107,6 +109,8 @@ def query_index(
     `shard_actors` > 0 searches the FAISS shards in that many Ray actors (same results).
     `localize`: a folder for the edit masks of each query against its top match when that is a
     copy (from the decoded query and the verifier's homography), reported in `localized`.
+    `adapters`: the index's query adapters searched as extra views ('all', 'none' or names,
+    comma-separated; `copytrace adapt`).
     """
     mode = (VerifyMode(verify) if not isinstance(verify, bool)
             else VerifyMode.BANDED if verify else VerifyMode.OFF)
@@ -129,7 +133,7 @@ def query_index(
     with QueryEngine.open(index, model=model, device=device, config=config,
                           calibration=calibration, verify_backend=backend,
                           ray_address=ray_address, cache_dir=cache_dir,
-                          shard_actors=shard_actors) as engine:
+                          shard_actors=shard_actors, adapters=adapters) as engine:
         if config.expand is None and use_ray and localize is None:
             # Localizing needs the decoded queries here: the chunked path below decodes each once
             # (the Ray job would decode on the workers, then verification and localization
@@ -212,7 +216,9 @@ def _query_whole_on_ray(engine: QueryEngine, sources: list[ImageSource], *, mode
     timings.embed += time.perf_counter() - t
     timings.views += len(views)
     ok = [s for s in sources if s.image_id in views]
-    by_id = engine.rank(ok, [vectors[s.image_id] for s in ok], [views[s.image_id] for s in ok],
+    vecs, qviews = with_adapter_views([vectors[s.image_id] for s in ok],
+                                      [views[s.image_id] for s in ok], engine.adapters)
+    by_id = engine.rank(ok, vecs, qviews,
                         config=engine.options(verify=mode), use_ray=True,
                         ray_address=ray_address, timings=timings, verify_mode=mode)
     return [QueryResult(s.image_id, s.uri, by_id.get(s.image_id, []), errors.get(s.image_id))

@@ -4,7 +4,9 @@
 Modules:
     main.py    entry point: assembles the tree, one-line errors, tcmalloc re-exec, plugins
     root.py    the root and `index` groups, shared options, consoles, CommandError
-    index.py   index build / add / remove / compact / verify / info / errors / sql / relocate
+    index.py   index build / add / remove / compact / verify / info / errors / sql / relocate /
+               adapter-remove
+    adapt.py   adapt (a query adapter for a new tamper pattern) [tests: test_adapt.py]
     query.py   query, localize, localize-batch
     dedup.py   dedup, hash, sql (over an audit)
     train.py   train, models

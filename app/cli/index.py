@@ -85,11 +85,12 @@ def index_info(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> 
     """Show the manifest and the catalog's status counts."""
     from dataclasses import asdict
 
-    from copytrace.indexing import IndexLayout, Manifest, status_summary
+    from copytrace.indexing import IndexLayout, Manifest, adapter_cards, status_summary
 
     manifest = Manifest.read(IndexLayout(index).manifest)
     info = asdict(manifest)
     info["status"] = status_summary(index)
+    info["adapters"] = [asdict(c) for c in adapter_cards(index, manifest)]
     out.print_json(json.dumps(info, default=str))
 
 
@@ -143,6 +144,19 @@ def index_remove(
     r = remove_images(wanted, index)
     out.print(f"index {index}: version {r.version}, {r.removed} removed, {r.live} live",
               markup=False, highlight=False)
+
+
+@index_app.command("adapter-remove")
+def index_adapter_remove(
+    name: Annotated[str, typer.Argument(help="Adapter name (see 'index info').")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index folder to change.")],
+) -> None:
+    """Drop a query adapter ('copytrace adapt') from the index (a new manifest version)."""
+    from copytrace.indexing import remove_adapter
+
+    version = remove_adapter(index, name)
+    out.print(f"index {index}: version {version}, adapter '{name}' removed", markup=False,
+              highlight=False)
 
 
 @index_app.command("compact")

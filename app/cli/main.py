@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 from copytrace.app.cli.root import CommandError, app, err
 
 # Each module registers its commands on import; this order is the order of `copytrace --help`.
-COMMAND_MODULES = ("query", "train", "dedup", "serve", "index")
+COMMAND_MODULES = ("query", "adapt", "train", "dedup", "serve", "index")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"copytrace.app.cli.{_name}")
 
@@ -47,7 +47,7 @@ _KNOWN_ERRORS = (("copytrace.descriptors.decode", "DecodeError"),
 
 # Commands that run the model or verification: only they are worth the tcmalloc re-exec.
 MODEL_COMMANDS = frozenset({"query", "localize", "localize-batch", "train", "dedup", "serve",
-                            "eval", "bench", "index build", "index add",
+                            "eval", "bench", "adapt", "index build", "index add",
                             "index prepare-keypoints"})
 
 

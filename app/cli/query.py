@@ -72,6 +72,10 @@ def query_cmd(
         "ThreatExchange style): also report each query within Hamming distance 31 of a listed "
         "hash, as a second table ('hash_matches' of each query with --format json; on stderr "
         "with --format csv or --output).")] = None,
+    adapter: Annotated[str, typer.Option("--adapter", help="Query adapters of the index "
+                                         "searched as extra views: 'all' (default), 'none' "
+                                         "(plain views only) or NAME[,NAME] ('copytrace "
+                                         "adapt').")] = "all",
 ) -> None:
     """Find the originals of each query image; score in [0, 1], >= 0.5 means a copy."""
     from copytrace.pipelines import query_index
@@ -86,7 +90,8 @@ def query_cmd(
                       verify=("full" if full_verify else True) if verify else False,
                       verify_k=verify_k, normalize=normalize, expand=expand,
                       background=background, root=root, cache_dir=cache_dir,
-                      shard_actors=shard_actors if distributed else 0, localize=localize)
+                      shard_actors=shard_actors if distributed else 0, localize=localize,
+                      adapters=adapter)
     results = run.results
     _fail_without_queries(query_path, results)
     for r in results:
