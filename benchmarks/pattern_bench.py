@@ -127,6 +127,7 @@ def run(work: Path, *, patterns: list[str], pairs: list[int], fresh: int, others
         dev_before = dev.score([])[0] if dev else None
         if dev_before is not None:
             report["others_before"] = _row(dev_before)
+            print(json.dumps({"others_before": report["others_before"]}), flush=True)
         for pattern in patterns:
             train, queries = make_pattern_set(pattern, refs, negatives, work / "patterns" / pattern,
                                               fresh=fresh)
@@ -154,7 +155,7 @@ def run(work: Path, *, patterns: list[str], pairs: list[int], fresh: int, others
                     row["others_delta_uAP"] = round(other.micro_ap - dev_before.micro_ap, 4)
                 rows["pairs"][n] = row
                 remove_adapter(index, name)
-                print(json.dumps({pattern: {n: row}}), flush=True)
+                print(json.dumps({pattern: {"before": rows["before"], n: row}}), flush=True)
             report["patterns"][pattern] = rows
     return report
 

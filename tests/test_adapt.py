@@ -117,7 +117,7 @@ def test_adapter_none_is_todays_query_and_removal_is_an_index_change(catalog, tm
     with QueryEngine.open(index, device="cpu", adapters="none") as engine:
         assert [r.as_json() for r in engine.query(queries, verify="off")] == plain
     with QueryEngine.open(index, device="cpu", adapters="inv") as engine:
-        views = {m["evidence"]["view"] for r in engine.query(queries, verify="off")
+        views = {m["view"] for r in engine.query(queries, verify="off")
                  for m in r.as_json()["matches"]}
         assert any(v == "adapter:inv" for v in views)
     assert remove_adapter(index, "inv") == version + 2
