@@ -15,7 +15,7 @@ Modules:
     hold_points.py   Named moments at which a crash test can hold a writer, so `kill -9` lands there
                      every time [tests: test_reliability_updates.py]
     index_spec.py    Choose a FAISS index from the catalog size, the descriptor width and a memory
-                     budget [tests: test_indexing.py]
+                     budget [tests: test_indexing.py, test_ondisk.py]
     lock.py          One writer per index folder [tests: test_reliability.py,
                      test_reliability_cli.py, test_updates.py]
     manifest.py      The index folder [tests: test_build_query.py, test_catalog_pdq.py,
@@ -23,7 +23,7 @@ Modules:
     parts.py         Which Parquet parts of an index folder belong to the version its manifest names
                      [tests: test_reliability_updates.py]
     relocate.py      `copytrace index relocate IDX OLD NEW` [tests: test_reliability.py]
-    shards.py        FAISS shards [tests: test_indexing.py, test_updates.py]
+    shards.py        FAISS shards [tests: test_indexing.py, test_ondisk.py, test_updates.py]
     sources.py       What to index [tests: test_embed_workers.py, test_indexing.py,
                      test_reliability.py, ...]
     store.py         An index opened for search [tests: test_build_query.py, test_index_tuning.py,
@@ -47,6 +47,8 @@ _EXPORTS = {
     "IndexLockedError": "lock",
     "Manifest": "manifest",
     "ShardedIndex": "shards",
+    "Storage": "index_spec",
+    "build_shards": "shards",
     "SourceError": "sources",
     "adapter_cards": "adapters",
     "catalog_errors": "catalog_sql:errors",
@@ -59,6 +61,7 @@ _EXPORTS = {
     "leftovers": "fingerprint",
     "list_sources": "sources",
     "manifest_version": "parts",
+    "nlist_for": "index_spec",
     "parse_size": "budget",
     "read_catalog": "catalog",
     "read_embeddings": "embeddings",

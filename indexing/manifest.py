@@ -64,6 +64,7 @@ class FaissInfo:
     reason: str
     k_factor: int | None = None  # re-ranking depth of Refine specs
     tuning: dict | None = None  # what the search parameters were tuned on and reached
+    storage: str = "memory"  # indexing.index_spec.Storage: "ondisk" memory-maps the inverted lists
 
 
 @dataclass(frozen=True)

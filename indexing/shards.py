@@ -2,8 +2,11 @@
 
 Shards bound the memory of a build (vectors are streamed shard by shard) and let a catalog grow
 past one machine's RAM. A trained index (IVF) is trained once and cloned for every shard, so all
-shards share one coarse quantizer and scores stay comparable. Search moves shards to all GPUs
-when FAISS sees any.
+shards share one coarse quantizer and scores stay comparable. A shard is filled in batches of
+`ADD_BATCH` vectors, so a build holds one shard's codes and one batch, never the catalog. Shards
+of an on-disk index (`Storage.ONDISK`) are opened with their inverted lists memory-mapped
+(FAISS `IO_FLAG_MMAP`): a search pages in only the lists it probes. Search moves in-memory
+shards to all GPUs when FAISS sees any.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from copytrace.indexing.index_spec import Storage
 from copytrace.util.atomic import write_file_atomic
 
 log = logging.getLogger(__name__)
 
 MAX_TRAIN_POINTS = 500_000
+ADD_BATCH = 100_000
 
 
 def gpu_count() -> int:
@@ -42,10 +47,24 @@ def train_template(spec: str, dims: int, train_sample: Callable[[], np.ndarray])
 
 
 def write_shard(template: faiss.Index, vectors: np.ndarray, path: Path) -> int:
+    return write_shard_streamed(template, lambda a, b: vectors[a:b], 0, len(vectors), path)
+
+
+def write_shard_streamed(template: faiss.Index, read_range: Callable[[int, int], np.ndarray],
+                         start: int, stop: int, path: Path) -> int:
+    """A shard of vectors start..stop, read and added `ADD_BATCH` at a time."""
     index = faiss.clone_index(template)
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    for a in range(start, stop, ADD_BATCH):
+        index.add(np.ascontiguousarray(read_range(a, min(stop, a + ADD_BATCH)), dtype=np.float32))
     write_file_atomic(path, lambda tmp: faiss.write_index(index, str(tmp)))
     return index.ntotal
+
+
+def read_shard(path: Path, storage: Storage | str = Storage.MEMORY) -> faiss.Index:
+    """A shard for search: whole in RAM, or (on-disk) with its inverted lists memory-mapped."""
+    if Storage(storage) is Storage.ONDISK:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+    return faiss.read_index(str(path))
 
 
 @dataclass
@@ -59,11 +78,13 @@ class ShardedIndex:
 
     @classmethod
     def load(cls, paths: list[Path], *, nprobe: int | None = None, k_factor: int | None = None,
-             use_gpu: bool | None = None) -> ShardedIndex:
+             use_gpu: bool | None = None,
+             storage: Storage | str = Storage.MEMORY) -> ShardedIndex:
         shards, offsets, total = [], [], 0
-        gpus = gpu_count() if use_gpu in (None, True) else 0
+        ondisk = Storage(storage) is Storage.ONDISK
+        gpus = gpu_count() if use_gpu in (None, True) and not ondisk else 0
         for path in paths:
-            index = faiss.read_index(str(path))
+            index = read_shard(path, storage)
             set_search_params(index, nprobe=nprobe, k_factor=k_factor)
             if gpus:
                 index = faiss.index_cpu_to_all_gpus(index)
@@ -148,7 +169,8 @@ def empty_like(index: faiss.Index) -> faiss.Index:
 
 
 def index_bytes(index: faiss.Index) -> int:
-    """Size of the serialized index: what a shard costs on disk and, loaded, in RAM."""
+    """Size of the serialized index: what a shard costs on disk and, loaded, in RAM (for an
+    on-disk shard this reads every list: use the file's size instead)."""
     return int(faiss.serialize_index(index).size)
 
 
@@ -179,6 +201,7 @@ def build_shards(
         stop = min(total, start + shard_size)
         suffix = "" if version is None else f".v{version}"
         path = out_dir / f"shard-{no:04d}{suffix}.faiss"
-        write_shard(template, read_range(start, stop), path)
+        write_shard_streamed(template, read_range, start, stop, path)
+        log.info("shard %d: vectors %d..%d written", no, start, stop)
         paths.append(path)
     return paths

@@ -63,8 +63,10 @@ class CopyIndex:
         ids = np.array(pq.read_table(layout.root / manifest.id_map).column("image_id").to_pylist(),
                        dtype=object)
         shards = [layout.root / s for s in manifest.index.shards]
+        # only on-disk indexes pass `storage`: a `load_shards` written before it still loads the rest
+        storage = {} if manifest.index.storage == "memory" else {"storage": manifest.index.storage}
         index = load(shards, nprobe=nprobe or manifest.index.nprobe,
-                     k_factor=manifest.index.k_factor, use_gpu=use_gpu)
+                     k_factor=manifest.index.k_factor, use_gpu=use_gpu, **storage)
         if index.ntotal != len(ids):
             raise ValueError(f"index '{root}' is inconsistent: {index.ntotal} vectors, "
                              f"{len(ids)} ids; rebuild it")

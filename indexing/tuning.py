@@ -173,15 +173,16 @@ def tune_on_copies(index: ShardedIndex, *, uris: list[str], positions: list[int]
 def tune_built_index(root: str | Path, shard_paths: list[Path], descriptor: LoadedDescriptor, *,
                      nprobe: int | None, total: int, read_range: Callable[[int, int], np.ndarray],
                      target: float = 0.97, max_query_ms: float | None = None,
-                     n: int = 200) -> TuningResult | None:
-    """Tune a freshly built index folder on copies of its catalog images (see `tune_on_copies`)."""
+                     n: int = 200, storage: str = "memory") -> TuningResult | None:
+    """Tune a freshly built index folder on copies of its catalog images (see `tune_on_copies`);
+    on-disk shards (`storage`) are tuned memory-mapped, as they will serve."""
     import pyarrow.parquet as pq
 
     from copytrace.indexing.catalog import read_catalog
     from copytrace.indexing.manifest import IndexLayout
 
     layout = IndexLayout(Path(root))
-    index = ShardedIndex.load(shard_paths, nprobe=nprobe, use_gpu=False)
+    index = ShardedIndex.load(shard_paths, nprobe=nprobe, use_gpu=False, storage=storage)
     if _nprobes(index) == [None]:
         return None
     catalog = read_catalog(layout.catalog_dir).to_pylist()

@@ -190,6 +190,8 @@ def build_index(
     choice = choose_index(reader.total, dims, budget)
     spec = choice.spec if index_spec == "auto" else index_spec
     nprobe = choice.nprobe if index_spec == "auto" else None
+    storage = choice.storage.value if index_spec == "auto" else "memory"
+    shard_size = min(shard_size, choice.max_shard_size or shard_size)  # a shard's build in budget
     if layout.faiss_dir.exists():
         shutil.rmtree(layout.faiss_dir)
     shard_paths = build_shards(spec, dims, reader.total, reader.read_range,
@@ -198,7 +200,7 @@ def build_index(
     write_parquet_atomic(layout.id_map, id_map_table(reader.ids()))
     tuned = tune_built_index(layout.root, shard_paths, descriptor, nprobe=nprobe,
                              total=reader.total, read_range=reader.read_range,
-                             target=target_recall, max_query_ms=max_query_ms)
+                             target=target_recall, max_query_ms=max_query_ms, storage=storage)
 
     counts = status_summary(layout.root)
     manifest = Manifest(
@@ -208,7 +210,7 @@ def build_index(
                         [str(p.relative_to(layout.root)) for p in shard_paths], shard_size,
                         choice.reason if index_spec == "auto" else "user choice",
                         k_factor=tuned.k_factor if tuned else None,
-                        tuning=tuned.as_dict() if tuned else None),
+                        tuning=tuned.as_dict() if tuned else None, storage=storage),
         counts={"inputs": len(sources), "indexed": reader.total,
                 "errors": counts.get("error", 0)},
         source=absolute_uri(images), versions=software_versions(), created=utc_now(), pdq=pdq,
