@@ -3,7 +3,11 @@ updated like in-memory ones (real FAISS, memory-mapped shard files)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -97,3 +101,12 @@ def test_updates_keep_an_ondisk_index_on_disk_and_correct(tmp_path):
     assert index.manifest.index.storage == "ondisk" and len(index) == 2650
     assert _lists_kind(index.faiss_index) == {"OnDiskInvertedLists"}
     assert [r[0].image_id for r in index.search(new[50:], 1)] == new_ids[50:]
+
+
+def test_index_info_shows_the_storage(tmp_path):
+    root = tmp_path / "idx"
+    _ondisk_index(root, n=1500)
+    cli = Path(sys.executable).with_name("copytrace")
+    proc = subprocess.run([str(cli), "index", "info", str(root)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert json.loads(proc.stdout)["index"]["storage"] == "ondisk"
