@@ -1,17 +1,37 @@
-"""Scale benchmark: exact search vs copytrace's budgeted index vs autofaiss, on real copy queries.
+"""Scale benchmark: exact search vs copytrace's budgeted indexes (in RAM, and on disk under a
+smaller budget) vs FAISS's own recipe and autofaiss, on real copy queries, up to 10M vectors.
 
     python -m copytrace.benchmarks.scale --n 1000000 --json OUT.json
-    python -m copytrace.benchmarks.scale --sweep 10000,100000,1000000 --json SWEEP.json
+    python -m copytrace.benchmarks.scale --sweep 100000,1000000 --json SWEEP.json
+    nice python -m copytrace.benchmarks.scale --n 10000000 --indexes exact,ondisk,copytrace
 
 References: the shipped model's descriptors of every dev photo (../shared/data), planted among
 distractors drawn from a Gaussian fitted to those descriptors (`scale_data`; the output sets
-their similarity to real queries beside that of real non-matching photos). Queries: copies of
-held-out photos made with `descriptors.augment`. recall_at_10 = share of copy queries whose
-original is in the top 10. Each index gets the same memory budget (default: a quarter of what
-Flat takes) and is timed the same way (all queries as one batch, FAISS threads = cores).
-copytrace's index is chosen by `choose_index` and tuned by `tune_search` on separate copy
-queries (of other catalog photos) to keep 0.97 of exact recall; autofaiss runs in its own venv
-(its pins clash with ours) with `max_index_memory_usage` = the budget and its defaults otherwise.
+their similarity to real queries beside that of real non-matching photos). The catalog is never
+held whole: distractors are generated block by block, each time they are read (10M x 256 floats
+would be 10 GB). Queries: copies of held-out photos made with `descriptors.augment`.
+recall_at_10 = share of copy queries whose original is in the top 10.
+
+Rows (`--indexes`), each built in its own process so its peak RSS (VmHWM of the whole process
+tree, `proc_peak`) is its own:
+- exact: brute force over all n vectors in streamed blocks of 200k, every query (no sampling);
+  its q/s leaves out the time spent generating the blocks.
+- copytrace: `choose_index` under `--memory-budget` (default a quarter of Flat's bytes), built
+  shard by shard (`build_shards`), tuned by `tune_search` on separate copy queries to keep 0.97
+  of exact recall.
+- ondisk: the same under `--ondisk-budget` (default 1/16 of Flat's bytes), which sends the
+  inverted lists to disk (`Storage.ONDISK`, memory-mapped).
+- peer: FAISS's own guidance at this size, OPQ + IVF with an HNSW coarse quantizer + PQ
+  (`--peer-spec`, default `OPQ32_128,IVF{nlist}_HNSW32,PQ32` with copytrace's nlist), tuned alike.
+- autofaiss: its own choice in its own venv (its pins clash with ours).
+- selfjoin: the dedup candidates' kNN self-join as a Ray job over the ondisk row's index: Ray
+  tasks (retried if a worker dies) each open the shard files memory-mapped, search one block of
+  the catalog's own vectors (regenerated in the task, never shipped) and return the pairs above
+  `--selfjoin-threshold`; `--selfjoin-queries` caps how many catalog vectors are searched (the
+  whole 10M self-join is hours on 2 cores), and the row says how many it searched.
+Every built index is then served by a fresh process that opens the shard files as a user's
+query would and answers all queries as one batch: its q/s, recall and resident memory
+(VmRSS = RssAnon + RssFile: the mapped pages of on-disk lists it touched) are the row's.
 """
 
 from __future__ import annotations
@@ -26,32 +46,38 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from copytrace.benchmarks.proc_peak import run_measured, status_kib
 from copytrace.benchmarks.scale_data import (
     RealSet,
+    SyntheticCatalog,
     load_real_set,
     load_tuning_set,
-    make_distractors,
     similarity_quantiles,
 )
 from copytrace.descriptors import granted_cores
 from copytrace.indexing import (
     ShardedIndex,
+    Storage,
+    build_shards,
     choose_index,
     exact_top_k,
-    index_bytes,
+    nlist_for,
     parse_size,
     recall_at_k,
-    train_template,
     tune_search,
 )
 
 log = logging.getLogger(__name__)
+
+ROWS = ("exact", "copytrace", "ondisk", "selfjoin", "peer", "autofaiss")
+BLOCK = 200_000  # vectors per exact-search block
+TRAIN_POINTS = 200_000
+MIB = 2**20
 
 AUTOFAISS_PYTHON = Path("/tmp/autofaiss-venv/bin/python")
 _AUTOFAISS_SCRIPT = """
@@ -80,18 +106,10 @@ build_index(embeddings=emb, index_path=index_path, index_infos_path=infos_path,
 AUTOFAISS_MEMORY = "6G"
 
 
-@dataclass(frozen=True)
-class Result:
-    index_spec: str
-    recall_at_10: float
-    qps: float
-    index_bytes: int
-    build_seconds: float
-
-    def as_dict(self) -> dict:
-        return {"index_spec": self.index_spec, "recall_at_10": self.recall_at_10,
-                "qps": self.qps, "index_bytes": self.index_bytes,
-                "build_seconds": self.build_seconds}
+def _memory_mib() -> dict[str, float]:
+    """This process's resident memory now (VmRSS = RssAnon + RssFile) and its peak (VmHWM)."""
+    pid = os.getpid()
+    return {f: round(status_kib(pid, f) / 1024, 1) for f in ("VmRSS", "RssAnon", "RssFile", "VmHWM")}
 
 
 def _timed_search(index, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, float]:
@@ -101,39 +119,248 @@ def _timed_search(index, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, 
     return ids, len(queries) / (time.perf_counter() - t)
 
 
-def _exact(data: np.ndarray, real: RealSet) -> Result:
+def _catalog(real: RealSet, n: int) -> SyntheticCatalog:
+    return SyntheticCatalog(real.refs, n)
+
+
+def _exact_row(cat: SyntheticCatalog, real: RealSet, tune: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Exact top-10 of the benchmark and the tuning queries in one pass over streamed blocks."""
+    generating = [0.0]
+
+    def read(a: int, b: int) -> np.ndarray:
+        t = time.perf_counter()
+        out = cat.read_range(a, b)
+        generating[0] += time.perf_counter() - t
+        return out
+
+    q = np.concatenate([real.queries, tune[0]])
     t = time.perf_counter()
-    index = faiss.IndexFlatIP(data.shape[1])
-    index.add(data)
+    ids = exact_top_k(q, cat.n, read, k=10, block=BLOCK)
+    total = time.perf_counter() - t
+    nq = len(real.queries)
+    return {"index_spec": f"Flat (exact, streamed blocks of {BLOCK:,}, all {len(q)} queries)",
+            "recall_at_10": round(recall_at_k(ids[:nq], real.truth), 4),
+            "tune_exact_recall": round(recall_at_k(ids[nq:], tune[1]), 4),
+            "qps": round(len(q) / max(1e-9, total - generating[0]), 2),
+            "disk_bytes": cat.n * cat.dims * 4, "resident_bytes": cat.n * cat.dims * 4,
+            "build_seconds": 0.0, "generate_seconds": round(generating[0], 1),
+            "search_seconds": round(total - generating[0], 1)}
+
+
+def _exact_path(work: Path, n: int) -> Path:
+    return work / f"exact-{n}.json"
+
+
+def _tune_exact_recall(work: Path, cat: SyntheticCatalog, tune: tuple[np.ndarray, np.ndarray]
+                       ) -> float:
+    """The tuning queries' exact recall, from the exact row when it ran (10M: one pass saved)."""
+    path = _exact_path(work, cat.n)
+    if path.exists():
+        return json.loads(path.read_text())["tune_exact_recall"]
+    return recall_at_k(exact_top_k(tune[0], cat.n, cat.read_range, k=10, block=BLOCK), tune[1])
+
+
+def _folder_bytes(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths)
+
+
+def _built_row(name: str, cat: SyntheticCatalog, real: RealSet,
+               tune: tuple[np.ndarray, np.ndarray], *, spec: str, storage: Storage,
+               nprobe: int | None, shard_size: int, target: float, work: Path, reason: str,
+               python: str) -> dict:
+    """Build `spec` shard by shard from the streamed catalog, tune it, then serve it from a
+    fresh process."""
+    folder = work / f"{name}-{cat.n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    t = time.perf_counter()
+    paths = build_shards(spec, cat.dims, cat.n, cat.read_range,
+                         lambda: cat.sample(TRAIN_POINTS), folder, shard_size=shard_size)
     build = time.perf_counter() - t
-    ids, qps = _timed_search(index, real.queries)
-    return Result("Flat", round(recall_at_k(ids, real.truth), 4), round(qps, 1),
-                  index_bytes(index), round(build, 2))
-
-
-def _copytrace(data: np.ndarray, real: RealSet, tune: tuple[np.ndarray, np.ndarray],
-               budget: int, target: float) -> tuple[Result, dict]:
-    choice = choose_index(len(data), data.shape[1], budget)
-    rng = np.random.default_rng(0)
+    built_mib = _memory_mib()
+    exact = _tune_exact_recall(work, cat, tune)
     t = time.perf_counter()
-    template = train_template(choice.spec, data.shape[1],
-                              lambda: data[rng.permutation(len(data))[:200_000]])
-    template.add(data)
-    index = ShardedIndex([template], [0])
-    tq, ttruth = tune
-    exact = recall_at_k(exact_top_k(tq, len(data), lambda a, b: data[a:b]), ttruth)
-    tuned = tune_search(index, tq, ttruth, exact_recall=exact, target=target)
-    build = time.perf_counter() - t  # tuning is part of building the index
-    ids, qps = _timed_search(index, real.queries)
-    spec = choice.spec + (f" nprobe={tuned.nprobe}" if tuned.nprobe else "") + (
-        f" k_factor={tuned.k_factor}" if tuned.k_factor else "")
-    return (Result(spec, round(recall_at_k(ids, real.truth), 4), round(qps, 1),
-                   index_bytes(template), round(build, 2)),
-            {"choice_reason": choice.reason, "tuning": tuned.as_dict()})
+    index = ShardedIndex.load(paths, nprobe=nprobe, use_gpu=False, storage=storage)
+    tuned = tune_search(index, tune[0], tune[1], exact_recall=exact, target=target)
+    tuning = time.perf_counter() - t
+    del index
+    served = _serve(paths, storage, tuned.nprobe, tuned.k_factor, real, folder, python)
+    ivf = faiss.extract_index_ivf(faiss.read_index(str(paths[0]), faiss.IO_FLAG_MMAP))
+    return {"index_spec": spec + (f" nprobe={tuned.nprobe}" if tuned.nprobe else "")
+            + (f" k_factor={tuned.k_factor}" if tuned.k_factor else ""),
+            "storage": storage.value, "shards": len(paths), "shard_size": shard_size,
+            "recall_at_10": served["recall_at_10"], "qps": served["qps"],
+            "disk_bytes": _folder_bytes(paths),
+            "resident_bytes": int(served["memory_mib"]["after_search"]["VmRSS"] * MIB),
+            "index_resident_bytes": int((served["memory_mib"]["after_search"]["VmRSS"]
+                                         - served["memory_mib"]["after_import"]["VmRSS"]) * MIB),
+            "build_seconds": round(build + tuning, 1), "build_only_seconds": round(build, 1),
+            "tune_seconds": round(tuning, 1), "probed_share": round(tuned.nprobe / ivf.nlist, 4),
+            "builder_memory_mib": built_mib, "serving": served, "reason": reason,
+            "tuning": tuned.as_dict(), "folder": str(folder)}
+
+
+def _serve(paths: list[Path], storage: Storage, nprobe: int | None, k_factor: int | None,
+           real: RealSet, folder: Path, python: str) -> dict:
+    """Open the shard files in a fresh process and answer every query there (`--serve`)."""
+    np.save(folder / "queries.npy", real.queries)
+    np.save(folder / "truth.npy", real.truth)
+    (folder / "serve.json").write_text(json.dumps(
+        {"paths": [str(p) for p in paths], "storage": storage.value, "nprobe": nprobe,
+         "k_factor": k_factor, "threads": faiss.omp_get_max_threads()}))
+    rc, wall, peak, tail = run_measured([python, "-c", _SERVE_SCRIPT, str(folder)])
+    if rc != 0:
+        raise RuntimeError(f"serving {folder} failed: {tail}")
+    out = json.loads((folder / "served.json").read_text())
+    out["peak_rss_mib_tree"] = round(peak, 1)
+    return out
+
+
+_SERVE_SCRIPT = """
+import json, os, sys, time
+from pathlib import Path
+import faiss, numpy as np
+from copytrace.indexing import ShardedIndex
+def memory():
+    out = {}
+    for line in open(f"/proc/{os.getpid()}/status"):
+        key = line.split(":")[0]
+        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            out[key] = round(int(line.split()[1]) / 1024, 1)
+    return out
+folder = Path(sys.argv[1])
+args = json.loads((folder / "serve.json").read_text())
+faiss.omp_set_num_threads(args["threads"])
+mem = {"after_import": memory()}
+index = ShardedIndex.load([Path(p) for p in args["paths"]], nprobe=args["nprobe"],
+                          k_factor=args["k_factor"], use_gpu=False, storage=args["storage"])
+mem["after_open"] = memory()
+queries, truth = np.load(folder / "queries.npy"), np.load(folder / "truth.npy")
+index.search(queries[:16], 10)
+t = time.perf_counter()
+_, ids = index.search(queries, 10)
+qps = len(queries) / (time.perf_counter() - t)
+mem["after_search"] = memory()
+recall = float((ids == truth[:, None]).any(axis=1).mean())
+(folder / "served.json").write_text(json.dumps(
+    {"recall_at_10": round(recall, 4), "qps": round(qps, 1), "queries": len(queries),
+     "memory_mib": mem}))
+"""
+# The serving process imports only faiss, numpy and copytrace.indexing (no torch), so its
+# resident memory is what a query process needs for the index, plus the interpreter.
+
+
+def _selfjoin_block(paths: list[str], nprobe: int, real: np.ndarray, n: int, a: int, b: int,
+                    k: int, threshold: float) -> dict:
+    """Ray task body: search catalog vectors a..b against the on-disk index."""
+    faiss.omp_set_num_threads(1)
+    index = ShardedIndex.load([Path(p) for p in paths], nprobe=nprobe, use_gpu=False,
+                              storage=Storage.ONDISK)
+    t = time.perf_counter()
+    scores, ids = index.search(SyntheticCatalog(real, n).read_range(a, b), k)
+    rows = np.arange(a, b)[:, None]
+    keep = (ids > rows) & (scores >= threshold)  # each unordered pair once, not the vector itself
+    return {"pairs": int(keep.sum()), "queries": b - a,
+            "seconds": round(time.perf_counter() - t, 2), "pid": os.getpid(),
+            "memory_mib": _memory_mib()}
+
+
+def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace) -> dict:
+    import ray
+
+    from copytrace.pipelines import ensure_ray
+
+    ondisk = args.cache / f"row-ondisk-{cat.n}.json"
+    if not ondisk.exists():
+        raise FileNotFoundError(f"{ondisk} not found: run the ondisk row first")
+    built = json.loads(ondisk.read_text())
+    paths = json.loads((Path(built["folder"]) / "serve.json").read_text())["paths"]
+    nprobe = built["tuning"]["nprobe"]
+    total = min(cat.n, args.selfjoin_queries)
+    step = max(1, cat.n // max(1, total // args.selfjoin_block))  # blocks spread over the catalog
+    starts = list(range(0, cat.n, step))[: max(1, total // args.selfjoin_block)]
+    ensure_ray(num_cpus=args.selfjoin_workers)
+    task = ray.remote(num_cpus=1, max_retries=3)(_selfjoin_block)
+    t = time.perf_counter()
+    done = ray.get([task.remote(paths, nprobe, real.refs, cat.n, a,
+                                min(cat.n, a + args.selfjoin_block), 10, args.selfjoin_threshold)
+                    for a in starts])
+    wall = time.perf_counter() - t
+    ray.shutdown()
+    searched = sum(d["queries"] for d in done)
+    workers: dict[int, float] = {}
+    for d in done:
+        workers[d["pid"]] = max(workers.get(d["pid"], 0), d["memory_mib"]["VmHWM"])
+    return {"index_spec": f"self-join k=10 over {built['index_spec']} (on disk)",
+            "queries_searched": searched, "of_catalog": cat.n, "blocks": len(done),
+            "block": args.selfjoin_block, "ray_workers": args.selfjoin_workers,
+            "pairs_at_or_above": args.selfjoin_threshold, "pairs": sum(d["pairs"] for d in done),
+            "wall_seconds_job": round(wall, 1), "queries_per_second": round(searched / wall, 1),
+            "peak_rss_mib_per_worker": sorted(workers.values()),
+            "hours_for_whole_catalog_at_this_rate": round(cat.n / (searched / wall) / 3600, 1)}
+
+
+def _choice_row(name: str, cat: SyntheticCatalog, real: RealSet,
+                tune: tuple[np.ndarray, np.ndarray], budget: int, args: argparse.Namespace) -> dict:
+    choice = choose_index(cat.n, cat.dims, budget)
+    shard_size = min(args.shard_size, choice.max_shard_size or args.shard_size)
+    row = _built_row(name, cat, real, tune, spec=choice.spec, storage=choice.storage,
+                     nprobe=choice.nprobe, shard_size=shard_size, target=args.target_recall,
+                     work=args.cache, reason=choice.reason, python=sys.executable)
+    row["memory_budget_bytes"] = budget
+    return row
+
+
+def run_row(name: str, n: int, args: argparse.Namespace) -> dict:
+    """One row, in this process (the parent measures it from outside)."""
+    real = load_real_set(args.data, args.cache, model=args.model)
+    tune = load_tuning_set(args.data, args.cache, real, model=args.model)
+    cat = _catalog(real, n)
+    flat = n * cat.dims * 4
+    if name == "exact":
+        row = _exact_row(cat, real, tune)
+        _exact_path(args.cache, n).write_text(json.dumps(row))
+        return row
+    if name == "copytrace":
+        budget = parse_size(args.memory_budget) if args.memory_budget else flat // 4
+        return _choice_row(name, cat, real, tune, budget, args)
+    if name == "ondisk":
+        budget = parse_size(args.ondisk_budget) if args.ondisk_budget else flat // 16
+        return _choice_row(name, cat, real, tune, budget, args)
+    if name == "selfjoin":
+        return _selfjoin_row(cat, real, args)
+    if name == "peer":
+        nlist = nlist_for(n)
+        spec = args.peer_spec or f"OPQ32_128,IVF{nlist}_HNSW32,PQ32"
+        return _built_row(name, cat, real, tune, spec=spec, storage=Storage.MEMORY,
+                          nprobe=max(8, nlist // 32), shard_size=args.shard_size,
+                          target=args.target_recall, work=args.cache, python=sys.executable,
+                          reason="FAISS's guidance at this size (OPQ + IVF/HNSW + PQ)")
+    if name == "autofaiss":
+        budget = parse_size(args.memory_budget) if args.memory_budget else flat // 4
+        theirs, extra = _autofaiss(_write_parts(cat, args.cache), n, real, budget, args.cache,
+                                   args.autofaiss_python, args.autofaiss_timeout)
+        return {**(theirs or {}), "details": extra}
+    raise ValueError(f"unknown row '{name}': use {', '.join(ROWS)}")
+
+
+def measured_row(name: str, n: int, args: argparse.Namespace, argv: list[str]) -> dict:
+    """Run one row in a child process; add its wall time and its tree's peak RSS."""
+    out = args.cache / f"row-{name}-{n}.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "copytrace.benchmarks.scale", *argv, "--row", name,
+           "--n", str(n), "--row-json", str(out)]
+    rc, wall, peak, tail = run_measured(cmd, timeout=args.row_timeout)
+    row = json.loads(out.read_text()) if rc == 0 and out.exists() else {"error": tail.strip()[-500:]}
+    row.update(name=name, n=n, wall_seconds=round(wall, 1), peak_rss_mib_tree=round(peak, 1),
+               exit_code=rc)
+    log.info("row %s n=%d: %s", name, n, {k: row.get(k) for k in
+                                          ("index_spec", "recall_at_10", "qps", "wall_seconds")})
+    return row
 
 
 def _autofaiss(emb_dir: Path, n: int, real: RealSet, budget: int, work: Path, python: Path,
-               timeout: float | None = None) -> tuple[Result | None, dict]:
+               timeout: float | None = None) -> tuple[dict | None, dict]:
     """Build with autofaiss in its venv from `emb_dir` (one .npy part), then time its search here."""
     if not python.exists():
         return None, {"error": f"autofaiss venv not found at {python}"}
@@ -166,8 +393,8 @@ def _autofaiss(emb_dir: Path, n: int, real: RealSet, budget: int, work: Path, py
     size = index_path.stat().st_size
     shutil.rmtree(folder, ignore_errors=True)
     spec = f"{infos.get('index_key')} {infos.get('index_param', '')}".strip()
-    return (Result(spec, round(recall_at_k(ids, real.truth), 4), round(qps, 1), size,
-                   round(build, 2)),
+    return ({"index_spec": spec, "recall_at_10": round(recall_at_k(ids, real.truth), 4),
+             "qps": round(qps, 1), "disk_bytes": size, "build_seconds": round(build, 2)},
             {"index_infos": {k: infos[k] for k in ("index_key", "index_param", "avg_search_speed_ms",
                                                     "size in bytes") if k in infos},
              "nb_cores": cores, "current_memory_available": AUTOFAISS_MEMORY,
@@ -180,88 +407,82 @@ def _autofaiss_phases(log_path: Path) -> dict[str, float]:
     return {name.strip("-> ").strip(): round(float(sec), 1) for name, sec in found}
 
 
-def _write_parts(data: np.ndarray, work: Path) -> Path:
-    """The vectors as autofaiss reads them (a folder of .npy parts)."""
-    folder = work / f"autofaiss-{len(data)}"
+def _write_parts(cat: SyntheticCatalog, work: Path) -> Path:
+    """The vectors as autofaiss reads them (a folder of .npy parts), written block by block."""
+    folder = work / f"autofaiss-{cat.n}"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "emb").mkdir(parents=True)
-    np.save(folder / "emb" / "part-0.npy", data)
+    out = np.lib.format.open_memmap(folder / "emb" / "part-0.npy", mode="w+", dtype=np.float32,
+                                    shape=(cat.n, cat.dims))
+    for a in range(0, cat.n, BLOCK):
+        out[a : min(cat.n, a + BLOCK)] = cat.read_range(a, a + BLOCK)
+    out.flush()
+    del out
     return folder / "emb"
 
 
-def run_one(n: int, real: RealSet, tune: tuple[np.ndarray, np.ndarray], *, budget: int | None,
-            target: float, work: Path, autofaiss_python: Path,
-            autofaiss_timeout: float | None = None,
-            indexes: tuple[str, ...] = ("exact", "copytrace", "autofaiss")) -> dict:
-    """One size: n references (the real ones + n - real distractors), up to three indexes."""
-    distractors = make_distractors(real.refs, max(0, n - len(real.refs)))
-    data = np.ascontiguousarray(np.concatenate([real.refs, distractors])[:n])
-    del distractors
-    budget = budget or len(data) * data.shape[1] * 4 // 4
-    n, dims = data.shape
-    exact = _exact(data, real) if "exact" in indexes else None
-    ours, ours_extra = (_copytrace(data, real, tune, budget, target) if "copytrace" in indexes
-                        else (None, {}))
-    theirs, theirs_extra = None, {"error": "not run (--indexes)"}
-    if "autofaiss" in indexes:
-        emb_dir = _write_parts(data, work)
-        del data  # autofaiss reads the parts in its own process: keep one copy in RAM, not two
-        theirs, theirs_extra = _autofaiss(emb_dir, n, real, budget, work, autofaiss_python,
-                                          autofaiss_timeout)
-    return {
-        "n": n, "dims": int(dims), "queries": len(real.queries),
-        "exact": exact.as_dict() if exact else None,
-        "copytrace": ours.as_dict() if ours else None,
-        "autofaiss": theirs.as_dict() if theirs else None,
-        "memory_budget_bytes": budget, "copytrace_details": ours_extra,
-        "autofaiss_details": theirs_extra, "faiss_threads": faiss.omp_get_max_threads(),
-    }
-
-
-def projection(rows: list[dict], sizes: tuple[int, ...] = (100_000_000, 1_000_000_000), *,
+def projection(rows: list[dict], name: str,
+               sizes: tuple[int, ...] = (100_000_000, 1_000_000_000), *,
                machine_ram: int = 64 * 2**30, shard_ram: int = 16 * 2**30) -> list[dict]:
-    """Extrapolate copytrace's index from the measured sizes: bytes and build time grow linearly
-    with n (measured slope between the two largest runs), query cost grows like sqrt(n) at fixed
-    nprobe (lists of n/nlist vectors, nlist ~ 4 sqrt(n)), shards of `shard_ram`."""
-    rows = sorted(rows, key=lambda r: r["n"])
-    a, b = (rows[-2], rows[-1]) if len(rows) > 1 else (None, rows[-1])
-    ours = b["copytrace"]
-    per_vec = ours["index_bytes"] / b["n"]
-    if a:
-        build_slope = (ours["build_seconds"] - a["copytrace"]["build_seconds"]) / (b["n"] - a["n"])
-    else:
-        build_slope = ours["build_seconds"] / b["n"]
+    """Extrapolate row `name` from the two largest measured sizes: disk bytes and build time grow
+    linearly with n (slopes between those sizes), q/s like 1/sqrt(n) at the same probed share
+    (lists of n/nlist vectors, nlist ~ 4 sqrt(n)). RAM: in-memory indexes hold their bytes; an
+    on-disk one holds one coarse quantizer per shard (shards of the measured size), scaled from
+    what the serving process held for the index at the largest measured size."""
+    have = sorted((r for r in rows if r.get("name") == name and "recall_at_10" in r),
+                  key=lambda r: r["n"])
+    if not have:
+        return []
+    b = have[-1]
+    a = have[-2] if len(have) > 1 else None
+    def slope(key: str) -> float:
+        if a is None or b["n"] == a["n"]:
+            return b[key] / b["n"]
+        return (b[key] - a[key]) / (b["n"] - a["n"])
+    disk, build = slope("disk_bytes"), slope("build_seconds")
     out = []
     for n in sizes:
-        ram = per_vec * n
-        shards = max(1, math.ceil(ram / shard_ram))
+        on_disk = disk * n
+        if b.get("storage") == "ondisk":
+            shards = math.ceil(n / b["shard_size"])
+            resident = b["index_resident_bytes"] * shards * nlist_for(n) / (
+                b["shards"] * nlist_for(b["n"]))
+        else:
+            resident = on_disk
         out.append({
-            "n": n, "index_bytes": int(ram), "shards": shards,
-            "machines": max(1, math.ceil(ram * 1.3 / machine_ram)),
-            "build_seconds_one_machine": round(build_slope * n),
-            "qps_one_machine": round(ours["qps"] / math.sqrt(n / b["n"]), 1),
-            "raw_vectors_bytes": n * b["dims"] * 4,
+            "row": name, "n": n, "from_n": [r["n"] for r in have[-2:]],
+            "disk_bytes": int(on_disk), "resident_bytes": int(resident),
+            "shards": (math.ceil(n / b["shard_size"]) if b.get("storage") == "ondisk"
+                       else max(1, math.ceil(on_disk / shard_ram))),
+            "machines": max(1, math.ceil(resident * 1.3 / machine_ram)),
+            "build_seconds_one_machine": round(build * n),
+            "qps_one_machine": round(b["qps"] / math.sqrt(n / b["n"]), 2),
+            "raw_vectors_bytes": n * 256 * 4,
         })
     return out
 
 
 def _table(rows: list[dict]) -> str:
-    head = f"{'n':>9} {'index':<10} {'spec':<46} {'recall@10':>9} {'q/s':>9} {'MiB':>8} {'build s':>8}"
+    head = (f"{'n':>9} {'row':<9} {'spec':<52} {'R@10':>6} {'/exact':>6} {'q/s':>8} "
+            f"{'disk MiB':>9} {'serve RSS':>9} {'peak RSS':>9} {'build s':>8}")
     lines = [head]
+    exact = {r["n"]: r["recall_at_10"] for r in rows if r.get("name") == "exact" and "recall_at_10" in r}
     for r in rows:
-        for name in ("exact", "copytrace", "autofaiss"):
-            x = r[name]
-            if x is None:
-                why = r["autofaiss_details"] if name == "autofaiss" else "not run (--indexes)"
-                lines.append(f"{r['n']:>9} {name:<10} (not measured: {why})")
-                continue
-            lines.append(f"{r['n']:>9} {name:<10} {x['index_spec'][:46]:<46} {x['recall_at_10']:>9.4f} "
-                         f"{x['qps']:>9.0f} {x['index_bytes'] / 2**20:>8.1f} {x['build_seconds']:>8.1f}")
-        e, c = r["exact"], r["copytrace"]
-        if not (e and c):
+        if r.get("name") == "selfjoin" and "pairs" in r:
+            lines.append(f"{r['n']:>9} selfjoin  {r['queries_searched']:,} of {r['n']:,} searched "
+                         f"as a Ray job: {r['wall_seconds_job']} s, {r['queries_per_second']} q/s, "
+                         f"{r['pairs']} pairs >= {r['pairs_at_or_above']}, peak RSS per worker "
+                         f"{r['peak_rss_mib_per_worker']} MiB")
             continue
-        lines.append(f"{'':>9} copytrace / exact: recall {c['recall_at_10'] / e['recall_at_10']:.3f}, "
-                     f"bytes {c['index_bytes'] / e['index_bytes']:.3f}, q/s {c['qps'] / e['qps']:.1f}x")
+        if "recall_at_10" not in r:
+            lines.append(f"{r['n']:>9} {r['name']:<9} (not measured: {r.get('error') or r.get('details')})")
+            continue
+        share = r["recall_at_10"] / exact[r["n"]] if exact.get(r["n"]) else float("nan")
+        serve = r.get("serving", {}).get("memory_mib", {}).get("after_search", {}).get("VmRSS")
+        lines.append(f"{r['n']:>9} {r['name']:<9} {r['index_spec'][:52]:<52} "
+                     f"{r['recall_at_10']:>6.3f} {share:>6.3f} {r['qps']:>8.1f} "
+                     f"{r['disk_bytes'] / MIB:>9.1f} {serve if serve is not None else '-':>9} "
+                     f"{r['peak_rss_mib_tree']:>9.0f} {r['build_seconds']:>8.0f}")
     return "\n".join(lines)
 
 
@@ -274,63 +495,83 @@ def _quantile_table(q: dict) -> str:
 
 
 def _summary(rows: list[dict], quantiles: dict, real: RealSet,
-             tune: tuple[np.ndarray, np.ndarray]) -> dict:
-    out = dict(rows[-1])
-    out["similarity_quantiles"] = quantiles
-    out["real_references"] = len(real.refs)
-    out["tuning_queries"] = len(tune[0])
-    if len(rows) > 1:
-        out["sweep"] = rows
-        if all(r["copytrace"] for r in rows):
-            out["projection"] = projection(rows)
+             tune: tuple[np.ndarray, np.ndarray], args: argparse.Namespace) -> dict:
+    out = {"rows": rows, "similarity_quantiles": quantiles, "real_references": len(real.refs),
+           "queries": len(real.queries), "tuning_queries": len(tune[0]),
+           "faiss_threads": args.threads, "target_recall": args.target_recall}
+    out["projection"] = [p for name in ("copytrace", "ondisk") for p in projection(rows, name)]
     return out
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--sweep", default=None, help="sizes, e.g. 10000,100000,1000000")
+    parser.add_argument("--sweep", default=None, help="sizes, e.g. 100000,1000000")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--memory-budget", default=None,
-                        help="e.g. 256MB; default: a quarter of the Flat index's bytes")
+                        help="copytrace row, e.g. 256MB; default: a quarter of Flat's bytes")
+    parser.add_argument("--ondisk-budget", default=None,
+                        help="ondisk row; default: 1/16 of Flat's bytes (lists go to disk)")
+    parser.add_argument("--shard-size", type=int, default=2_000_000)
+    parser.add_argument("--peer-spec", default=None,
+                        help="peer row's FAISS spec; default OPQ32_128,IVF{nlist}_HNSW32,PQ32")
     parser.add_argument("--target-recall", type=float, default=0.97)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--cache", type=Path, default=Path("out/scale-cache"))
     parser.add_argument("--model", default="default")
     parser.add_argument("--autofaiss-python", type=Path, default=AUTOFAISS_PYTHON)
     parser.add_argument("--autofaiss-timeout", type=float, default=3600)
-    parser.add_argument("--indexes", default="exact,copytrace,autofaiss",
-                        help="which of exact,copytrace,autofaiss to build")
+    parser.add_argument("--row-timeout", type=float, default=4 * 3600)
+    parser.add_argument("--indexes", default="exact,copytrace,ondisk",
+                        help=f"rows, of {','.join(ROWS)}")
     parser.add_argument("--threads", type=int, default=1,
                         help="FAISS threads for every index (autofaiss too); 1 keeps a shared "
                              "machine's timings comparable")
-    args = parser.parse_args()
+    parser.add_argument("--selfjoin-queries", type=int, default=100_000)
+    parser.add_argument("--selfjoin-block", type=int, default=10_000)
+    parser.add_argument("--selfjoin-workers", type=int, default=2)
+    parser.add_argument("--selfjoin-threshold", type=float, default=0.8)
+    parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--row-json", type=Path, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     faiss.omp_set_num_threads(args.threads)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if args.row:
+        row = run_row(args.row, args.n, args)
+        args.row_json.write_text(json.dumps(row, indent=2, default=str) + "\n")
+        return
     real = load_real_set(args.data, args.cache, model=args.model)
     tune = load_tuning_set(args.data, args.cache, real, model=args.model)
-    quantiles = similarity_quantiles(real, make_distractors(real.refs, len(real.refs)))
-    budget = parse_size(args.memory_budget) if args.memory_budget else None
+    quantiles = similarity_quantiles(real, _catalog(real, 2 * len(real.refs)).read_range(
+        len(real.refs), 2 * len(real.refs)))
+    passed = [a for a in sys.argv[1:]]
+    for flag in ("--n", "--sweep", "--json", "--indexes"):  # the parent's own choices
+        while flag in passed:
+            i = passed.index(flag)
+            del passed[i : i + 2]
     sizes = [int(s) for s in args.sweep.split(",")] if args.sweep else [args.n]
-    rows = []
+    rows: list[dict] = []
     for n in sizes:
-        rows.append(run_one(n, real, tune, budget=budget, target=args.target_recall,
-                            work=args.cache, autofaiss_python=args.autofaiss_python,
-                            autofaiss_timeout=args.autofaiss_timeout,
-                            indexes=tuple(args.indexes.split(","))))
-        print(_table(rows[-1:]), flush=True)
-        out = _summary(rows, quantiles, real, tune)
-        if args.json:  # after every size: a long sweep leaves what it measured so far
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(out, indent=2) + "\n")
+        for name in args.indexes.split(","):
+            rows.append(measured_row(name, n, args, passed))
+            print(_table(rows[-1:]), flush=True)
+            out = _summary(rows, quantiles, real, tune, args)
+            if args.json:  # after every row: a long run leaves what it measured so far
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(_quantile_table(quantiles))
     print(_table(rows))
-    if "projection" in out:
-        for p in out["projection"]:
-            print(f"projected n={p['n']:.0e}: {p['index_bytes'] / 2**30:.1f} GiB index, "
-                  f"{p['shards']} shards, {p['machines']} machines of 64 GiB, build "
-                  f"{p['build_seconds_one_machine'] / 3600:.1f} h on one such machine, "
-                  f"{p['qps_one_machine']:.0f} q/s per replica")
+    for p in out["projection"]:
+        print(f"projected {p['row']} n={p['n']:.0e} (from n={p['from_n']}): "
+              f"{p['disk_bytes'] / 2**30:.1f} GiB on disk, {p['resident_bytes'] / 2**30:.2f} GiB "
+              f"resident, {p['shards']} shards, {p['machines']} machines of 64 GiB, build "
+              f"{p['build_seconds_one_machine'] / 3600:.1f} h on one such machine, "
+              f"{p['qps_one_machine']:.1f} q/s per replica")
     sys.stdout.flush()
 
 

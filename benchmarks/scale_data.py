@@ -157,16 +157,60 @@ def fit_distractors(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.float32)
 
 
+DISTRACTOR_BLOCK = 100_000
+
+
 def make_distractors(real: np.ndarray, n: int, *, seed: int = 1) -> np.ndarray:
     """`n` unit vectors drawn like the real references (Gaussian of their mean and covariance)."""
-    mean, root = fit_distractors(real)
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, real.shape[1]), np.float32)
-    for start in range(0, n, 100_000):
-        m = min(100_000, n - start)
-        x = mean + rng.standard_normal((m, root.shape[0]), dtype=np.float32) @ root
-        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+    return SyntheticCatalog(real, len(real) + n, seed=seed).read_range(len(real), len(real) + n)
+
+
+class SyntheticCatalog:
+    """The benchmark's catalog, never held whole: the real references, then distractors up to
+    `n`, generated on demand in blocks of `DISTRACTOR_BLOCK` that each have their own seed, so
+    any range reads the same vectors every time (10M x 256 floats would be 10 GB)."""
+
+    def __init__(self, real: np.ndarray, n: int, *, seed: int = 1) -> None:
+        self.real = np.ascontiguousarray(real, np.float32)
+        self.n = max(n, 0)
+        self.dims = real.shape[1]
+        self.seed = seed
+        self.mean, self.root = fit_distractors(real)
+        self._last: tuple[int, np.ndarray] | None = None
+
+    def _block(self, no: int) -> np.ndarray:
+        if self._last is None or self._last[0] != no:
+            rng = np.random.default_rng([self.seed, no])
+            x = self.mean + rng.standard_normal((DISTRACTOR_BLOCK, self.root.shape[0]),
+                                                dtype=np.float32) @ self.root
+            self._last = (no, x / np.linalg.norm(x, axis=1, keepdims=True))
+        return self._last[1]
+
+    def read_range(self, a: int, b: int) -> np.ndarray:
+        """Vectors a..b (positions: real references first, then distractors)."""
+        b = min(b, self.n)
+        parts, r = [], len(self.real)
+        if a < r:
+            parts.append(self.real[a : min(b, r)])
+        d = max(a, r) - r  # distractor rows wanted: d..e
+        e = b - r
+        while d < e:
+            no, off = divmod(d, DISTRACTOR_BLOCK)
+            take = min(e - d, DISTRACTOR_BLOCK - off)
+            parts.append(self._block(no)[off : off + take])
+            d += take
+        if not parts:
+            return np.zeros((0, self.dims), np.float32)
+        return np.ascontiguousarray(np.concatenate(parts), np.float32)
+
+    def sample(self, m: int, *, seed: int = 0) -> np.ndarray:
+        """`m` vectors drawn like the whole catalog: real references in their share of it, then
+        distractors (independent draws, so the first ones are as random as any)."""
+        m, r = min(m, self.n), min(len(self.real), self.n)
+        k = round(m * r / self.n) if self.n else 0
+        pick = np.random.default_rng(seed).choice(r, size=k, replace=False)
+        return np.concatenate([self.real[np.sort(pick)],
+                               self.read_range(len(self.real), len(self.real) + m - k)])
 
 
 def similarity_quantiles(real: RealSet, distractors: np.ndarray) -> dict[str, dict[str, float]]:
