@@ -69,6 +69,7 @@ from copytrace.indexing import (
     nlist_for,
     parse_size,
     recall_at_k,
+    train_template,
     tune_search,
 )
 
@@ -164,6 +165,28 @@ def _folder_bytes(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths)
 
 
+def _coarse_quantizer(cat: SyntheticCatalog, spec: str, work: Path
+                     ) -> tuple[faiss.Index | None, float, bool]:
+    """(quantizer, k-means seconds, reused): the IVF coarse quantizer of `spec` (k-means on the
+    same sample a build trains on), trained once per catalog and shared by the rows whose specs
+    use the same one (copytrace and ondisk at 10M: about half of each build). None for specs
+    that rotate first (OPQ, PCA): their k-means runs in the rotated space."""
+    m = re.match(r"(IVF\d+(?:_HNSW\d+)?),", spec)
+    if not m:
+        return None, 0.0, False
+    path = work / f"quantizer-{cat.n}-{m.group(1)}.faiss"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return faiss.read_index(str(path)), json.loads(meta.read_text())["seconds"], True
+    t = time.perf_counter()
+    template = train_template(f"{m.group(1)},Flat", cat.dims, lambda: cat.sample(TRAIN_POINTS))
+    seconds = time.perf_counter() - t
+    quantizer = faiss.clone_index(faiss.downcast_index(faiss.extract_index_ivf(template).quantizer))
+    faiss.write_index(quantizer, str(path))
+    meta.write_text(json.dumps({"seconds": round(seconds, 1), "spec": m.group(1)}))
+    return quantizer, seconds, False
+
+
 def _built_row(name: str, cat: SyntheticCatalog, real: RealSet,
                tune: tuple[np.ndarray, np.ndarray], *, spec: str, storage: Storage,
                nprobe: int | None, shard_size: int, target: float, work: Path, reason: str,
@@ -173,10 +196,12 @@ def _built_row(name: str, cat: SyntheticCatalog, real: RealSet,
     folder = work / f"{name}-{cat.n}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    quantizer, kmeans, shared = _coarse_quantizer(cat, spec, work)
     t = time.perf_counter()
     paths = build_shards(spec, cat.dims, cat.n, cat.read_range,
-                         lambda: cat.sample(TRAIN_POINTS), folder, shard_size=shard_size)
-    build = time.perf_counter() - t
+                         lambda: cat.sample(TRAIN_POINTS), folder, shard_size=shard_size,
+                         quantizer=quantizer)
+    build = time.perf_counter() - t + kmeans  # k-means counted in every row that uses it
     built_mib = _memory_mib()
     exact = _tune_exact_recall(work, cat, tune)
     t = time.perf_counter()
@@ -195,7 +220,8 @@ def _built_row(name: str, cat: SyntheticCatalog, real: RealSet,
             "index_resident_bytes": int((served["memory_mib"]["after_search"]["VmRSS"]
                                          - served["memory_mib"]["after_import"]["VmRSS"]) * MIB),
             "build_seconds": round(build + tuning, 1), "build_only_seconds": round(build, 1),
-            "tune_seconds": round(tuning, 1), "probed_share": round(tuned.nprobe / ivf.nlist, 4),
+            "tune_seconds": round(tuning, 1), "kmeans_seconds": round(kmeans, 1),
+            "kmeans_shared_with_an_earlier_row": shared, "probed_share": round(tuned.nprobe / ivf.nlist, 4),
             "builder_memory_mib": built_mib, "serving": served, "reason": reason,
             "tuning": tuned.as_dict(), "folder": str(folder)}
 
@@ -423,12 +449,14 @@ def _write_parts(cat: SyntheticCatalog, work: Path) -> Path:
 
 def projection(rows: list[dict], name: str,
                sizes: tuple[int, ...] = (100_000_000, 1_000_000_000), *,
-               machine_ram: int = 64 * 2**30, shard_ram: int = 16 * 2**30) -> list[dict]:
+               machine_ram: int = 64 * 2**30, shard_ram: int = 16 * 2**30,
+               ondisk_shard: int = 2_000_000) -> list[dict]:
     """Extrapolate row `name` from the two largest measured sizes: disk bytes and build time grow
     linearly with n (slopes between those sizes), q/s like 1/sqrt(n) at the same probed share
     (lists of n/nlist vectors, nlist ~ 4 sqrt(n)). RAM: in-memory indexes hold their bytes; an
-    on-disk one holds one coarse quantizer per shard (shards of the measured size), scaled from
-    what the serving process held for the index at the largest measured size."""
+    on-disk one holds one coarse quantizer per shard (`ondisk_shard` vectors each, a ~1.1 GB
+    build budget at 256-d), scaled from what the serving process held for the index (above the
+    bare interpreter) at the largest measured size."""
     have = sorted((r for r in rows if r.get("name") == name and "recall_at_10" in r),
                   key=lambda r: r["n"])
     if not have:
@@ -444,7 +472,7 @@ def projection(rows: list[dict], name: str,
     for n in sizes:
         on_disk = disk * n
         if b.get("storage") == "ondisk":
-            shards = math.ceil(n / b["shard_size"])
+            shards = math.ceil(n / ondisk_shard)
             resident = b["index_resident_bytes"] * shards * nlist_for(n) / (
                 b["shards"] * nlist_for(b["n"]))
         else:
@@ -452,7 +480,7 @@ def projection(rows: list[dict], name: str,
         out.append({
             "row": name, "n": n, "from_n": [r["n"] for r in have[-2:]],
             "disk_bytes": int(on_disk), "resident_bytes": int(resident),
-            "shards": (math.ceil(n / b["shard_size"]) if b.get("storage") == "ondisk"
+            "shards": (math.ceil(n / ondisk_shard) if b.get("storage") == "ondisk"
                        else max(1, math.ceil(on_disk / shard_ram))),
             "machines": max(1, math.ceil(resident * 1.3 / machine_ram)),
             "build_seconds_one_machine": round(build * n),

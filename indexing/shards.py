@@ -36,14 +36,30 @@ def gpu_count() -> int:
         return 0
 
 
-def train_template(spec: str, dims: int, train_sample: Callable[[], np.ndarray]) -> faiss.Index:
-    """An empty index of `spec`, trained when the spec needs it (the sample is read only then)."""
+def train_template(spec: str, dims: int, train_sample: Callable[[], np.ndarray], *,
+                   quantizer: faiss.Index | None = None) -> faiss.Index:
+    """An empty index of `spec`, trained when the spec needs it (the sample is read only then).
+    A trained coarse `quantizer` (nlist centroids) is used as is: k-means is most of an IVF
+    build's training, and indexes of one catalog can share it."""
     index = faiss.index_factory(dims, spec, faiss.METRIC_INNER_PRODUCT)
+    if quantizer is not None:
+        _set_quantizer(index, quantizer)
     if not index.is_trained:
         sample = train_sample()[:MAX_TRAIN_POINTS]
         log.info("training %s on %d vectors", spec, len(sample))
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
+
+
+def _set_quantizer(index: faiss.Index, quantizer: faiss.Index) -> None:
+    ivf = faiss.extract_index_ivf(index)
+    if quantizer.ntotal != ivf.nlist or quantizer.d != ivf.d:
+        raise ValueError(f"a quantizer of {quantizer.ntotal} {quantizer.d}-d centroids cannot "
+                         f"serve an index of {ivf.nlist} lists of {ivf.d}-d vectors")
+    own = faiss.clone_index(quantizer)
+    own.this.disown()  # the IVF index owns and frees it
+    ivf.quantizer = own
+    ivf.own_fields = True
 
 
 def write_shard(template: faiss.Index, vectors: np.ndarray, path: Path) -> int:
@@ -192,10 +208,12 @@ def build_shards(
     *,
     shard_size: int,
     version: int | None = None,
+    quantizer: faiss.Index | None = None,
 ) -> list[Path]:
     """Write `ceil(total / shard_size)` shard files; `read_range(a, b)` gives vectors a..b.
-    With `version`, file names carry it (an update never overwrites a file a reader may use)."""
-    template = train_template(spec, dims, train_sample)
+    With `version`, file names carry it (an update never overwrites a file a reader may use);
+    with a trained `quantizer`, k-means is skipped (`train_template`)."""
+    template = train_template(spec, dims, train_sample, quantizer=quantizer)
     paths = []
     for no, start in enumerate(range(0, max(total, 1), shard_size)):
         stop = min(total, start + shard_size)
