@@ -76,7 +76,7 @@ from copytrace.indexing import (
 log = logging.getLogger(__name__)
 
 ROWS = ("exact", "copytrace", "ondisk", "selfjoin", "peer", "autofaiss")
-BLOCK = 200_000  # vectors per exact-search block
+BLOCK = 50_000  # vectors per exact-search block (its scores and ranks: ~0.5 GB at 575 queries)
 TRAIN_POINTS = 200_000
 MIB = 2**20
 
@@ -120,8 +120,13 @@ def _timed_search(index, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, 
     return ids, len(queries) / (time.perf_counter() - t)
 
 
-def _catalog(real: RealSet, n: int) -> SyntheticCatalog:
-    return SyntheticCatalog(real.refs, n)
+def _spill_path(work: Path, n: int) -> Path:
+    return work / f"distractors-{n}.f32"
+
+
+def _catalog(real: RealSet, n: int, work: Path | None = None) -> SyntheticCatalog:
+    """The catalog of size n; its distractors read back from the spill file when one was written."""
+    return SyntheticCatalog(real.refs, n, spill=_spill_path(work, n) if work else None)
 
 
 def _exact_row(cat: SyntheticCatalog, real: RealSet, tune: tuple[np.ndarray, np.ndarray]) -> dict:
@@ -262,6 +267,8 @@ index = ShardedIndex.load([Path(p) for p in args["paths"]], nprobe=args["nprobe"
                           k_factor=args["k_factor"], use_gpu=False, storage=args["storage"])
 mem["after_open"] = memory()
 queries, truth = np.load(folder / "queries.npy"), np.load(folder / "truth.npy")
+index.search(queries[:1], 10)
+mem["after_first_query"] = memory()
 index.search(queries[:16], 10)
 t = time.perf_counter()
 _, ids = index.search(queries, 10)
@@ -276,14 +283,14 @@ recall = float((ids == truth[:, None]).any(axis=1).mean())
 # resident memory is what a query process needs for the index, plus the interpreter.
 
 
-def _selfjoin_block(paths: list[str], nprobe: int, real: np.ndarray, n: int, a: int, b: int,
-                    k: int, threshold: float) -> dict:
+def _selfjoin_block(paths: list[str], nprobe: int, real: np.ndarray, n: int, spill: Path,
+                    a: int, b: int, k: int, threshold: float) -> dict:
     """Ray task body: search catalog vectors a..b against the on-disk index."""
     faiss.omp_set_num_threads(1)
     index = ShardedIndex.load([Path(p) for p in paths], nprobe=nprobe, use_gpu=False,
                               storage=Storage.ONDISK)
     t = time.perf_counter()
-    scores, ids = index.search(SyntheticCatalog(real, n).read_range(a, b), k)
+    scores, ids = index.search(SyntheticCatalog(real, n, spill=spill).read_range(a, b), k)
     rows = np.arange(a, b)[:, None]
     keep = (ids > rows) & (scores >= threshold)  # each unordered pair once, not the vector itself
     return {"pairs": int(keep.sum()), "queries": b - a,
@@ -294,8 +301,6 @@ def _selfjoin_block(paths: list[str], nprobe: int, real: np.ndarray, n: int, a: 
 def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace) -> dict:
     import ray
 
-    from copytrace.pipelines import ensure_ray
-
     ondisk = args.cache / f"row-ondisk-{cat.n}.json"
     if not ondisk.exists():
         raise FileNotFoundError(f"{ondisk} not found: run the ondisk row first")
@@ -305,10 +310,13 @@ def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace
     total = min(cat.n, args.selfjoin_queries)
     step = max(1, cat.n // max(1, total // args.selfjoin_block))  # blocks spread over the catalog
     starts = list(range(0, cat.n, step))[: max(1, total // args.selfjoin_block)]
-    ensure_ray(num_cpus=args.selfjoin_workers)
+    # a Ray of its own ("local"): on a shared machine another user's cluster may be running
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", num_cpus=args.selfjoin_workers, include_dashboard=False,
+             log_to_driver=False, logging_level=logging.WARNING)
     task = ray.remote(num_cpus=1, max_retries=3)(_selfjoin_block)
     t = time.perf_counter()
-    done = ray.get([task.remote(paths, nprobe, real.refs, cat.n, a,
+    done = ray.get([task.remote(paths, nprobe, real.refs, cat.n, _spill_path(args.cache, cat.n), a,
                                 min(cat.n, a + args.selfjoin_block), 10, args.selfjoin_threshold)
                     for a in starts])
     wall = time.perf_counter() - t
@@ -341,7 +349,7 @@ def run_row(name: str, n: int, args: argparse.Namespace) -> dict:
     """One row, in this process (the parent measures it from outside)."""
     real = load_real_set(args.data, args.cache, model=args.model)
     tune = load_tuning_set(args.data, args.cache, real, model=args.model)
-    cat = _catalog(real, n)
+    cat = _catalog(real, n, args.cache if args.spill else None)
     flat = n * cat.dims * 4
     if name == "exact":
         row = _exact_row(cat, real, tune)
@@ -492,7 +500,7 @@ def projection(rows: list[dict], name: str,
 
 def _table(rows: list[dict]) -> str:
     head = (f"{'n':>9} {'row':<9} {'spec':<52} {'R@10':>6} {'/exact':>6} {'q/s':>8} "
-            f"{'disk MiB':>9} {'serve RSS':>9} {'peak RSS':>9} {'build s':>8}")
+            f"{'disk MiB':>9} {'RSS 1q/all':>12} {'peak RSS':>9} {'build s':>8}")
     lines = [head]
     exact = {r["n"]: r["recall_at_10"] for r in rows if r.get("name") == "exact" and "recall_at_10" in r}
     for r in rows:
@@ -506,10 +514,13 @@ def _table(rows: list[dict]) -> str:
             lines.append(f"{r['n']:>9} {r['name']:<9} (not measured: {r.get('error') or r.get('details')})")
             continue
         share = r["recall_at_10"] / exact[r["n"]] if exact.get(r["n"]) else float("nan")
-        serve = r.get("serving", {}).get("memory_mib", {}).get("after_search", {}).get("VmRSS")
+        mem = r.get("serving", {}).get("memory_mib", {})
+        first = mem.get("after_first_query", {}).get("VmRSS")
+        last = mem.get("after_search", {}).get("VmRSS")
+        serve = f"{first:.0f}/{last:.0f}" if first and last else "-"
         lines.append(f"{r['n']:>9} {r['name']:<9} {r['index_spec'][:52]:<52} "
                      f"{r['recall_at_10']:>6.3f} {share:>6.3f} {r['qps']:>8.1f} "
-                     f"{r['disk_bytes'] / MIB:>9.1f} {serve if serve is not None else '-':>9} "
+                     f"{r['disk_bytes'] / MIB:>9.1f} {serve:>12} "
                      f"{r['peak_rss_mib_tree']:>9.0f} {r['build_seconds']:>8.0f}")
     return "\n".join(lines)
 
@@ -559,6 +570,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--selfjoin-block", type=int, default=10_000)
     parser.add_argument("--selfjoin-workers", type=int, default=2)
     parser.add_argument("--selfjoin-threshold", type=float, default=0.8)
+    parser.add_argument("--spill", action=argparse.BooleanOptionalAction, default=True,
+                        help="write the distractors once to out/scale-cache (n x dims x 4 bytes "
+                             "of disk) and read them back, instead of generating them per row")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--row-json", type=Path, default=None, help=argparse.SUPPRESS)
     return parser
@@ -584,11 +598,17 @@ def main() -> None:
             del passed[i : i + 2]
     sizes = [int(s) for s in args.sweep.split(",")] if args.sweep else [args.n]
     rows: list[dict] = []
+    generated: dict[int, float] = {}
     for n in sizes:
+        spill = _spill_path(args.cache, n)
+        if args.spill and not spill.exists():
+            generated[n] = round(_catalog(real, n).write_spill(spill), 1)
+            log.info("distractors for n=%d written to %s in %.0f s", n, spill, generated[n])
         for name in args.indexes.split(","):
             rows.append(measured_row(name, n, args, passed))
             print(_table(rows[-1:]), flush=True)
             out = _summary(rows, quantiles, real, tune, args)
+            out["distractors_written_seconds"] = generated
             if args.json:  # after every row: a long run leaves what it measured so far
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")

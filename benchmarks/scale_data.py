@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,13 +171,33 @@ class SyntheticCatalog:
     `n`, generated on demand in blocks of `DISTRACTOR_BLOCK` that each have their own seed, so
     any range reads the same vectors every time (10M x 256 floats would be 10 GB)."""
 
-    def __init__(self, real: np.ndarray, n: int, *, seed: int = 1) -> None:
+    def __init__(self, real: np.ndarray, n: int, *, seed: int = 1,
+                 spill: Path | None = None) -> None:
         self.real = np.ascontiguousarray(real, np.float32)
         self.n = max(n, 0)
         self.dims = real.shape[1]
         self.seed = seed
         self.mean, self.root = fit_distractors(real)
         self._last: tuple[int, np.ndarray] | None = None
+        self.spill = spill if spill is not None and spill.exists() else None
+
+    def write_spill(self, path: Path) -> float:
+        """Write the distractors once to a raw float32 file that later reads come from (on a
+        busy 2-core box generating 10M of them takes minutes; reading them back, seconds).
+        Reads use plain file reads, not a memory map, so they never count in anyone's RSS."""
+        t = time.perf_counter()
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("wb") as fh:
+            for a in range(len(self.real), self.n, DISTRACTOR_BLOCK):
+                self.read_range(a, a + DISTRACTOR_BLOCK).tofile(fh)
+        tmp.replace(path)
+        self.spill = path
+        return time.perf_counter() - t
+
+    def _spilled(self, d: int, e: int) -> np.ndarray:
+        with self.spill.open("rb") as fh:  # type: ignore[union-attr]
+            return np.fromfile(fh, np.float32, count=(e - d) * self.dims,
+                               offset=d * self.dims * 4).reshape(e - d, self.dims)
 
     def _block(self, no: int) -> np.ndarray:
         if self._last is None or self._last[0] != no:
@@ -194,6 +215,9 @@ class SyntheticCatalog:
             parts.append(self.real[a : min(b, r)])
         d = max(a, r) - r  # distractor rows wanted: d..e
         e = b - r
+        if self.spill is not None and d < e:
+            parts.append(self._spilled(d, e))
+            d = e
         while d < e:
             no, off = divmod(d, DISTRACTOR_BLOCK)
             take = min(e - d, DISTRACTOR_BLOCK - off)
