@@ -9,7 +9,7 @@ Modules:
                      test_reliability.py, ...]
     catalog_sql.py   SQL over an index's catalog with DuckDB [tests: test_build_query.py,
                      test_catalog_pdq.py, test_reliability_updates.py]
-    embeddings.py    Embedding shards [tests: test_updates.py]
+    embeddings.py    Embedding shards [tests: test_ondisk.py, test_updates.py]
     fingerprint.py   What an index folder holds, as digests two folders can be compared by [tests:
                      test_reliability_crash.py, test_reliability_updates.py]
     hold_points.py   Named moments at which a crash test can hold a writer, so `kill -9` lands there

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from copytrace.indexing.catalog import STATUS_OK, read_catalog
-from copytrace.indexing.embeddings import embedding_parts, table_vectors
+from copytrace.indexing.embeddings import EmbeddingRanges, embedding_parts
 from copytrace.indexing.hold_points import hold
 from copytrace.indexing.manifest import IndexLayout, Manifest, utc_now
 from copytrace.indexing.parts import (
@@ -185,18 +185,20 @@ def remove(root: str | Path, ids: list[str]) -> UpdateReport:
 
 def compact(root: str | Path) -> UpdateReport:
     """Drop tombstoned rows from the Parquet parts and rebuild FAISS from what is left
-    (call under the index lock). The coarse quantizer is retrained on the live vectors, as a
-    fresh build would; the tuned search parameters are kept. Filtered parts are new files of the
-    new version, so readers of the current one see its rows until the manifest swap."""
+    (call under the index lock), reading the parts one at a time. The coarse quantizer is
+    retrained on the live vectors, as a fresh build would; the tuned search parameters are kept.
+    Filtered parts are new files of the new version, so readers of the current one see its rows
+    until the manifest swap."""
     layout = IndexLayout(Path(root))
     old = _open_for_update(layout)
     dead = read_tombstones(layout, old)
     version = old.version + 1
     _filter_parts(layout.embeddings_dir, dead, old.version, version)
     _filter_parts(layout.catalog_dir, dead, old.version, version)
-    ids, vectors = _live_vectors(layout, version)
-    sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:200_000]]
-    paths = build_shards(old.index.spec, old.model.dims, len(vectors), lambda a, b: vectors[a:b],
+    live = EmbeddingRanges(embedding_parts(layout.embeddings_dir, version))
+    ids = live.ids()
+    sample = live.sample(200_000)
+    paths = build_shards(old.index.spec, old.model.dims, live.total, live.read_range,
                          lambda: sample, layout.faiss_dir, shard_size=old.index.shard_size,
                          version=version)
     write_parquet_atomic(layout.root / f"ids.v{version}.parquet", id_map_table(ids))
@@ -223,16 +225,6 @@ def _filter_parts(folder: Path, dead: set[str], old_version: int, new_version: i
         if pc.any(drop).as_py():
             name = versioned_part_name(part_number(part), new_version)  # type: ignore[arg-type]
             write_parquet_atomic(folder / name, table.filter(pc.invert(drop)))
-
-
-def _live_vectors(layout: IndexLayout, version: int) -> tuple[list[str], np.ndarray]:
-    ids: list[str] = []
-    chunks = []
-    for part in embedding_parts(layout.embeddings_dir, version):
-        t = pq.read_table(part)
-        ids.extend(t.column("image_id").to_pylist())
-        chunks.append(table_vectors(t))
-    return ids, (np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32))
 
 
 def ok_catalog_ids(layout: IndexLayout) -> list[str]:
