@@ -267,7 +267,13 @@ index = ShardedIndex.load([Path(p) for p in args["paths"]], nprobe=args["nprobe"
                           k_factor=args["k_factor"], use_gpu=False, storage=args["storage"])
 mem["after_open"] = memory()
 queries, truth = np.load(folder / "queries.npy"), np.load(folder / "truth.npy")
-index.search(queries[:1], 10)
+ladder = {}
+nlist = faiss.extract_index_ivf(index.shards[0]).nlist
+for probe in sorted({max(1, nlist // 256), max(1, nlist // 64), max(1, nlist // 16), args["nprobe"]}):
+    index.set_search_params(nprobe=probe)
+    index.search(queries[:1], 10)  # the same query probes a superset of the lists each step
+    ladder[probe] = memory()["RssFile"]
+index.set_search_params(nprobe=args["nprobe"])
 mem["after_first_query"] = memory()
 index.search(queries[:16], 10)
 t = time.perf_counter()
@@ -277,10 +283,12 @@ mem["after_search"] = memory()
 recall = float((ids == truth[:, None]).any(axis=1).mean())
 (folder / "served.json").write_text(json.dumps(
     {"recall_at_10": round(recall, 4), "qps": round(qps, 1), "queries": len(queries),
-     "memory_mib": mem}))
+     "memory_mib": mem, "nlist": nlist, "rss_file_mib_after_one_query_by_nprobe": ladder}))
 """
 # The serving process imports only faiss, numpy and copytrace.indexing (no torch), so its
-# resident memory is what a query process needs for the index, plus the interpreter.
+# resident memory is what a query process needs for the index, plus the interpreter. One query
+# is first searched at growing nprobe: the file pages it maps (RssFile) are the lists it read,
+# rounded up to pages (and the kernel's fault-around), so they follow the probed share.
 
 
 def _selfjoin_block(paths: list[str], nprobe: int, real: np.ndarray, n: int, spill: Path,
@@ -463,8 +471,9 @@ def projection(rows: list[dict], name: str,
     linearly with n (slopes between those sizes), q/s like 1/sqrt(n) at the same probed share
     (lists of n/nlist vectors, nlist ~ 4 sqrt(n)). RAM: in-memory indexes hold their bytes; an
     on-disk one holds one coarse quantizer per shard (`ondisk_shard` vectors each, a ~1.1 GB
-    build budget at 256-d), scaled from what the serving process held for the index (above the
-    bare interpreter) at the largest measured size."""
+    build budget at 256-d), scaled from what the serving process held once the index was open
+    (above the bare interpreter) at the largest measured size; the list pages a query maps are
+    page cache the kernel can drop, not counted."""
     have = sorted((r for r in rows if r.get("name") == name and "recall_at_10" in r),
                   key=lambda r: r["n"])
     if not have:
@@ -481,8 +490,9 @@ def projection(rows: list[dict], name: str,
         on_disk = disk * n
         if b.get("storage") == "ondisk":
             shards = math.ceil(n / ondisk_shard)
-            resident = b["index_resident_bytes"] * shards * nlist_for(n) / (
-                b["shards"] * nlist_for(b["n"]))
+            mem = b["serving"]["memory_mib"]  # opened, before any list is paged in
+            opened = (mem["after_open"]["VmRSS"] - mem["after_import"]["VmRSS"]) * MIB
+            resident = opened * shards * nlist_for(n) / (b["shards"] * nlist_for(b["n"]))
         else:
             resident = on_disk
         out.append({
