@@ -36,9 +36,9 @@ class _ShardActor:
     """Ray actor body: holds some shards; positions are offset to the whole index's."""
 
     def __init__(self, paths: list[str], nprobe: int | None, k_factor: int | None,
-                 use_gpu: bool | None) -> None:
+                 use_gpu: bool | None, storage: str = "memory") -> None:
         self.index = ShardedIndex.load([Path(p) for p in paths], nprobe=nprobe,
-                                       k_factor=k_factor, use_gpu=use_gpu)
+                                       k_factor=k_factor, use_gpu=use_gpu, storage=storage)
 
     def node(self) -> str:
         return node_id()
@@ -71,18 +71,19 @@ class RayShardedIndex:
         self._total = total
         self.groups = groups or [[] for _ in actors]  # shard paths per actor
         self.offsets = offsets or {}  # shard path -> global position of its first vector
-        self.settings = settings or {}  # nprobe, k_factor, use_gpu: what a new actor loads with
+        self.settings = settings or {}  # nprobe, k_factor, use_gpu, storage: a new actor's load
 
     @classmethod
     def load(cls, paths: list[Path], *, nprobe: int | None = None, k_factor: int | None = None,
              use_gpu: bool | None = None, actors: int = 2,
-             address: str | None = None) -> RayShardedIndex:
+             address: str | None = None, storage: str = "memory") -> RayShardedIndex:
         import ray
 
         ensure_ray(address)
         n = max(1, min(actors, len(paths)))
         groups = [[str(p) for p in paths[i::n]] for i in range(n)]  # round robin over actors
-        settings = {"nprobe": nprobe, "k_factor": k_factor, "use_gpu": use_gpu}
+        settings = {"nprobe": nprobe, "k_factor": k_factor, "use_gpu": use_gpu,
+                    "storage": str(getattr(storage, "value", storage))}
         handles = [_start_actor(g, settings, n) for g in groups]
         sizes = ray.get([h.sizes.remote() for h in handles])
         by_path = {p: s for g, ss in zip(groups, sizes, strict=True)
@@ -177,7 +178,8 @@ def _start_actor(group: list[str], settings: dict, n: int):  # noqa: ANN202 - a 
 
     gpu = 1 if settings["use_gpu"] is not False and cluster_gpus() >= n else 0
     actor_cls = ray.remote(num_cpus=0, num_gpus=gpu, scheduling_strategy="SPREAD")(_ShardActor)
-    return actor_cls.remote(group, settings["nprobe"], settings["k_factor"], settings["use_gpu"])
+    return actor_cls.remote(group, settings["nprobe"], settings["k_factor"], settings["use_gpu"],
+                            settings.get("storage", "memory"))
 
 
 def open_distributed(index: str | Path, *, actors: int = 2, ray_address: str | None = None,

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from small_index import DIMS, small_index
 
+from copytrace.indexing.manifest import IndexLayout, Manifest
 from copytrace.indexing.store import CopyIndex
 from copytrace.indexing.updates import remove
 from copytrace.pipelines.shard_search import open_distributed
 
 
-@pytest.mark.parametrize("spec", ["Flat", "IVF8,Flat"])
-def test_two_shard_actors_equal_in_process_search(tmp_path, local_ray, spec):
+@pytest.mark.parametrize(("spec", "storage"), [("Flat", "memory"), ("IVF8,Flat", "memory"),
+                                               ("IVF8,SQ8", "ondisk")])
+def test_two_shard_actors_equal_in_process_search(tmp_path, local_ray, spec, storage):
+    """Also for an index whose lists stay on disk: each actor maps its shard files."""
     vectors = small_index(tmp_path / "idx", 900, shard_size=250, spec=spec, nprobe=3)
+    layout = IndexLayout(tmp_path / "idx")
+    m = Manifest.read(layout.manifest)
+    replace(m, index=replace(m.index, storage=storage)).write(layout.manifest)
     remove(tmp_path / "idx", ["5", "600"])  # tombstones are honoured the same way
     rng = np.random.default_rng(3)
     queries = vectors[rng.choice(900, 40, replace=False)] + 0.2 * rng.normal(size=(40, DIMS))
