@@ -30,6 +30,7 @@ Modules:
                      smooth field, shading no global gain explains [tests: test_dedup_views.py,
                      test_view_check_query.py]
     results.py       The records a query returns [tests: test_demo.py, test_output.py]
+    roles.py         Two originals in one query: which was pasted into which [tests: test_roles.py]
     rotations.py     Rotated query views for queries without a confident match
                      [tests: test_rotations.py]
     similarity_search.py Registration without keypoints
@@ -59,6 +60,7 @@ _EXPORTS = {
     "ObjectConfig": "edit_objects",
     "PREDICTIONS_HEADER": "isc_csv",
     "Prediction": "isc_csv",
+    "RoleConfig": "roles",
     "QueryResult": "results",
     "QueryViews": "rank",
     "RotateConfig": "expand",
@@ -68,6 +70,7 @@ _EXPORTS = {
     "VerifyConfig": "verify",
     "ViewCheck": "view_check",
     "analyze": "localize",
+    "assign_roles": "roles",
     "best_per_query": "isc_csv",
     "candidates": "rank",
     "fill_holes": "localize",

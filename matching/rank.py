@@ -19,6 +19,7 @@ from copytrace.matching.calibrate import Calibration, Decision, fused_score, glo
 from copytrace.matching.expand import Box, ExpandConfig, RotateConfig
 from copytrace.matching.normalize import Background, NormalizeConfig, background_offsets
 from copytrace.matching.results import Match
+from copytrace.matching.roles import assign_roles
 from copytrace.matching.verify import Unavailable, Verification, VerifyConfig
 from copytrace.matching.view_check import ViewCheck
 
@@ -123,10 +124,12 @@ def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | 
     `matching.view_check`), a verified pair scored a copy whose geometry and pixels say "a second
     photograph" is capped at `calibration.other_view_cap`, below the decision threshold; its
     evidence carries the check's probability.
+
+    Copies verified in disjoint regions of the query get roles (`matching.roles`).
     """
     n_verified = 0 if verifications is None else (verified_count if verified_count is not None
                                                   else len(verifications))
-    matches = []
+    matches, found = [], []
     for i, c in enumerate(cands):
         evidence: dict = {"global_score": round(c.global_score, 6), "view": c.view,
                           "view_box": list(c.view_box)}
@@ -149,6 +152,8 @@ def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | 
             if decisions is not None and i < len(decisions):
                 evidence["decided_by_global_score"] = decisions[i].value
         matches.append(Match(c.reference_id, score, c.similarity, evidence))
+        found.append(v if verified and verifications is not None else None)
+    assign_roles(matches, found)  # a composite query: which original was pasted into which
     matches.sort(key=lambda m: (-m.score, -m.similarity, m.reference_id))
     return matches
 
