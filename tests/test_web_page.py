@@ -279,6 +279,24 @@ def test_the_page_finds_the_copy_and_shows_its_edits(server, browser, tmp_path):
     assert not browser.errors, browser.errors
 
 
+def test_the_page_shows_which_photo_was_pasted_into_which(server, browser, tmp_path):
+    """A query holding two catalog photos (the astronaut pasted into coffee): both cards say
+    copy, with their role next to the verdict (`matching.roles`)."""
+    url, _ = server
+    login(browser, url)
+    composite = Image.fromarray(photo("coffee"))
+    composite.paste(Image.fromarray(photo("astronaut")).resize((210, 210)), (330, 100))
+    path = tmp_path / "composite.jpg"
+    path.write_bytes(jpeg_bytes(composite, 90))
+    browser.upload("#files", path)
+    browser.wait("document.querySelector('article.query')?.dataset.state === 'done'", 60)
+    verdicts = browser.js("""Object.fromEntries([...document.querySelectorAll('.match')].map(m =>
+        [m.querySelector('.ref').textContent, m.querySelector('.verdict').textContent]))""")
+    assert verdicts["astronaut"] == "copy · inserted", verdicts
+    assert verdicts["coffee"] == "copy · background", verdicts
+    assert all("·" not in v for k, v in verdicts.items() if k not in ("astronaut", "coffee"))
+
+
 def test_page_query_matches_the_json_api(server, tmp_path):
     """The page's first call is the JSON API itself: same image, same answer."""
     url, _ = server

@@ -141,7 +141,9 @@ class QueryCard {
       el("span", {class: "ref", text: m.reference_id}),
       el("span", {class: "score"}, el("meter", {min: 0, max: 1, low: 0.49, high: 0.5, optimum: 1, value: m.score}),
          ` ${fmt(m.score)}`),
-      el("span", {class: `verdict ${copy ? "copy" : "no"}`, text: copy ? "copy" : "not a copy"}),
+      el("span", {class: `verdict ${copy ? "copy" : "no"}`, text: copy ? "copy" : "not a copy",
+                  title: m.role ? `${m.role} in the query: region ${m.region.join(", ")} (query pixels)` : null},
+         m.role ? el("span", {class: `role ${m.role}`, text: ` · ${m.role}`}) : null),
       el("span", {class: "how", text: decidedBy(m)}),
       el("span", {class: "sim", text: `cosine ${fmt(m.similarity)} · normalized ${fmt(m.global_score)} · view ${m.view}`}));
     return el("li", {}, card);
