@@ -69,6 +69,7 @@ _EXPORTS = {
     "VIEW_FEATURES": "view_check",
     "VerifyConfig": "verify",
     "ViewCheck": "view_check",
+    "accepted_to_verify": "roles",
     "analyze": "localize",
     "assign_roles": "roles",
     "best_per_query": "isc_csv",

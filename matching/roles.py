@@ -5,7 +5,8 @@ Their inliers then sit in different parts of the query: the pasted photo's insid
 the other photo's all around it (the pasted rectangle hides the background there). That is what
 tells a composite from two near-duplicate references (whose inliers share one region). The
 matches get roles: `inserted` (occupies a region of the query) and `background` (fills the rest),
-each with its region, the box of its inliers in query pixels.
+each with its region, the box of its inliers in query pixels. A copy the decision band accepted
+unverified has no inliers: `accepted_to_verify` names the ones a query with two copies needs.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from copytrace.matching.calibrate import Calibration, Decision, fused_score, global_score_only
 from copytrace.matching.results import Match
-from copytrace.matching.verify import Verification
+from copytrace.matching.verify import Unavailable, Verification
 
 INSERTED = "inserted"
 BACKGROUND = "background"
@@ -78,3 +80,20 @@ def _enclosed(inner: tuple[float, float, float, float],
     h = max(0.0, min(inner[3], outer[3]) - max(inner[1], outer[1]))
     area = max(1e-6, (inner[2] - inner[0]) * (inner[3] - inner[1]))
     return w * h / area
+
+
+def accepted_to_verify(global_scores: Sequence[float], decisions: Sequence[Decision],
+                       verifications: Sequence[Verification | Unavailable | None], *,
+                       calibration: Calibration, config: RoleConfig = RoleConfig()) -> list[int]:
+    """Candidates the decision band accepted unverified that roles need verified: a query with
+    an accepted copy (scored >= 0.5) beside another copy (accepted, or verified and scored >= 0.5)
+    may hold two originals, and only their inliers tell which was pasted into which. Indexes into
+    the candidates; empty for the common query with one copy (it costs nothing)."""
+    accepted = [j for j, (g, d) in enumerate(zip(global_scores, decisions, strict=False))
+                if d is Decision.ACCEPT
+                and global_score_only(g, calibration=calibration) >= config.threshold]
+    verified_copies = sum(
+        1 for g, d, v in zip(global_scores, decisions, verifications, strict=False)
+        if d is Decision.VERIFY and isinstance(v, Verification)
+        and fused_score(g, v, calibration=calibration) >= config.threshold)
+    return accepted if accepted and len(accepted) + verified_copies >= 2 else []

@@ -41,6 +41,7 @@ from copytrace.matching.normalize import Background, NormalizeConfig, load_backg
 from copytrace.matching.query_image import QueryImage, QuerySource, decode_query
 from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
 from copytrace.matching.results import Match, QueryResult
+from copytrace.matching.roles import accepted_to_verify
 from copytrace.matching.rotations import rotation_pass
 from copytrace.matching.verify import Verification, VerifyConfig
 from copytrace.matching.view_check import shipped_view_check
@@ -358,6 +359,8 @@ class QueryEngine:
                       [_LazyQuery(s) for s in sources])
             verified = self._verify(inputs, ranked, decisions, config, use_ray=use_ray,
                                     ray_address=ray_address)
+            self._verify_second_copies(inputs, ranked, decisions, verified, config,
+                                       use_ray=use_ray, ray_address=ray_address)
             wanted = sum(d is Decision.VERIFY for row in decisions for d in row)
             timings.pairs_verified += wanted
             timings.pairs_decided += sum(len(row) for row in decisions) - wanted
@@ -489,6 +492,28 @@ class QueryEngine:
             for j, v in zip(picked, row, strict=True):
                 out[i][j] = v
         return out
+
+    def _verify_second_copies(self, queries: Sequence[QueryImage | _LazyQuery],
+                              ranked: list[list[Candidate]], decisions: list[list[Decision]],
+                              verified: list[list[Verification | None]], config: MatchConfig, *,
+                              use_ray: bool, ray_address: str | None) -> None:
+        """In place: verify the band-accepted copies of queries that hold two copies, so their
+        roles (`matching.roles`: which was pasted into which) can be told; a query with one copy
+        costs nothing more."""
+        extra = []
+        for row, dec, ver in zip(ranked, decisions, verified, strict=True):
+            picked = set(accepted_to_verify([c.global_score for c in row], dec, ver,
+                                            calibration=self.calibration))
+            extra.append([Decision.VERIFY if j in picked else Decision.REJECT
+                          for j in range(len(dec))])
+        if not any(d is Decision.VERIFY for row in extra for d in row):
+            return
+        again = self._verify(queries, ranked, extra, config, use_ray=use_ray,
+                             ray_address=ray_address)
+        for dec, ver, more, new in zip(decisions, verified, extra, again, strict=True):
+            for j, d in enumerate(more):
+                if d is Decision.VERIFY:
+                    dec[j], ver[j] = Decision.VERIFY, new[j]
 
     def _verifier_for(self, config: VerifyConfig, use_ray: bool,
                       ray_address: str | None) -> Verifier:

@@ -43,8 +43,14 @@ def _iou(a: list[int], b: tuple[int, int, int, int]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def test_a_pasted_photo_and_its_background_get_their_roles(index):
+@pytest.mark.parametrize("band", [False, True], ids=["all-verified", "decision-band"])
+def test_a_pasted_photo_and_its_background_get_their_roles(index, band):
+    """Default pipeline. A 12-photo index verifies every top candidate; with the decision band
+    on (as in catalogs of BAND_MIN_CATALOG images or more) the band accepts the astronaut
+    unverified, and the engine verifies it because the query holds a second copy."""
     with QueryEngine.open(index, keypoint_cache=False) as engine:
+        if band:
+            engine.band_min_catalog = 0
         result = engine.query_bytes(_composite(), query_id="composite")
         plain = engine.query_bytes(jpeg_bytes(photo("chelsea"), 80), query_id="plain")
     found = {m.reference_id: m for m in result.matches}
