@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from copytrace.matching.isc_csv import read_predictions
 from copytrace.matching.results import Match
 from copytrace.matching.roles import assign_roles
 from copytrace.matching.verify import VerifyConfig, prepare, verify_prepared
 from copytrace.pipelines.build import build_index
 from copytrace.pipelines.engine import QueryEngine
+from copytrace.pipelines.query import query_index
 
 from photos import jpeg_bytes, photo
 
@@ -89,3 +91,13 @@ def test_two_references_of_one_region_get_no_roles():
     matches = [Match(n, 0.9, 0.9, {}) for n in ("astronaut", "coffee")]
     assign_roles(matches, found)
     assert [m.evidence.get("role") for m in matches] == ["inserted", "background"]
+
+
+def test_the_isc_csv_keeps_both_originals(index, tmp_path):
+    """`copytrace query --output`: one row per returned match, so both originals stay."""
+    query = tmp_path / "composite.jpg"
+    query.write_bytes(_composite())
+    run = query_index(query, index, k=5, output=tmp_path / "predictions.csv", use_ray=False,
+                      show_progress=False)
+    rows = [p for p in read_predictions(run.predictions) if p.score >= 0.5]
+    assert sorted(p.reference_id for p in rows) == ["astronaut", "coffee"], rows
