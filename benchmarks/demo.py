@@ -81,7 +81,7 @@ def verdict_table(verdicts: Sequence[Verdict]) -> Table:
     for v in verdicts:
         c = v.copy
         edits = " ".join(e for e in c.edits) if c.original else "(other view)"
-        mark = "[green]yes[/]" if v.correct else "[red]NO[/]"
+        mark = ("[green]yes*[/]" if v.inserted else "[green]yes[/]") if v.correct else "[red]NO[/]"
         table.add_row(c.label, edits, v.top or "-", "-" if v.score is None else f"{v.score:.3f}",
                       str(v.rank or "-") if c.original else "", "copy" if v.is_copy else "no copy",
                       mark)
@@ -97,6 +97,10 @@ def explain(console: Console, verdicts: Sequence[Verdict]) -> None:
                   f"negative {'rejected' if outcomes['rejected'] else 'FALSELY called a copy'}.")
     console.print("rank = where the true original is among the 5 candidates; 'correct' = the "
                   "verdict (copy of the right original, or no copy) is right.", style="dim")
+    if any(v.inserted for v in verdicts):
+        console.print("yes* = the query holds two indexed photos: the original was pasted into the "
+                      "top match, and both are reported as copies with their roles (inserted, "
+                      "background).", style="dim")
     wrong = [v for v in verdicts if not v.correct]
     if wrong:
         console.print(f"\n[bold]Why the {len(wrong)} wrong verdicts[/] (query, then the likely reason)")
@@ -105,7 +109,7 @@ def explain(console: Console, verdicts: Sequence[Verdict]) -> None:
 
 def pick_localization(verdicts: Sequence[Verdict]) -> Verdict | None:
     """A found copy whose edit leaves a visible mark (text, shapes, an overlay), else any found one."""
-    found = [v for v in verdicts if v.outcome == "found"]
+    found = [v for v in verdicts if v.outcome == "found" and not v.inserted]
     local = [v for v in found if set(v.copy.edits) & set(LOCAL_EDITS)
              and not {"crop", "rotate", "perspective", "flip"} & set(v.copy.edits)]
     return (local or found or [None])[0]

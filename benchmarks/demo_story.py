@@ -20,6 +20,7 @@ class Verdict:
     is_copy: bool  # the verdict: top score >= THRESHOLD
     correct: bool  # the verdict is right (a copy of the right original, or rightly no copy)
     why: str = ""  # for a wrong verdict: the likely reason
+    inserted: bool = False  # the original was found as the `inserted` photo of a composite query
 
     @property
     def outcome(self) -> str:
@@ -68,8 +69,15 @@ def judge(c: DemoCopy, result: QueryResult, *, threshold: float = THRESHOLD) -> 
     score = top.score if top else 0.0
     is_copy = score >= threshold
     right_top = top is not None and top.reference_id == c.original
-    correct = (is_copy and right_top) if c.original else not is_copy
     rank = _rank(result, c.original) if c.original else None
+    inserted = bool(rank) and _found_inserted(result.matches[rank - 1], threshold)
+    correct = (is_copy and (right_top or inserted)) if c.original else not is_copy
     why = "" if correct else _why(c, result, top.reference_id if top else None, score, rank)
     return Verdict(c, top.reference_id if top else None, top.score if top else None, rank,
-                   is_copy, correct, why)
+                   is_copy, correct, why, inserted and not right_top)
+
+
+def _found_inserted(match, threshold: float) -> bool:
+    """A query that holds two catalog photos: its original is a copy in its own right, with the
+    role `inserted` (matching.roles); the top match is the photo it was pasted into."""
+    return match.score >= threshold and match.evidence.get("role") == "inserted"

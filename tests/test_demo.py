@@ -61,6 +61,10 @@ def test_verdicts_are_judged_at_the_threshold():
     assert wrong.outcome == "wrong original" and wrong.is_copy and not wrong.correct and wrong.rank == 2
     assert "image-in-image" in wrong.why and "pasted small into chelsea" in wrong.why
     assert "the query holds both" in wrong.why  # camera also scored above 0.5
+    roles = _result(pasted.query_id, ("chelsea", 0.98), ("camera", 0.77))
+    roles.matches[0].evidence["role"], roles.matches[1].evidence["role"] = "background", "inserted"
+    both = judge(pasted, roles)  # the engine said which photo was pasted into which
+    assert both.outcome == "found" and both.correct and both.inserted and both.rank == 2
 
     negative = DemoCopy(HARD_NEGATIVE, "", 0, ())
     assert judge(negative, _result(HARD_NEGATIVE, ("motorcycle", 0.34))).outcome == "rejected"
