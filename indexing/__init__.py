@@ -65,6 +65,7 @@ _EXPORTS = {
     "parse_size": "budget",
     "read_catalog": "catalog",
     "read_embeddings": "embeddings",
+    "read_tombstones": "updates",
     "recall_at_k": "tuning",
     "relocate_index": "relocate:relocate",
     "remove_adapter": "adapters",

@@ -20,6 +20,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from copytrace.app.threatexchange import decode_hash
+from copytrace.app.threatexchange.bank import write_bank
+from copytrace.indexing.updates import remove
 from copytrace.pipelines.build import build_index
 
 from photos import jpeg_bytes, photo
@@ -125,3 +127,9 @@ def test_threatexchange_cli_hashes_and_matches_with_copytrace(tmp_path, photos_d
             + f"\nPDQ distance repost.jpg -> astronaut.jpg: {pdq} bits (PDQ's match threshold is "
             f"31), so only the copytrace signal matches. copytrace distance = 1 - cosine; the "
             f"match threshold is the calibration's global-only decision point.\n")
+
+    # A removed image is no longer searchable, so it leaves the bank too.
+    remove(index, ["coins"])
+    assert write_bank(index, tmp_path / "after-remove.txt") == 22
+    kept = {r["image_id"] for r in csv.DictReader((tmp_path / "after-remove.txt.ids.csv").open())}
+    assert "coins" not in kept and len(kept) == 11

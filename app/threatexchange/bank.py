@@ -15,10 +15,15 @@ from enum import Enum
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from copytrace.app.threatexchange.codec import SIGNAL_NAME, encode_vector, model_key
-from copytrace.indexing import IndexLayout, Manifest, read_catalog, read_embeddings
+from copytrace.indexing import (
+    IndexLayout,
+    Manifest,
+    read_catalog,
+    read_embeddings,
+    read_tombstones,
+)
 from copytrace.pipelines import hash_images
 from copytrace.util import write_bytes_atomic
 
@@ -36,9 +41,7 @@ def _searchable(root: Path) -> set[str]:
     catalog = read_catalog(layout.catalog_dir)
     ok = {i for i, s in zip(catalog.column("image_id").to_pylist(),
                             catalog.column("status").to_pylist(), strict=True) if s == "ok"}
-    if manifest.tombstones:
-        ok -= set(pq.read_table(root / manifest.tombstones).column("image_id").to_pylist())
-    return ok
+    return ok - read_tombstones(layout, manifest)
 
 
 def _descriptor_rows(root: Path, keep: set[str]) -> list[tuple[str, str]]:
