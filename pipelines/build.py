@@ -22,7 +22,7 @@ from copytrace.descriptors.model import load_descriptor
 from copytrace.indexing.budget import parse_size
 from copytrace.indexing.catalog_sql import errors as catalog_errors
 from copytrace.indexing.catalog_sql import status_summary
-from copytrace.indexing.embeddings import embedding_parts, table_vectors
+from copytrace.indexing.embeddings import EmbeddingRanges, embedding_parts, table_vectors
 from copytrace.indexing.index_spec import choose_index
 from copytrace.indexing.lock import clear_folder, writes_index
 from copytrace.indexing.manifest import (
@@ -63,42 +63,19 @@ class BuildReport:
     up_to_date: bool = False  # the same build had already finished: nothing was left to do
 
 
-class _EmbeddingReader:
-    """Reads vector ranges across embedding parts without loading the whole catalog."""
-
-    def __init__(self, folder: Path) -> None:
-        self.parts = embedding_parts(folder)
-        self.counts = [pq.ParquetFile(p).metadata.num_rows for p in self.parts]
-        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(int)
-        self.total = int(self.starts[-1])
-
-    def ids(self) -> list[str]:
-        out: list[str] = []
-        for p in self.parts:
-            out.extend(pq.read_table(p, columns=["image_id"]).column("image_id").to_pylist())
-        return out
-
-    def read_range(self, a: int, b: int) -> np.ndarray:
-        chunks = []
-        for i, p in enumerate(self.parts):
-            s, e = self.starts[i], self.starts[i + 1]
-            if e <= a or s >= b or e == s:
-                continue
-            v = table_vectors(pq.read_table(p))
-            chunks.append(v[max(a, s) - s : min(b, e) - s])
-        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-
-    def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        order = list(range(len(self.parts)))
-        random.Random(seed).shuffle(order)
-        chunks, have = [], 0
-        for i in order:
-            if have >= n:
-                break
-            v = table_vectors(pq.read_table(self.parts[i]))
-            chunks.append(v)
-            have += len(v)
-        return np.concatenate(chunks)[:n]
+def _whole_parts_sample(parts: list[Path], n: int, seed: int = 0) -> np.ndarray:
+    """Up to `n` vectors for training the index: whole embedding parts in a seeded order (each
+    part is a contiguous read), cut to `n`."""
+    order = list(range(len(parts)))
+    random.Random(seed).shuffle(order)
+    chunks, have = [], 0
+    for i in order:
+        if have >= n:
+            break
+        v = table_vectors(pq.read_table(parts[i]))
+        chunks.append(v)
+        have += len(v)
+    return np.concatenate(chunks)[:n]
 
 
 @writes_index("index")
@@ -179,7 +156,7 @@ def build_index(
                              f"chunks are saved in '{layout.root}': rerun the same command to "
                              "resume") from exc
 
-    reader = _EmbeddingReader(layout.embeddings_dir)
+    reader = EmbeddingRanges(embedding_parts(layout.embeddings_dir))
     if reader.total == 0:
         first = catalog_errors(layout.root, limit=1).to_pylist()
         example = f" (e.g. '{first[0]['uri']}': {first[0]['error']})" if first else ""
@@ -195,7 +172,7 @@ def build_index(
     if layout.faiss_dir.exists():
         shutil.rmtree(layout.faiss_dir)
     shard_paths = build_shards(spec, dims, reader.total, reader.read_range,
-                               lambda: reader.sample(200_000), layout.faiss_dir,
+                               lambda: _whole_parts_sample(reader.parts, 200_000), layout.faiss_dir,
                                shard_size=shard_size)
     write_parquet_atomic(layout.id_map, id_map_table(reader.ids()))
     tuned = tune_built_index(layout.root, shard_paths, descriptor, nprobe=nprobe,
