@@ -203,6 +203,18 @@ def lost_lines(job: Job) -> list[re.Match]:
     return [m for line in job.lines if (m := LOST.search(line))]
 
 
+def finished_after_requeue(job: Job, victim: str, what: str) -> str:
+    """The job's output, once it exited 0 with the victim node's chunks back in the queue."""
+    rc, out = job.finish()
+    assert rc == 0, "\n".join(job.lines)
+    lost = lost_lines(job)
+    assert lost and lost[0].group(2) == victim and lost[0].group(3).startswith("chunks"), job.lines
+    say(f"{what}: driver: 'lost Ray worker {lost[0].group(1)} on node {victim[:12]}: "
+        f"{lost[0].group(3)} back in the queue ({lost[0].group(4)[:60]}...)'; exit {rc} after "
+        f"{job.seconds:.0f} s: {out.strip()}")
+    return out
+
+
 def test_build_survives_losing_a_worker_node(cluster, images, clean, tmp_path):
     nodes = cluster.workers(2)
     index = tmp_path / "idx"
@@ -218,13 +230,7 @@ def test_build_survives_losing_a_worker_node(cluster, images, clean, tmp_path):
     say(f"build: killed worker node {victim[:12]} ({killed} processes, Ray worker "
         f"{done.group(3)}) after chunk "
         f"{done.group(2)} was done and {committed} of 12 chunks were committed")
-    rc, out = job.finish()
-    assert rc == 0, "\n".join(job.lines)
-    lost = lost_lines(job)
-    assert lost and lost[0].group(2) == victim and lost[0].group(3).startswith("chunks"), job.lines
-    say(f"build: driver: 'lost Ray worker {lost[0].group(1)} on node {victim[:12]}: "
-        f"{lost[0].group(3)} back in the queue ({lost[0].group(4)[:60]}...)'; exit {rc} after "
-        f"{job.seconds:.0f} s: {out.strip()}")
+    finished_after_requeue(job, victim, "build")
     assert fingerprint(index).positions == fingerprint(clean).positions  # ids in the same order
     say(f"build: {compare(index, clean)}; FAISS positions in the same order")
 
@@ -245,13 +251,7 @@ def test_add_survives_losing_a_worker_node(cluster, images, clean, tmp_path):
     say(f"add: killed worker node {victim[:12]} ({killed} processes, Ray worker "
         f"{done.group(3)}) after chunk "
         f"{done.group(2)} of 12 was done")
-    rc, out = job.finish()
-    assert rc == 0, "\n".join(job.lines)
-    lost = lost_lines(job)
-    assert lost and lost[0].group(2) == victim and lost[0].group(3).startswith("chunks"), job.lines
-    say(f"add: driver: 'lost Ray worker {lost[0].group(1)} on node {victim[:12]}: "
-        f"{lost[0].group(3)} back in the queue ({lost[0].group(4)[:60]}...)'; exit {rc} after "
-        f"{job.seconds:.0f} s: {out.strip()}")
+    out = finished_after_requeue(job, victim, "add")
     assert "version 2, 12 added, 24 live" in out
     say(f"add: base (12, in-process) + add (12, cluster): {compare(index, clean)}")
 
