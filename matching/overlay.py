@@ -20,6 +20,7 @@ REGISTERED_BY = {"given": "the match's homography", "keypoints": "keypoints",
 
 KIND_COLOURS = {  # RGB
     "added": (255, 40, 40), "removed": (255, 160, 0), "replaced": (230, 0, 230), "text": (0, 200, 255),
+    "lighting": (150, 150, 150),
     OUTSIDE: (60, 110, 255),
 }
 FRAME_COLOUR = (255, 255, 0)

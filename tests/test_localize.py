@@ -376,3 +376,14 @@ def test_given_homography_is_used_first():
     result = localize(query, original, initial=H)
     assert result.registration.method == "given" and result.registration.tried == ()
     assert _iou(result.mask, truth) >= 0.5
+
+
+@pytest.mark.parametrize(("a", "b"), [("00058", "00059"), ("00148", "00149")])
+def test_glare_on_a_glossy_object_is_lighting_not_text(dev_data, a, b):
+    """Two photos of one glossy object: the glare that moved between them is the same print
+    under other light. It used to be labelled `text 1.00`, a false claim of an added caption."""
+    def rgb(name: str) -> np.ndarray:
+        return cv2.cvtColor(cv2.imread(str(dev_data / "ukbench" / f"ukbench{name}.jpg")), cv2.COLOR_BGR2RGB)
+
+    kinds = [r.kind for r in localize(rgb(a), rgb(b), assume_copy=True).edit_regions]
+    assert "text" not in kinds and "lighting" in kinds, kinds
