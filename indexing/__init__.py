@@ -20,6 +20,8 @@ Modules:
                      test_reliability_cli.py, test_updates.py]
     manifest.py      The index folder [tests: test_build_query.py, test_catalog_pdq.py,
                      test_index_tuning.py, ...]
+    ondisk.py        One on-disk inverted-list file per index: shards merged under their one coarse
+                     quantizer [tests: test_ondisk.py, test_shard_search.py]
     parts.py         Which Parquet parts of an index folder belong to the version its manifest names
                      [tests: test_reliability_updates.py]
     relocate.py      `copytrace index relocate IDX OLD NEW` [tests: test_reliability.py]
@@ -60,6 +62,7 @@ _EXPORTS = {
     "load_adapters": "adapters",
     "leftovers": "fingerprint",
     "list_sources": "sources",
+    "lists_path": "ondisk",
     "manifest_version": "parts",
     "nlist_for": "index_spec",
     "parse_size": "budget",

@@ -65,6 +65,8 @@ class FaissInfo:
     k_factor: int | None = None  # re-ranking depth of Refine specs
     tuning: dict | None = None  # what the search parameters were tuned on and reached
     storage: str = "memory"  # indexing.index_spec.Storage: "ondisk" memory-maps the inverted lists
+    lists: str | None = None  # on disk: the merged lists file of shards[0] (`indexing.ondisk`);
+    # None: each shard file holds its own lists (in RAM, or on-disk indexes built before merging)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ class Manifest:
 
     def files(self) -> set[str]:
         """Paths (relative to the index root) this version's search reads."""
-        return {*self.index.shards, self.id_map, *([self.tombstones] if self.tombstones else []),
+        return {*self.index.shards, *([self.index.lists] if self.index.lists else []),
+                self.id_map, *([self.tombstones] if self.tombstones else []),
                 *self.adapters.values()}
 
     def write(self, path: Path) -> None:

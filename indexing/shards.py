@@ -3,10 +3,13 @@
 Shards bound the memory of a build (vectors are streamed shard by shard) and let a catalog grow
 past one machine's RAM. A trained index (IVF) is trained once and cloned for every shard, so all
 shards share one coarse quantizer and scores stay comparable. A shard is filled in batches of
-`ADD_BATCH` vectors, so a build holds one shard's codes and one batch, never the catalog. Shards
-of an on-disk index (`Storage.ONDISK`) are opened with their inverted lists memory-mapped
-(FAISS `IO_FLAG_MMAP`): a search pages in only the lists it probes. Search moves in-memory
-shards to all GPUs when FAISS sees any.
+`ADD_BATCH` vectors, so a build holds one shard's codes and one batch, never the catalog.
+An on-disk index (`Storage.ONDISK`) is built the same way, then its shards' lists are merged
+into one lists file under the one quantizer (`indexing.ondisk`): one index file to search.
+On-disk files are opened with their lists memory-mapped (FAISS `IO_FLAG_MMAP`): a search pages
+in only the lists it probes. Indexes built before the merge kept each shard's lists (and a copy
+of the quantizer) in each shard file; they are read the same way. Search moves in-memory shards
+to all GPUs when FAISS sees any.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import faiss
 import numpy as np
 
 from copytrace.indexing.index_spec import Storage
+from copytrace.indexing.ondisk import lists_path, map_merged_lists, merge_shards
 from copytrace.util.atomic import write_file_atomic
 
 log = logging.getLogger(__name__)
@@ -67,19 +71,28 @@ def write_shard(template: faiss.Index, vectors: np.ndarray, path: Path) -> int:
 
 
 def write_shard_streamed(template: faiss.Index, read_range: Callable[[int, int], np.ndarray],
-                         start: int, stop: int, path: Path) -> int:
-    """A shard of vectors start..stop, read and added `ADD_BATCH` at a time."""
+                         start: int, stop: int, path: Path, *, global_ids: bool = False) -> int:
+    """A shard of vectors start..stop, read and added `ADD_BATCH` at a time; with `global_ids`
+    its lists hold positions start..stop (to be merged), else 0..stop-start."""
     index = faiss.clone_index(template)
     for a in range(start, stop, ADD_BATCH):
-        index.add(np.ascontiguousarray(read_range(a, min(stop, a + ADD_BATCH)), dtype=np.float32))
+        b = min(stop, a + ADD_BATCH)
+        x = np.ascontiguousarray(read_range(a, b), dtype=np.float32)
+        if global_ids:
+            index.add_with_ids(x, np.arange(a, b, dtype=np.int64))
+        else:
+            index.add(x)
     write_file_atomic(path, lambda tmp: faiss.write_index(index, str(tmp)))
     return index.ntotal
 
 
 def read_shard(path: Path, storage: Storage | str = Storage.MEMORY) -> faiss.Index:
-    """A shard for search: whole in RAM, or (on-disk) with its inverted lists memory-mapped."""
+    """A shard for search: whole in RAM, or (on-disk) with its inverted lists memory-mapped,
+    from its own file or, for a merged index, from the lists file beside it."""
     if Storage(storage) is Storage.ONDISK:
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+        map_merged_lists(index, path)
+        return index
     return faiss.read_index(str(path))
 
 
@@ -209,17 +222,47 @@ def build_shards(
     shard_size: int,
     version: int | None = None,
     quantizer: faiss.Index | None = None,
+    storage: Storage | str = Storage.MEMORY,
 ) -> list[Path]:
     """Write `ceil(total / shard_size)` shard files; `read_range(a, b)` gives vectors a..b.
     With `version`, file names carry it (an update never overwrites a file a reader may use);
-    with a trained `quantizer`, k-means is skipped (`train_template`)."""
+    with a trained `quantizer`, k-means is skipped (`train_template`). On disk, the shards are
+    merged into one index file and its lists file (`build_merged`): the one path returned."""
     template = train_template(spec, dims, train_sample, quantizer=quantizer)
+    suffix = "" if version is None else f".v{version}"
+    if Storage(storage) is Storage.ONDISK:
+        return [build_merged(template, total, read_range, out_dir / f"ivf{suffix}.faiss",
+                             shard_size=shard_size)]
     paths = []
     for no, start in enumerate(range(0, max(total, 1), shard_size)):
         stop = min(total, start + shard_size)
-        suffix = "" if version is None else f".v{version}"
         path = out_dir / f"shard-{no:04d}{suffix}.faiss"
         write_shard_streamed(template, read_range, start, stop, path)
         log.info("shard %d: vectors %d..%d written", no, start, stop)
         paths.append(path)
     return paths
+
+
+def build_merged(template: faiss.Index, total: int, read_range: Callable[[int, int], np.ndarray],
+                 index_path: Path, *, shard_size: int) -> Path:
+    """An on-disk index at `index_path` (+ `ondisk.lists_path`) of vectors 0..total: shards of
+    `shard_size` are written with global ids (one in RAM at a time), merged, then deleted; disk
+    briefly holds the lists twice."""
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    stem = index_path.name.removesuffix(".faiss")
+    parts = []
+    try:
+        for no, start in enumerate(range(0, max(total, 1), shard_size)):
+            stop = min(total, start + shard_size)
+            # named *.faiss: what a killed build leaves, the next update deletes
+            part = index_path.with_name(f"merging-{no:04d}.{stem}.faiss")
+            write_shard_streamed(template, read_range, start, stop, part, global_ids=True)
+            log.info("shard %d: vectors %d..%d written (to merge)", no, start, stop)
+            parts.append(part)
+        merge_shards(template, parts, index_path)
+    finally:
+        for part in parts:
+            part.unlink(missing_ok=True)
+    log.info("on-disk index '%s': %d vectors, lists in '%s'", index_path, total,
+             lists_path(index_path).name)
+    return index_path

@@ -23,7 +23,9 @@ import pyarrow.parquet as pq
 from copytrace.indexing.catalog import STATUS_OK, read_catalog
 from copytrace.indexing.embeddings import EmbeddingRanges, embedding_parts
 from copytrace.indexing.hold_points import hold
+from copytrace.indexing.index_spec import Storage
 from copytrace.indexing.manifest import IndexLayout, Manifest, utc_now
+from copytrace.indexing.ondisk import empty_copy, lists_path
 from copytrace.indexing.parts import (
     PART_GLOB,
     committed_parts,
@@ -85,7 +87,8 @@ def _publish(layout: IndexLayout, old: Manifest, new: Manifest) -> None:
     hold("manifest-swap")
     new.write(layout.manifest)
     keep = new.files() | old.files()
-    stale = [p for p in [*layout.faiss_dir.glob("*.faiss"), *layout.root.glob("ids*.parquet"),
+    stale = [p for p in [*layout.faiss_dir.glob("*.faiss"), *layout.faiss_dir.glob("*.ivfdata"),
+                         *layout.root.glob("ids*.parquet"),
                          *layout.root.glob("tombstones*.parquet")]
              if str(p.relative_to(layout.root)) not in keep]
     stale += superseded_parts(layout.root, (old.version, new.version))
@@ -137,14 +140,20 @@ def _refuse_duplicates(ids: list[str], known: list[str]) -> None:
 
 def _append_to_shards(layout: IndexLayout, old: Manifest, vectors: np.ndarray,
                       version: int) -> list[str]:
-    """Fill the last shard up to shard_size (written as a new file), then open new shards."""
+    """Fill the last shard up to shard_size (written as a new file), then open new shards.
+    A merged on-disk index (`ondisk`) is never rewritten: new vectors go to small shards after
+    it, searched beside it, until `compact` merges everything again."""
     shards = list(old.index.shards)
     size = old.index.shard_size
-    last = faiss.read_index(str(layout.root / shards[-1]))
-    template = empty_like(last)
     start = 0
-    room = max(0, size - last.ntotal)
-    if room and len(vectors):
+    if old.index.lists and len(shards) == 1:  # the merged index alone: its lists stay as they are
+        template = empty_copy(faiss.read_index(str(layout.root / shards[0]), faiss.IO_FLAG_MMAP))
+        last, room = None, 0
+    else:
+        last = faiss.read_index(str(layout.root / shards[-1]))
+        template = empty_like(last)
+        room = max(0, size - last.ntotal)
+    if last is not None and room and len(vectors):
         take = vectors[:room]
         last.add(take)
         name = f"faiss/shard-{len(shards) - 1:04d}.v{version}.faiss"
@@ -187,6 +196,8 @@ def compact(root: str | Path) -> UpdateReport:
     """Drop tombstoned rows from the Parquet parts and rebuild FAISS from what is left
     (call under the index lock), reading the parts one at a time. The coarse quantizer is
     retrained on the live vectors, as a fresh build would; the tuned search parameters are kept.
+    An on-disk index comes back merged (one index file and one lists file), also one built
+    before merging existed.
     Filtered parts are new files of the new version, so readers of the current one see its rows
     until the manifest swap."""
     layout = IndexLayout(Path(root))
@@ -200,13 +211,16 @@ def compact(root: str | Path) -> UpdateReport:
     sample = live.sample(200_000)
     paths = build_shards(old.index.spec, old.model.dims, live.total, live.read_range,
                          lambda: sample, layout.faiss_dir, shard_size=old.index.shard_size,
-                         version=version)
+                         version=version, storage=old.index.storage)
     write_parquet_atomic(layout.root / f"ids.v{version}.parquet", id_map_table(ids))
     shards = [str(p.relative_to(layout.root)) for p in paths]
+    merged = Storage(old.index.storage) is Storage.ONDISK
+    lists = str(lists_path(paths[0]).relative_to(layout.root)) if merged else None
     counts = {k: v for k, v in old.counts.items() if k != "removed"}
     counts["indexed"] = len(ids)
-    new = replace(old, index=replace(old.index, shards=shards), counts=counts, version=version,
-                  id_map=f"ids.v{version}.parquet", tombstones=None, updated=utc_now())
+    new = replace(old, index=replace(old.index, shards=shards, lists=lists), counts=counts,
+                  version=version, id_map=f"ids.v{version}.parquet", tombstones=None,
+                  updated=utc_now())
     _publish(layout, old, new)
     return UpdateReport(version, removed=len(dead), live=len(ids), shards=len(shards))
 

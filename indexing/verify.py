@@ -51,7 +51,8 @@ def verify_index(index: str | Path, *, sample: int = SELF_SEARCH_SAMPLE) -> Veri
                         f"embedding and {len(set(emb_ids) - set(catalog_ok))} embeddings without one")
     if dead - set(ids):
         problems.append(f"{len(dead - set(ids))} tombstones name ids not in the index")
-    missing = [s for s in manifest.index.shards if not (layout.root / s).exists()]
+    files = [*manifest.index.shards, *([manifest.index.lists] if manifest.index.lists else [])]
+    missing = [s for s in files if not (layout.root / s).exists()]
     if missing:
         problems.append(f"shard files missing: {', '.join(missing)}")
         return VerifyReport(False, manifest.version, problems)

@@ -23,7 +23,7 @@ from copytrace.indexing.budget import parse_size
 from copytrace.indexing.catalog_sql import errors as catalog_errors
 from copytrace.indexing.catalog_sql import status_summary
 from copytrace.indexing.embeddings import EmbeddingRanges, embedding_parts, table_vectors
-from copytrace.indexing.index_spec import choose_index
+from copytrace.indexing.index_spec import Storage, choose_index
 from copytrace.indexing.lock import clear_folder, writes_index
 from copytrace.indexing.manifest import (
     FaissInfo,
@@ -33,6 +33,7 @@ from copytrace.indexing.manifest import (
     software_versions,
     utc_now,
 )
+from copytrace.indexing.ondisk import lists_path
 from copytrace.indexing.shards import build_shards
 from copytrace.indexing.sources import NoImagesError, absolute_uri, list_sources, listing_digest
 from copytrace.indexing.store import id_map_table
@@ -173,7 +174,9 @@ def build_index(
         shutil.rmtree(layout.faiss_dir)
     shard_paths = build_shards(spec, dims, reader.total, reader.read_range,
                                lambda: _whole_parts_sample(reader.parts, 200_000), layout.faiss_dir,
-                               shard_size=shard_size)
+                               shard_size=shard_size, storage=storage)
+    lists = (str(lists_path(shard_paths[0]).relative_to(layout.root))
+             if storage == Storage.ONDISK.value else None)  # on disk: one merged lists file
     write_parquet_atomic(layout.id_map, id_map_table(reader.ids()))
     tuned = tune_built_index(layout.root, shard_paths, descriptor, nprobe=nprobe,
                              total=reader.total, read_range=reader.read_range,
@@ -187,7 +190,8 @@ def build_index(
                         [str(p.relative_to(layout.root)) for p in shard_paths], shard_size,
                         choice.reason if index_spec == "auto" else "user choice",
                         k_factor=tuned.k_factor if tuned else None,
-                        tuning=tuned.as_dict() if tuned else None, storage=storage),
+                        tuning=tuned.as_dict() if tuned else None, storage=storage,
+                        lists=lists),
         counts={"inputs": len(sources), "indexed": reader.total,
                 "errors": counts.get("error", 0)},
         source=absolute_uri(images), versions=software_versions(), created=utc_now(), pdq=pdq,

@@ -6,11 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from small_index import DIMS, small_index
+from small_index import DIMS, catalog_rows, small_index, vector
 
+from copytrace.indexing.catalog import catalog_table
+from copytrace.indexing.embeddings import embedding_table
 from copytrace.indexing.manifest import IndexLayout, Manifest
 from copytrace.indexing.store import CopyIndex
-from copytrace.indexing.updates import remove
+from copytrace.indexing.updates import append, compact, remove
 from copytrace.pipelines.shard_search import open_distributed
 
 
@@ -40,6 +42,38 @@ def test_two_shard_actors_equal_in_process_search(tmp_path, local_ray, spec, sto
         top = remote.search(vectors[[0, 899]], 1)
         assert [row[0].image_id for row in top] == ["0", "899"]
         assert all(n.image_id not in {"5", "600"} for row in got for n in row)
+    finally:
+        remote.faiss_index.close()
+
+
+def test_shard_actors_search_a_merged_ondisk_index_like_in_process(tmp_path, local_ray):
+    """A merged on-disk index is one index file (its lists file beside it) plus the small shards
+    later adds open: each file goes to an actor, which maps the lists from the shared folder."""
+    root = tmp_path / "idx"
+    vectors = small_index(root, 900, shard_size=250, spec="IVF8,SQ8", nprobe=3)
+    m = Manifest.read(IndexLayout(root).manifest)
+    replace(m, index=replace(m.index, storage="ondisk")).write(IndexLayout(root).manifest)
+    compact(root)  # an on-disk index comes back merged: one quantizer, one lists file
+    new_ids = [str(i) for i in range(900, 1000)]
+    new = np.stack([vector(i) for i in new_ids])
+    append(root, new_ids, new, catalog=catalog_table(catalog_rows(new_ids)),
+           embeddings=embedding_table(new_ids, new))
+    remove(root, ["5", "950"])
+    local = CopyIndex.open(root)
+    assert local.manifest.index.lists and len(local.manifest.index.shards) == 2
+    rng = np.random.default_rng(4)
+    everything = np.concatenate([vectors, new])
+    queries = everything[rng.choice(1000, 40, replace=False)] + 0.2 * rng.normal(size=(40, DIMS))
+    remote = open_distributed(root, actors=2)
+    try:
+        assert len(remote.faiss_index.actors) == 2 and remote.faiss_index.ntotal == 1000
+        want, got = local.search(queries, 12), remote.search(queries, 12)
+        assert [[n.image_id for n in row] for row in got] == [[n.image_id for n in row]
+                                                             for row in want]
+        np.testing.assert_allclose([[n.score for n in row] for row in got],
+                                   [[n.score for n in row] for row in want], rtol=1e-5)
+        top = remote.search(everything[[0, 999]], 1)
+        assert [row[0].image_id for row in top] == ["0", "999"]
     finally:
         remote.faiss_index.close()
 
