@@ -4,6 +4,9 @@ The same code runs on an embedded local Ray and on a cluster (`ray_address`): ea
 its share of the shard files (on a GPU when its node has one, as `ShardedIndex.load` does) and
 answers with global positions, so the driver's merge is the in-process merge (`merge_topk`).
 The shard files must be readable from every node (a shared filesystem, or the same path).
+A merged on-disk index (`indexing.ondisk`) is one index file (its lists file beside it) plus the
+small shards later adds opened: one actor maps the merged file, so fanning out splits only
+those; splitting its lists over actors is not done.
 """
 
 from __future__ import annotations

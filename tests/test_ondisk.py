@@ -216,3 +216,4 @@ def test_index_info_shows_the_storage(tmp_path):
                           timeout=120, check=True)
     info = json.loads(proc.stdout)["index"]
     assert info["storage"] == "ondisk" and info["lists"] == "faiss/ivf.ivfdata"
+
