@@ -20,7 +20,10 @@ tree, `proc_peak`) is its own:
   shard by shard (`build_shards`), tuned by `tune_search` on separate copy queries to keep 0.97
   of exact recall.
 - ondisk: the same under `--ondisk-budget` (default 1/16 of Flat's bytes), which sends the
-  inverted lists to disk (`Storage.ONDISK`, memory-mapped).
+  inverted lists to disk (`Storage.ONDISK`, memory-mapped): shards built one at a time, then
+  merged into one lists file under one coarse quantizer (`indexing.ondisk`).
+- ondisk-shards: the same index in the layout on-disk builds had before merging: every shard
+  file keeps its own lists and its own copy of the quantizer, each memory-mapped.
 - peer: FAISS's own guidance at this size, OPQ + IVF with an HNSW coarse quantizer + PQ
   (`--peer-spec`, default `OPQ32_128,IVF{nlist}_HNSW32,PQ32` with copytrace's nlist), tuned alike.
 - autofaiss: its own choice in its own venv (its pins clash with ours).
@@ -66,6 +69,7 @@ from copytrace.indexing import (
     build_shards,
     choose_index,
     exact_top_k,
+    lists_path,
     nlist_for,
     parse_size,
     recall_at_k,
@@ -75,7 +79,7 @@ from copytrace.indexing import (
 
 log = logging.getLogger(__name__)
 
-ROWS = ("exact", "copytrace", "ondisk", "selfjoin", "peer", "autofaiss")
+ROWS = ("exact", "copytrace", "ondisk", "ondisk-shards", "selfjoin", "peer", "autofaiss")
 BLOCK = 50_000  # vectors per exact-search block (its scores and ranks: ~0.5 GB at 575 queries)
 TRAIN_POINTS = 200_000
 MIB = 2**20
@@ -167,7 +171,8 @@ def _tune_exact_recall(work: Path, cat: SyntheticCatalog, tune: tuple[np.ndarray
 
 
 def _folder_bytes(paths: list[Path]) -> int:
-    return sum(p.stat().st_size for p in paths)
+    """The index files and, for a merged on-disk index, its lists file."""
+    return sum(f.stat().st_size for p in paths for f in (p, lists_path(p)) if f.exists())
 
 
 def _coarse_quantizer(cat: SyntheticCatalog, spec: str, work: Path
@@ -195,17 +200,19 @@ def _coarse_quantizer(cat: SyntheticCatalog, spec: str, work: Path
 def _built_row(name: str, cat: SyntheticCatalog, real: RealSet,
                tune: tuple[np.ndarray, np.ndarray], *, spec: str, storage: Storage,
                nprobe: int | None, shard_size: int, target: float, work: Path, reason: str,
-               python: str) -> dict:
+               python: str, merge: bool = True) -> dict:
     """Build `spec` shard by shard from the streamed catalog, tune it, then serve it from a
-    fresh process."""
+    fresh process. On disk, `merge=False` keeps the shard files as they are (the layout before
+    merging) and memory-maps each."""
     folder = work / f"{name}-{cat.n}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     quantizer, kmeans, shared = _coarse_quantizer(cat, spec, work)
     t = time.perf_counter()
+    merged = storage is Storage.ONDISK and merge
     paths = build_shards(spec, cat.dims, cat.n, cat.read_range,
                          lambda: cat.sample(TRAIN_POINTS), folder, shard_size=shard_size,
-                         quantizer=quantizer)
+                         quantizer=quantizer, storage=storage if merged else Storage.MEMORY)
     build = time.perf_counter() - t + kmeans  # k-means counted in every row that uses it
     built_mib = _memory_mib()
     exact = _tune_exact_recall(work, cat, tune)
@@ -219,6 +226,8 @@ def _built_row(name: str, cat: SyntheticCatalog, real: RealSet,
     return {"index_spec": spec + (f" nprobe={tuned.nprobe}" if tuned.nprobe else "")
             + (f" k_factor={tuned.k_factor}" if tuned.k_factor else ""),
             "storage": storage.value, "shards": len(paths), "shard_size": shard_size,
+            "layout": "merged" if merged else "shards",
+            "built_shards": math.ceil(cat.n / shard_size),
             "recall_at_10": served["recall_at_10"], "qps": served["qps"],
             "disk_bytes": _folder_bytes(paths),
             "resident_bytes": int(served["memory_mib"]["after_search"]["VmRSS"] * MIB),
@@ -343,12 +352,13 @@ def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace
 
 
 def _choice_row(name: str, cat: SyntheticCatalog, real: RealSet,
-                tune: tuple[np.ndarray, np.ndarray], budget: int, args: argparse.Namespace) -> dict:
+                tune: tuple[np.ndarray, np.ndarray], budget: int, args: argparse.Namespace,
+                merge: bool = True) -> dict:
     choice = choose_index(cat.n, cat.dims, budget)
     shard_size = min(args.shard_size, choice.max_shard_size or args.shard_size)
     row = _built_row(name, cat, real, tune, spec=choice.spec, storage=choice.storage,
                      nprobe=choice.nprobe, shard_size=shard_size, target=args.target_recall,
-                     work=args.cache, reason=choice.reason, python=sys.executable)
+                     work=args.cache, reason=choice.reason, python=sys.executable, merge=merge)
     row["memory_budget_bytes"] = budget
     return row
 
@@ -366,9 +376,9 @@ def run_row(name: str, n: int, args: argparse.Namespace) -> dict:
     if name == "copytrace":
         budget = parse_size(args.memory_budget) if args.memory_budget else flat // 4
         return _choice_row(name, cat, real, tune, budget, args)
-    if name == "ondisk":
+    if name in ("ondisk", "ondisk-shards"):
         budget = parse_size(args.ondisk_budget) if args.ondisk_budget else flat // 16
-        return _choice_row(name, cat, real, tune, budget, args)
+        return _choice_row(name, cat, real, tune, budget, args, merge=name == "ondisk")
     if name == "selfjoin":
         return _selfjoin_row(cat, real, args)
     if name == "peer":
@@ -489,10 +499,12 @@ def projection(rows: list[dict], name: str,
     for n in sizes:
         on_disk = disk * n
         if b.get("storage") == "ondisk":
-            shards = math.ceil(n / ondisk_shard)
             mem = b["serving"]["memory_mib"]  # opened, before any list is paged in
             opened = (mem["after_open"]["VmRSS"] - mem["after_import"]["VmRSS"]) * MIB
-            resident = opened * shards * nlist_for(n) / (b["shards"] * nlist_for(b["n"]))
+            # one quantizer when merged; else one copy per shard
+            copies = (1, 1) if b.get("layout") == "merged" else (math.ceil(n / ondisk_shard),
+                                                                  b["shards"])
+            resident = opened * copies[0] * nlist_for(n) / (copies[1] * nlist_for(b["n"]))
         else:
             resident = on_disk
         out.append({
@@ -509,8 +521,8 @@ def projection(rows: list[dict], name: str,
 
 
 def _table(rows: list[dict]) -> str:
-    head = (f"{'n':>9} {'row':<9} {'spec':<52} {'R@10':>6} {'/exact':>6} {'q/s':>8} "
-            f"{'disk MiB':>9} {'RSS 1q/all':>12} {'peak RSS':>9} {'build s':>8}")
+    head = (f"{'n':>9} {'row':<13} {'spec':<52} {'R@10':>6} {'/exact':>6} {'q/s':>8} "
+            f"{'disk MiB':>9} {'RSS open/1q/all':>16} {'peak RSS':>9} {'build s':>8}")
     lines = [head]
     exact = {r["n"]: r["recall_at_10"] for r in rows if r.get("name") == "exact" and "recall_at_10" in r}
     for r in rows:
@@ -521,16 +533,17 @@ def _table(rows: list[dict]) -> str:
                          f"{r['peak_rss_mib_per_worker']} MiB")
             continue
         if "recall_at_10" not in r:
-            lines.append(f"{r['n']:>9} {r['name']:<9} (not measured: {r.get('error') or r.get('details')})")
+            lines.append(f"{r['n']:>9} {r['name']:<13} (not measured: {r.get('error') or r.get('details')})")
             continue
         share = r["recall_at_10"] / exact[r["n"]] if exact.get(r["n"]) else float("nan")
         mem = r.get("serving", {}).get("memory_mib", {})
+        opened = mem.get("after_open", {}).get("VmRSS")
         first = mem.get("after_first_query", {}).get("VmRSS")
         last = mem.get("after_search", {}).get("VmRSS")
-        serve = f"{first:.0f}/{last:.0f}" if first and last else "-"
-        lines.append(f"{r['n']:>9} {r['name']:<9} {r['index_spec'][:52]:<52} "
+        serve = f"{opened:.0f}/{first:.0f}/{last:.0f}" if opened and first and last else "-"
+        lines.append(f"{r['n']:>9} {r['name']:<13} {r['index_spec'][:52]:<52} "
                      f"{r['recall_at_10']:>6.3f} {share:>6.3f} {r['qps']:>8.1f} "
-                     f"{r['disk_bytes'] / MIB:>9.1f} {serve:>12} "
+                     f"{r['disk_bytes'] / MIB:>9.1f} {serve:>16} "
                      f"{r['peak_rss_mib_tree']:>9.0f} {r['build_seconds']:>8.0f}")
     return "\n".join(lines)
 
@@ -548,7 +561,8 @@ def _summary(rows: list[dict], quantiles: dict, real: RealSet,
     out = {"rows": rows, "similarity_quantiles": quantiles, "real_references": len(real.refs),
            "queries": len(real.queries), "tuning_queries": len(tune[0]),
            "faiss_threads": args.threads, "target_recall": args.target_recall}
-    out["projection"] = [p for name in ("copytrace", "ondisk") for p in projection(rows, name)]
+    out["projection"] = [p for name in ("copytrace", "ondisk", "ondisk-shards")
+                         for p in projection(rows, name)]
     return out
 
 
