@@ -482,8 +482,9 @@ def projection(rows: list[dict], name: str,
     (lists of n/nlist vectors, nlist ~ 4 sqrt(n)). RAM: in-memory indexes hold their bytes; an
     on-disk one holds one coarse quantizer per shard (`ondisk_shard` vectors each, a ~1.1 GB
     build budget at 256-d), scaled from what the serving process held once the index was open
-    (above the bare interpreter) at the largest measured size; the list pages a query maps are
-    page cache the kernel can drop, not counted."""
+    (above the bare interpreter) at the largest measured size, or one quantizer in all for a
+    merged row (`layout`); the list pages a query maps are page cache the kernel can drop, not
+    counted: `list_bytes_read_per_query` is what a query at the same probed share reads."""
     have = sorted((r for r in rows if r.get("name") == name and "recall_at_10" in r),
                   key=lambda r: r["n"])
     if not have:
@@ -510,8 +511,11 @@ def projection(rows: list[dict], name: str,
         out.append({
             "row": name, "n": n, "from_n": [r["n"] for r in have[-2:]],
             "disk_bytes": int(on_disk), "resident_bytes": int(resident),
-            "shards": (math.ceil(n / ondisk_shard) if b.get("storage") == "ondisk"
+            "shards": (1 if b.get("layout") == "merged"
+                       else math.ceil(n / ondisk_shard) if b.get("storage") == "ondisk"
                        else max(1, math.ceil(on_disk / shard_ram))),
+            "list_bytes_read_per_query": (int(on_disk * b["probed_share"])
+                                          if b.get("storage") == "ondisk" else 0),
             "machines": max(1, math.ceil(resident * 1.3 / machine_ram)),
             "build_seconds_one_machine": round(build * n),
             "qps_one_machine": round(b["qps"] / math.sqrt(n / b["n"]), 2),
