@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
+import numpy as np
 
 from copytrace.util.atomic import write_file_atomic
 
@@ -95,6 +96,22 @@ def is_merged(index: faiss.Index) -> bool:
     except (RuntimeError, TypeError):
         return False
     return lists is not None and bool(lists.filename)
+
+
+def share_quantizer(index: faiss.Index, owner: faiss.Index) -> bool:
+    """Let `index` (a shard added beside the merged `owner`, cut from the same trained index)
+    search with `owner`'s coarse quantizer and free its own copy: RAM holds one quantizer
+    however many shards were added. Checked, not assumed: other centroids keep their own."""
+    ivf, src = faiss.extract_index_ivf(index), faiss.extract_index_ivf(owner)
+    if (ivf.nlist, ivf.d) != (src.nlist, src.d) or not np.array_equal(
+            ivf.quantizer.reconstruct_n(0, ivf.nlist), src.quantizer.reconstruct_n(0, src.nlist)):
+        return False
+    own, owned = ivf.quantizer, ivf.own_fields
+    ivf.quantizer, ivf.own_fields = src.quantizer, False  # `owner` outlives it in ShardedIndex
+    if owned:
+        own.this.acquire()  # Python now owns the copy, and frees it here
+    del own
+    return True
 
 
 def empty_copy(index: faiss.Index) -> faiss.Index:

@@ -24,7 +24,13 @@ import faiss
 import numpy as np
 
 from copytrace.indexing.index_spec import Storage
-from copytrace.indexing.ondisk import lists_path, map_merged_lists, merge_shards
+from copytrace.indexing.ondisk import (
+    is_merged,
+    lists_path,
+    map_merged_lists,
+    merge_shards,
+    share_quantizer,
+)
 from copytrace.util.atomic import write_file_atomic
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,8 @@ class ShardedIndex:
         gpus = gpu_count() if use_gpu in (None, True) and not ondisk else 0
         for path in paths:
             index = read_shard(path, storage)
+            if shards and ondisk and is_merged(shards[0]):
+                share_quantizer(index, shards[0])  # a shard added after the merge
             set_search_params(index, nprobe=nprobe, k_factor=k_factor)
             if gpus:
                 index = faiss.index_cpu_to_all_gpus(index)

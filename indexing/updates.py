@@ -142,7 +142,8 @@ def _append_to_shards(layout: IndexLayout, old: Manifest, vectors: np.ndarray,
                       version: int) -> list[str]:
     """Fill the last shard up to shard_size (written as a new file), then open new shards.
     A merged on-disk index (`ondisk`) is never rewritten: new vectors go to small shards after
-    it, searched beside it, until `compact` merges everything again."""
+    it, searched beside it (with its quantizer, `ShardedIndex.load`), until `compact` merges
+    everything again."""
     shards = list(old.index.shards)
     size = old.index.shard_size
     start = 0

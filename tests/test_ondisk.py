@@ -150,6 +150,8 @@ def test_updates_on_a_merged_index_stay_correct(tmp_path):
     assert m.index.storage == "ondisk" and m.index.lists == first.index.lists
     assert m.index.shards[0] == first.index.shards[0] and len(m.index.shards) == 2
     assert len(index) == 2850 and _lists_kind(index.faiss_index) == {"OnDiskInvertedLists"}
+    added = faiss.extract_index_ivf(index.faiss_index.shards[1])
+    assert not added.own_fields  # the added shard searches with the merged file's quantizer
     everything = np.concatenate([base, new])
     ram = ShardedIndex.load(_reference(everything, base, tmp_path / "ram"), nprobe=NPROBE)
     q = np.concatenate([_queries(base), _queries(new, seed=1)])
