@@ -27,11 +27,18 @@ tree, `proc_peak`) is its own:
 - peer: FAISS's own guidance at this size, OPQ + IVF with an HNSW coarse quantizer + PQ
   (`--peer-spec`, default `OPQ32_128,IVF{nlist}_HNSW32,PQ32` with copytrace's nlist), tuned alike.
 - autofaiss: its own choice in its own venv (its pins clash with ours).
-- selfjoin: the dedup candidates' kNN self-join as a Ray job over the ondisk row's index: Ray
-  tasks (retried if a worker dies) each open the shard files memory-mapped, search one block of
-  the catalog's own vectors (regenerated in the task, never shipped) and return the pairs above
-  `--selfjoin-threshold`; `--selfjoin-queries` caps how many catalog vectors are searched (the
-  whole 10M self-join is hours on 2 cores), and the row says how many it searched.
+- selfjoin: the dedup candidates' kNN self-join (k = 10) as a Ray job. The catalog gets the
+  copy queries planted as rows after the real references, so each copy and its original are a
+  real near-duplicate pair to find; the ondisk row's spec (its cached k-means, its shard size)
+  is built over it as one merged on-disk index. First a sweep: the real rows searched at each
+  `--selfjoin-sweep` nprobe and at the query-tuned one, the recall of the real pairs with exact
+  cosine >= `--selfjoin-threshold` (found from either side). The job runs at
+  `--selfjoin-nprobe`, by default the smallest swept nprobe within `--selfjoin-slack` of the
+  query-tuned one's recall: near-duplicates sit close, the tuned nprobe is for heavily edited
+  copies. Ray tasks (retried if a worker dies) each open the index memory-mapped, search one
+  block of the catalog's own vectors (read in the task, never shipped) and return the pairs
+  above the threshold; `--selfjoin-queries` caps how many catalog vectors are searched, and the
+  row says how many it searched.
 Every built index is then served by a fresh process that opens the shard files as a user's
 query would and answers all queries as one batch: its q/s, recall and resident memory
 (VmRSS = RssAnon + RssFile: the mapped pages of on-disk lists it touched) are the row's.
@@ -300,19 +307,108 @@ recall = float((ids == truth[:, None]).any(axis=1).mean())
 # rounded up to pages (and the kernel's fault-around), so they follow the probed share.
 
 
-def _selfjoin_block(paths: list[str], nprobe: int, real: np.ndarray, n: int, spill: Path,
-                    a: int, b: int, k: int, threshold: float) -> dict:
-    """Ray task body: search catalog vectors a..b against the on-disk index."""
+def _selfjoin_block(paths: list[str], nprobe: int, refs: np.ndarray, planted: np.ndarray, n: int,
+                    spill: Path | None, a: int, b: int, k: int, threshold: float) -> dict:
+    """Ray task body: search catalog vectors a..b against the on-disk index; the pairs (low id,
+    high id) scoring >= `threshold`, found from this side."""
     faiss.omp_set_num_threads(1)
     index = ShardedIndex.load([Path(p) for p in paths], nprobe=nprobe, use_gpu=False,
                               storage=Storage.ONDISK)
     t = time.perf_counter()
-    scores, ids = index.search(SyntheticCatalog(real, n, spill=spill).read_range(a, b), k)
-    rows = np.arange(a, b)[:, None]
-    keep = (ids > rows) & (scores >= threshold)  # each unordered pair once, not the vector itself
-    return {"pairs": int(keep.sum()), "queries": b - a,
+    vectors = SyntheticCatalog(refs, n, spill=spill, planted=planted).read_range(a, b)
+    scores, ids = index.search(vectors, k)
+    return {"pairs": _pairs(np.arange(a, b), scores, ids, threshold), "queries": b - a,
             "seconds": round(time.perf_counter() - t, 2), "pid": os.getpid(),
             "memory_mib": _memory_mib()}
+
+
+def _pairs(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, threshold: float) -> np.ndarray:
+    """Unordered pairs (low, high) of the neighbours scoring >= threshold, never a row itself."""
+    keep = (ids >= 0) & (ids != rows[:, None]) & (scores >= threshold)
+    r = np.broadcast_to(rows[:, None], ids.shape)[keep]
+    return np.stack([np.minimum(r, ids[keep]), np.maximum(r, ids[keep])], axis=1).astype(np.int64)
+
+
+def _unique_pairs(parts: list[np.ndarray]) -> set[tuple[int, int]]:
+    return {(int(a), int(b)) for a, b in np.unique(np.concatenate(parts + [np.zeros((0, 2),
+                                                                                    np.int64)]),
+                                                   axis=0)}
+
+
+def _planted_catalog(real: RealSet, n: int, work: Path) -> SyntheticCatalog:
+    """The catalog with the copy queries planted as rows after the real references: each copy
+    and its original are a real near-duplicate pair the self-join must find. The distractors
+    are the unplanted catalog's (its spill file, when written, is read as is)."""
+    spill = _spill_path(work, n)
+    return SyntheticCatalog(real.refs, n, spill=spill if spill.exists() else None,
+                            planted=real.queries)
+
+
+def _planted_index(cat: SyntheticCatalog, built: dict, work: Path) -> tuple[list[Path], float]:
+    """(paths, build seconds): the ondisk row's spec (same cached k-means, same shard size)
+    built as one merged on-disk index over the planted catalog; kept between runs."""
+    folder = work / f"selfjoin-{cat.n}"
+    done = folder / "built.json"
+    if done.exists():
+        meta = json.loads(done.read_text())
+        return [Path(p) for p in meta["paths"]], meta["seconds"]
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    spec = built["index_spec"].split(" ")[0]
+    quantizer, _, _ = _coarse_quantizer(cat, spec, work)
+    t = time.perf_counter()
+    paths = build_shards(spec, cat.dims, cat.n, cat.read_range, lambda: cat.sample(TRAIN_POINTS),
+                         folder, shard_size=built["shard_size"], quantizer=quantizer,
+                         storage=Storage.ONDISK)
+    seconds = round(time.perf_counter() - t, 1)
+    done.write_text(json.dumps({"paths": [str(p) for p in paths], "seconds": seconds}))
+    return paths, seconds
+
+
+def _real_pair_truth(cat: SyntheticCatalog, real: RealSet, threshold: float
+                     ) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """(every pair of real rows with exact cosine >= threshold, every planted copy-original pair)."""
+    rows = cat.real
+    sims = np.triu(rows @ rows.T, 1)
+    above = {(int(a), int(b)) for a, b in zip(*np.nonzero(sims >= threshold), strict=True)}
+    r = len(real.refs)
+    planted = {(int(t), r + i) for i, t in enumerate(real.truth)}
+    return above, planted
+
+
+def _selfjoin_sweep(paths: list[Path], cat: SyntheticCatalog, real: RealSet, nprobes: list[int],
+                    k: int, threshold: float) -> list[dict]:
+    """Recall of the real near-duplicate pairs at each nprobe: the real rows (references and
+    planted copies) searched against the whole index, a pair found from either side."""
+    above, planted = _real_pair_truth(cat, real, threshold)
+    rows = np.arange(len(cat.real))
+    index = ShardedIndex.load(paths, nprobe=nprobes[0], use_gpu=False, storage=Storage.ONDISK)
+    out = []
+    for nprobe in nprobes:
+        index.set_search_params(nprobe=nprobe)
+        index.search(cat.real[:16], k)
+        t = time.perf_counter()
+        scores, ids = index.search(cat.real, k)
+        seconds = time.perf_counter() - t
+        found = _unique_pairs([_pairs(rows, scores, ids, threshold)])
+        anyscore = _unique_pairs([_pairs(rows, scores, ids, -np.inf)])
+        out.append({"nprobe": nprobe, "queries": len(rows), "qps": round(len(rows) / seconds, 1),
+                     "ms_per_query": round(1000 * seconds / len(rows), 3),
+                     "pairs_at_or_above": len(above),
+                     "recall_pairs_at_or_above": round(len(found & above) / max(1, len(above)), 4),
+                     "planted_pairs": len(planted),
+                     "recall_planted_at_or_above": round(
+                         len(found & planted & above) / max(1, len(planted & above)), 4),
+                     "recall_planted_any_score": round(len(anyscore & planted) / len(planted), 4)})
+        log.info("selfjoin sweep %s", out[-1])
+    return out
+
+
+def _chosen_nprobe(sweep: list[dict], tuned: int, slack: float) -> int:
+    """The smallest nprobe whose recall of the real pairs >= threshold is within `slack` of the
+    query-tuned nprobe's."""
+    best = next(s for s in sweep if s["nprobe"] == tuned)["recall_pairs_at_or_above"]
+    return min(s["nprobe"] for s in sweep if s["recall_pairs_at_or_above"] >= best - slack)
 
 
 def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace) -> dict:
@@ -322,8 +418,12 @@ def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace
     if not ondisk.exists():
         raise FileNotFoundError(f"{ondisk} not found: run the ondisk row first")
     built = json.loads(ondisk.read_text())
-    paths = json.loads((Path(built["folder"]) / "serve.json").read_text())["paths"]
-    nprobe = built["tuning"]["nprobe"]
+    tuned = built["tuning"]["nprobe"]
+    cat = _planted_catalog(real, cat.n, args.cache)
+    paths, build_seconds = _planted_index(cat, built, args.cache)
+    nprobes = sorted({int(p) for p in args.selfjoin_sweep.split(",") if p} | {tuned})
+    sweep = _selfjoin_sweep(paths, cat, real, nprobes, 10, args.selfjoin_threshold)
+    nprobe = args.selfjoin_nprobe or _chosen_nprobe(sweep, tuned, args.selfjoin_slack)
     total = min(cat.n, args.selfjoin_queries)
     step = max(1, cat.n // max(1, total // args.selfjoin_block))  # blocks spread over the catalog
     starts = list(range(0, cat.n, step))[: max(1, total // args.selfjoin_block)]
@@ -332,23 +432,31 @@ def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace
     ray.init(address="local", num_cpus=args.selfjoin_workers, include_dashboard=False,
              log_to_driver=False, logging_level=logging.WARNING)
     task = ray.remote(num_cpus=1, max_retries=3)(_selfjoin_block)
+    refs, copies = ray.put(real.refs), ray.put(real.queries)  # once, not once per task
     t = time.perf_counter()
-    done = ray.get([task.remote(paths, nprobe, real.refs, cat.n, _spill_path(args.cache, cat.n), a,
-                                min(cat.n, a + args.selfjoin_block), 10, args.selfjoin_threshold)
-                    for a in starts])
+    done = ray.get([task.remote([str(p) for p in paths], nprobe, refs, copies, cat.n,
+                                cat.spill, a, min(cat.n, a + args.selfjoin_block), 10,
+                                args.selfjoin_threshold) for a in starts])
     wall = time.perf_counter() - t
     ray.shutdown()
     searched = sum(d["queries"] for d in done)
+    pairs = _unique_pairs([d["pairs"] for d in done])
+    above, planted = _real_pair_truth(cat, real, args.selfjoin_threshold)
     workers: dict[int, float] = {}
     for d in done:
         workers[d["pid"]] = max(workers.get(d["pid"], 0), d["memory_mib"]["VmHWM"])
-    return {"index_spec": f"self-join k=10 over {built['index_spec']} (on disk)",
+    return {"index_spec": f"self-join k=10 over {built['index_spec'].split(' ')[0]} (on disk, "
+                          f"merged) at nprobe {nprobe} (query-tuned: {tuned})",
+            "nprobe": nprobe, "query_tuned_nprobe": tuned, "sweep": sweep,
+            "planted_copies": len(real.queries), "planted_index_build_seconds": build_seconds,
             "queries_searched": searched, "of_catalog": cat.n, "blocks": len(done),
             "block": args.selfjoin_block, "ray_workers": args.selfjoin_workers,
-            "pairs_at_or_above": args.selfjoin_threshold, "pairs": sum(d["pairs"] for d in done),
+            "pairs_at_or_above": args.selfjoin_threshold, "pairs": len(pairs),
+            "real_pairs_found": len(pairs & above), "real_pairs": len(above),
+            "planted_pairs_found": len(pairs & planted),
             "wall_seconds_job": round(wall, 1), "queries_per_second": round(searched / wall, 1),
             "peak_rss_mib_per_worker": sorted(workers.values()),
-            "hours_for_whole_catalog_at_this_rate": round(cat.n / (searched / wall) / 3600, 1)}
+            "hours_for_whole_catalog_at_this_rate": round(cat.n / (searched / wall) / 3600, 2)}
 
 
 def _choice_row(name: str, cat: SyntheticCatalog, real: RealSet,
@@ -532,7 +640,8 @@ def _table(rows: list[dict]) -> str:
     for r in rows:
         if r.get("name") == "selfjoin" and "pairs" in r:
             lines.append(f"{r['n']:>9} selfjoin  {r['queries_searched']:,} of {r['n']:,} searched "
-                         f"as a Ray job: {r['wall_seconds_job']} s, {r['queries_per_second']} q/s, "
+                         f"as a Ray job at nprobe {r.get('nprobe')}: {r['wall_seconds_job']} s, "
+                         f"{r['queries_per_second']} q/s, "
                          f"{r['pairs']} pairs >= {r['pairs_at_or_above']}, peak RSS per worker "
                          f"{r['peak_rss_mib_per_worker']} MiB")
             continue
@@ -598,6 +707,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--selfjoin-block", type=int, default=10_000)
     parser.add_argument("--selfjoin-workers", type=int, default=2)
     parser.add_argument("--selfjoin-threshold", type=float, default=0.8)
+    parser.add_argument("--selfjoin-nprobe", type=int, default=None,
+                        help="nprobe of the whole self-join (default: the smallest of "
+                             "--selfjoin-sweep within --selfjoin-slack of the query-tuned "
+                             "nprobe's recall of the real pairs)")
+    parser.add_argument("--selfjoin-sweep", default="1,2,4,8,16,64,256",
+                        help="nprobes whose recall of the real pairs is measured (the "
+                             "query-tuned nprobe is always added)")
+    parser.add_argument("--selfjoin-slack", type=float, default=0.01)
     parser.add_argument("--spill", action=argparse.BooleanOptionalAction, default=True,
                         help="write the distractors once to out/scale-cache (n x dims x 4 bytes "
                              "of disk) and read them back, instead of generating them per row")

@@ -167,13 +167,17 @@ def make_distractors(real: np.ndarray, n: int, *, seed: int = 1) -> np.ndarray:
 
 
 class SyntheticCatalog:
-    """The benchmark's catalog, never held whole: the real references, then distractors up to
-    `n`, generated on demand in blocks of `DISTRACTOR_BLOCK` that each have their own seed, so
-    any range reads the same vectors every time (10M x 256 floats would be 10 GB)."""
+    """The benchmark's catalog, never held whole: the real references (and any `planted` rows
+    after them), then distractors up to `n`, generated on demand in blocks of
+    `DISTRACTOR_BLOCK` that each have their own seed, so any range reads the same vectors every
+    time (10M x 256 floats would be 10 GB)."""
 
     def __init__(self, real: np.ndarray, n: int, *, seed: int = 1,
-                 spill: Path | None = None) -> None:
-        self.real = np.ascontiguousarray(real, np.float32)
+                 spill: Path | None = None, planted: np.ndarray | None = None) -> None:
+        # `planted` rows (the copy queries, for the self-join) follow the real references; the
+        # distractors are fitted on the references alone, so they stay the same vectors
+        rows = real if planted is None else np.concatenate([real, planted])
+        self.real = np.ascontiguousarray(rows, np.float32)
         self.n = max(n, 0)
         self.dims = real.shape[1]
         self.seed = seed
