@@ -19,6 +19,8 @@ Modules:
     distractor_eval.py Accuracy at catalog scale
     edit_families.py Accuracy per edit family [tests: test_matching_bench.py]
     eval_report.py   `copytrace eval disc --report DIR` [tests: test_eval_report.py]
+    hidden_copies.py Copies that hide: dev references small inside screenshots and other photos,
+                     some turned; through the query engine, before / after the small-copy pass
     localize_bench.py Localization benchmark with a fit/report split, next to two baselines
     localize_cases.py The pairs the localization benchmark scores
     localize_eval.py `copytrace eval localize` [tests: test_localize.py, test_localize_eval.py]

@@ -34,6 +34,8 @@ Modules:
     rotations.py     Rotated query views for queries without a confident match
                      [tests: test_rotations.py]
     similarity_search.py Registration without keypoints
+    small_copies.py  Views for a copy shown small inside the query (a screenshot frame, a small
+                     paste), for queries without a confident match [tests: test_small_copies.py]
     templates.py     Content, not templates [tests: test_dedup.py, test_dedup_features.py]
     verify.py        Local verification of a candidate match [tests: test_dedup.py,
                      test_dedup_views.py, test_verify.py, ...]
@@ -81,6 +83,7 @@ _EXPORTS = {
     "fit_view_check": "view_check",
     "fused_score": "calibrate",
     "global_score_only": "calibrate",
+    "iou": "expand",
     "load_calibration": "calibrate",
     "load_rgb": "verify",
     "localize_edits": "localize:localize",
@@ -93,6 +96,8 @@ _EXPORTS = {
     "rotation_pass": "rotations",
     "segment": "localize",
     "shipped_view_check": "view_check",
+    "small_copy_pass": "small_copies",
+    "small_regions": "small_copies",
     "verify_prepared": "verify",
     "view_features": "view_check",
     "write_predictions": "isc_csv",

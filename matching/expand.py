@@ -33,6 +33,14 @@ class ExpandConfig:
     min_region_area: float = 0.08  # of the query area
     max_region_area: float = 0.8
     min_side_px: int = 32  # views smaller than this are useless to the descriptor
+    # Second pass (`matching.small_copies`), only for queries without a confident match: up to
+    # this many smaller rectangles closed by straight steps (a photo in a screenshot frame or
+    # pasted small into another photo), the first also turned by the rotation angles.
+    small_regions: int = 2
+    small_min_area: float = 0.02
+    small_max_area: float = 0.6
+    small_turns: bool = True
+    small_confident: float = 0.5  # calibrated global score that skips (and that keeps) the pass
 
 
 @dataclass(frozen=True)
@@ -140,14 +148,15 @@ def pasted_regions(image: np.ndarray, *, limit: int = 2, min_area: float = 0.08,
     found.sort(key=lambda t: (-round(t[0], 1), -t[1]))
     out: list[Box] = []
     for _, _, box in found:
-        if all(_iou(box, b) < 0.5 for b in out):
+        if all(iou(box, b) < 0.5 for b in out):
             out.append(box)
         if len(out) >= limit:
             break
     return out
 
 
-def _iou(a: Box, b: Box) -> float:
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -183,7 +192,7 @@ def query_views(image: np.ndarray, *, config: ExpandConfig = ExpandConfig()) -> 
         x0, y0, x1, y1 = v.box
         if x1 - x0 < config.min_side_px or y1 - y0 < config.min_side_px:
             continue
-        if all(_iou(v.box, k.box) < 0.9 for k in kept):
+        if all(iou(v.box, k.box) < 0.9 for k in kept):
             kept.append(v)
     return kept
 

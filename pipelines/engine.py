@@ -43,6 +43,7 @@ from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidat
 from copytrace.matching.results import Match, QueryResult
 from copytrace.matching.roles import accepted_to_verify
 from copytrace.matching.rotations import rotation_pass
+from copytrace.matching.small_copies import small_copy_pass
 from copytrace.matching.verify import Verification, VerifyConfig
 from copytrace.matching.view_check import shipped_view_check
 from copytrace.pipelines.shard_search import RayShardedIndex, open_distributed
@@ -347,6 +348,14 @@ class QueryEngine:
                                                 background=self.background(config)),
                 config=config.rotate)
             timings.views += turned
+        if config.expand is not None and queries is not None and not exclude_self:
+            ranked, cropped = small_copy_pass(
+                ranked, vectors, views, pixels=lambda i: queries[i].pixels,
+                model_size=self.embedder.image_size, embed=self.embedder.embed_pixels,
+                search=lambda v, qv: candidates(self.index, v, qv, config=config,
+                                                background=self.background(config)),
+                calibration=self.calibration, config=config.expand, rotate=config.rotate)
+            timings.views += cropped
         timings.search += time.perf_counter() - t
         t = time.perf_counter()
         verified: list[list[Verification | None]] | None = None
