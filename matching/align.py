@@ -35,6 +35,9 @@ class Keypoints:
     width: int
     height: int
     scale: float  # downscale factor used for detection (points are already rescaled back)
+    # SIFT keypoint diameters at detection scale: a keypoint's localization error grows with its
+    # size (blur leaves only large keypoints), so residuals are also judged per size. None: unknown.
+    sizes: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Alignment:
     reference_box: tuple[int, int, int, int]
     query_coverage: float  # inlier convex-hull area / query area
     reference_coverage: float
+    pairs: np.ndarray | None = None  # inlier (query, reference) keypoint indices (M x 2)
 
 
 def _to_gray(image: np.ndarray) -> np.ndarray:
@@ -68,12 +72,13 @@ def detect(image: np.ndarray, config: AlignConfig = AlignConfig()) -> Keypoints:
     sift = cv2.SIFT_create(nfeatures=config.max_features)
     kps, desc = sift.detectAndCompute(small, None)
     if desc is None or not kps:
-        return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32), w, h, scale)
+        return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32), w, h, scale,
+                         np.zeros(0, np.float32))
     desc = desc.astype(np.float32)
     desc /= desc.sum(axis=1, keepdims=True) + 1e-7  # RootSIFT: L1-normalise, then sqrt
     desc = np.sqrt(desc)
     pts = np.array([k.pt for k in kps], np.float32) / scale
-    return Keypoints(pts, desc, w, h, scale)
+    return Keypoints(pts, desc, w, h, scale, np.array([k.size for k in kps], np.float32))
 
 
 def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float) -> np.ndarray:
@@ -145,6 +150,7 @@ def align_keypoints(query: Keypoints, reference: Keypoints,
         reference_box=_box(ri, reference.width, reference.height),
         query_coverage=_hull_coverage(qi, query.width, query.height),
         reference_coverage=_hull_coverage(ri, reference.width, reference.height),
+        pairs=pairs[inl],
     )
 
 

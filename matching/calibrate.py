@@ -7,7 +7,10 @@ copy is an exact warp; another photo of the same object is not), pixel agreement
 inlier hull (NCC, band-passed NCC), the share of the whole overlap whose pixels agree (another
 photo of a planar object agrees on the object only), the matched area, and how far the fit is
 from an axis-aligned similarity (perspective distortion, rotation off multiples of 90 degrees:
-re-photographs have both, copies rarely). When verification found no geometry, it is a logistic
+re-photographs have both, copies rarely), and the inlier error per keypoint size
+(`sized_residual`: blur and pixelation leave only large keypoints, located less precisely, so a
+blurred copy's error in pixels looks like another photo's while its error per size does not).
+When verification found no geometry, it is a logistic
 regression on the global similarity alone (a copy can defeat keypoints: heavy blur,
 pixelation), fitted on those pairs only.
 
@@ -17,7 +20,8 @@ the evaluation one, with each weight's sign constrained to the direction that ma
 feature whose fitted sign is wrong, through collinearity, is dropped). So 0.5 means "more likely
 a copy than not" on data like that. The fitted defaults keep residual, tight-inlier share,
 overlap agreement, distortion and off-axis rotation; the global similarity got no weight in the
-verified branch, so that branch does not depend on the descriptor's similarity scale.
+verified branch, so that branch does not depend on the descriptor's similarity scale. The shipped
+descriptor's card was refitted with `sized_residual`, which took the pixel residual's place.
 
 One hard rule sits on top: when the query shows the reference's scene beyond the reference's
 frame with no paste seam, the reference is a crop of the query's scene, not its original, and
@@ -42,14 +46,14 @@ from pathlib import Path
 
 import numpy as np
 
-from copytrace.matching.verify import Unavailable, Verification
+from copytrace.matching.verify import TYPICAL_KEYPOINT_SIZE, Unavailable, Verification
 from copytrace.util.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
 FEATURES = ("global", "log_inliers", "inlier_ratio", "residual", "photometric", "log_area",
-            "tight", "detail", "agreement", "distortion", "log_off_axis")
+            "tight", "detail", "agreement", "distortion", "log_off_axis", "sized_residual")
 RESIDUAL_CAP = 3.0  # px; also the value used when there is no geometry
 
 
@@ -59,7 +63,8 @@ class Calibration:
 
     # Defaults: fitted by `matching_bench --fit-calibration` on the calibration benchmark
     # (imagenet-sample[:300], seed 1, + even UKBench groups), ImageNet lite0-GeM descriptor.
-    weights: tuple[float, ...] = (0.0, 0.0, 0.0, -5.0544, 0.0, 0.0, 0.5492, 0.0, 4.8998, -3.6395, -1.3769)
+    weights: tuple[float, ...] = (0.0, 0.0, 0.0, -5.0544, 0.0, 0.0, 0.5492, 0.0, 4.8998,
+                                  -3.6395, -1.3769, 0.0)
     bias: float = 0.6094
     unverified_weight: float = 15.4801  # no geometry: sigmoid(bias + w * global)
     unverified_bias: float = -8.7688
@@ -82,7 +87,9 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
         band = d.get("band")
-        return cls(**{**d, "weights": tuple(d["weights"]),
+        # A calibration fitted before a feature was added gives it no weight (same scores).
+        weights = tuple(d["weights"]) + (0.0,) * (len(FEATURES) - len(d["weights"]))
+        return cls(**{**d, "weights": weights,
                       "band": DecisionBand(**band) if isinstance(band, dict) else None})
 
     def decision_band(self) -> DecisionBand:
@@ -139,6 +146,7 @@ def features(global_score: float, verification: Verification) -> np.ndarray:
         min(RESIDUAL_CAP, v.residual), max(0.0, v.photometric), math.log(area + 0.01),
         v.tight, max(0.0, v.detail), v.agreement, min(0.5, v.distortion),
         math.log1p(v.off_axis_degrees),
+        min(RESIDUAL_CAP, TYPICAL_KEYPOINT_SIZE * v.residual_per_size),
     ], np.float64)
 
 
@@ -193,7 +201,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iterations: 
 # The direction each feature may push the score (0: free). Collinear features otherwise get
 # fitted signs a person could not defend (more inliers lowering the score), which would not
 # generalize beyond the calibration set; a feature whose fitted sign is wrong is dropped.
-SIGNS = (1, 1, 1, -1, 1, 1, 1, 1, 1, -1, -1)
+SIGNS = (1, 1, 1, -1, 1, 1, 1, 1, 1, -1, -1, -1)
 
 
 def fit_calibration(global_scores: np.ndarray, verifications: list[Verification | None],

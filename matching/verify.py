@@ -84,6 +84,10 @@ class Verification:
     seam: float  # pixel step across the projected reference border vs next to it (paste evidence)
     query_extends: bool  # the query shows the scene beyond the reference frame, without a seam
     mirrored: bool = False
+    # The median inlier error in units of the inliers' keypoint size (`residual_per_size`):
+    # blur and pixelation leave only large keypoints, located less precisely, so a blurred copy's
+    # error in pixels looks like another photo's while its error per size stays small.
+    residual_per_size: float = 0.0
     # What a second photograph leaves (`matching.residuals`; the view check reads them): shading
     # no global gain explains, and the inliers (detection-scale query x, y, reference x, y) and
     # both frames (detection-scale w, h of query and reference) behind the residual field, which
@@ -146,7 +150,9 @@ class Verification:
             "query_box": list(self.query_box), "reference_box": list(self.reference_box),
             "query_coverage": round(self.query_coverage, 4),
             "reference_coverage": round(self.reference_coverage, 4),
-            "residual_px": round(self.residual, 3), "photometric": round(self.photometric, 4),
+            "residual_px": round(self.residual, 3),
+            "residual_per_size": round(self.residual_per_size, 4),
+            "photometric": round(self.photometric, 4),
             "detail": round(self.detail, 4), "tight": round(self.tight, 4),
             "agreement": round(self.agreement, 4),
             "rotation_off_axis_deg": round(self.off_axis_degrees, 2),
@@ -198,7 +204,7 @@ def mirror_keypoints(kp: Keypoints) -> Keypoints:
     points = kp.points.copy()
     points[:, 0] = kp.width - points[:, 0]
     return Keypoints(points, np.ascontiguousarray(kp.descriptors[:, MIRROR_PERMUTATION]),
-                     kp.width, kp.height, kp.scale)
+                     kp.width, kp.height, kp.scale, kp.sizes)
 
 
 def _scale_matrix(s: float) -> np.ndarray:
@@ -412,6 +418,7 @@ def _measure(query: Prepared, reference: Prepared, a: Alignment, mirrored: bool,
     errors = np.linalg.norm(projected - r_small, axis=1)
     residual = float(np.median(errors))
     tight = float((errors < 1.0).mean())
+    per_size = residual_per_size(errors, a, query.keypoints, reference.keypoints)
     # A mirrored fit's homography already includes the reflection (mirrored keypoints are
     # stored in the query's own coordinates), so the pixel checks need no special case.
     hull_q = cv2.convexHull(q_small.astype(np.float32)).reshape(-1, 2)
@@ -427,14 +434,32 @@ def _measure(query: Prepared, reference: Prepared, a: Alignment, mirrored: bool,
         inliers=a.inliers, matches=a.matches, homography=a.homography,
         query_box=a.query_box, reference_box=a.reference_box,
         query_coverage=a.query_coverage, reference_coverage=a.reference_coverage,
-        residual=residual, photometric=photometric, detail=detail, tight=tight,
-        agreement=agreement,
+        residual=residual, residual_per_size=per_size, photometric=photometric, detail=detail,
+        tight=tight, agreement=agreement,
         reference_in_query=share, seam=seam,
         query_extends=extends, mirrored=mirrored, shading=shading,
         field_points=np.hstack([q_small, r_small]).astype(np.float64),
         field_frames=(qk.width * qk.scale, qk.height * qk.scale, rk.width * rk.scale,
                       rk.height * rk.scale),
     )
+
+
+TYPICAL_KEYPOINT_SIZE = 3.0
+"""Median inlier keypoint diameter (px at detection scale) of sharp images (2.3-4 on dev copies
+and other views; 6-13 on blurred or pixelated copies): the size assumed when sizes are unknown."""
+
+
+def residual_per_size(errors: np.ndarray, a: Alignment, query: Keypoints,
+                      reference: Keypoints) -> float:
+    """Median of each inlier's reprojection error over its keypoint size (geometric mean of the
+    query's and the reference's diameter, detection scale). SIFT locates a keypoint to a share of
+    its size, so this is the error a copy is expected to have whatever its blur; a second
+    photograph adds parallax and lens error on top, which sharp (small) keypoints expose."""
+    if a.pairs is None or query.sizes is None or reference.sizes is None or not len(errors):
+        return float(np.median(errors)) / TYPICAL_KEYPOINT_SIZE if len(errors) else 0.0
+    size = np.sqrt(np.maximum(query.sizes[a.pairs[:, 0]], 0.5)
+                   * np.maximum(reference.sizes[a.pairs[:, 1]], 0.5))
+    return float(np.median(errors / size))
 
 
 class PreparedCache:
@@ -493,7 +518,9 @@ class PreparedCache:
         except (OSError, ValueError):
             return None  # unreadable now: the loader says why; nothing stale is served
         version = (stat.st_size, stat.st_mtime_ns)
-        digest = hashlib.sha1(repr((key, version, self.config.align)).encode()).hexdigest()
+        # CACHE_FORMAT: files written before keypoint sizes were kept are not read.
+        digest = hashlib.sha1(repr((key, version, self.config.align, CACHE_FORMAT)).encode()
+                              ).hexdigest()
         return self.disk / digest[:2] / f"{digest}.npz"
 
     def _from_disk(self, path: Path | None) -> Prepared | None:
@@ -502,7 +529,8 @@ class PreparedCache:
         try:
             with np.load(path) as z:
                 w, h, scale = z["frame"]
-                kp = Keypoints(z["points"], z["descriptors"], int(w), int(h), float(scale))
+                kp = Keypoints(z["points"], z["descriptors"], int(w), int(h), float(scale),
+                               z["sizes"])
                 return Prepared(kp, z["gray"])
         except (OSError, ValueError, KeyError) as exc:
             log.info("ignoring unreadable keypoint cache file '%s': %s", path, exc)
@@ -517,7 +545,8 @@ class PreparedCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
-                np.savez(fh, points=kp.points, descriptors=kp.descriptors, gray=item.gray,
+                np.savez(fh, points=kp.points, descriptors=kp.descriptors, sizes=kp.sizes,
+                         gray=item.gray,
                          frame=np.array([kp.width, kp.height, kp.scale], np.float64))
             os.replace(tmp, path)
         except OSError as exc:
@@ -570,6 +599,8 @@ def _verify_row(prepared: Prepared, refs: Sequence[str], cache: PreparedCache,
                    else verify_prepared(prepared, ref_prepared, config=config))
     return row
 
+
+CACHE_FORMAT = 2  # bump when `Prepared` gains arrays: old keypoint cache files are then ignored
 
 _worker_cache: PreparedCache | None = None
 _blas_controller = None
