@@ -71,7 +71,7 @@ from copytrace.pipelines import QueryEngine, Verifier, VerifyBackend, VerifyJob,
 log = logging.getLogger(__name__)
 
 THRESHOLD = 0.5
-VERIFY_CACHE_VERSION = 5  # bump when `Verification` gains fields or the verifier changes (lazy field)
+VERIFY_CACHE_VERSION = 6  # bump when `Verification` gains fields or the verifier changes (lazy field)
 
 
 def ensure_calibration_benchmark(data: Path, work: Path) -> Path:
