@@ -4,7 +4,8 @@
     python -m copytrace.benchmarks.matching_bench --fit-calibration   # refit the fused score
 
 Stages (cumulative): global descriptor only; + background score normalization; + query
-expansion (crops of the query); + local verification with the calibrated fused score (the
+expansion (crops of the query); + turned views and + small-region views (only for queries
+without a confident match); + local verification with the calibrated fused score (the
 default of `copytrace query`), once with every top candidate verified and once with only the
 candidates the decision band leaves undecided (the default). PDQ is the peer baseline. Prints
 JSON, then a table. `--retune` adds the knobs (verified top-k, query crops, normalization);
@@ -63,6 +64,7 @@ from copytrace.matching import (
     load_rgb,
     rotation_pass,
     shipped_view_check,
+    small_copy_pass,
     verify_prepared,
 )
 from copytrace.matching import prepare_for_verify as prepare
@@ -242,14 +244,24 @@ def run(bench: Path, index: Path, work: Path, data: Path, *, k: int = 10,
             search=lambda v, qv: candidates(engine.index, v, qv, background=engine.background(
                 MatchConfig()), config=MatchConfig(k=k, search_k=max(20, 2 * k), verify=None)))
         timings["rotate"] = time.perf_counter() - t
-    # Only the queries whose candidates the turned views changed are verified again.
-    changed = [i for i, (a, b) in enumerate(zip(ranked["+expand"], ranked["+rotate"],
+        t = time.perf_counter()
+        ranked["+small"], timings["small_views"] = small_copy_pass(
+            ranked["+rotate"], [vectors[q] for q in ids], [views[q] for q in ids],
+            pixels=lambda i: engine.decode(bench / "queries" / f"{ids[i]}.jpg",
+                                           config=MatchConfig(expand=None)).pixels,
+            model_size=engine.embedder.image_size, embed=engine.embedder.embed_pixels,
+            calibration=calibration, config=expand, rotate=MatchConfig().rotate,
+            search=lambda v, qv: candidates(engine.index, v, qv, background=engine.background(
+                MatchConfig()), config=MatchConfig(k=k, search_k=max(20, 2 * k), verify=None)))
+        timings["small"] = time.perf_counter() - t
+    # Only the queries whose candidates the turned or small views changed are verified again.
+    changed = [i for i, (a, b) in enumerate(zip(ranked["+expand"], ranked["+small"],
                                                 strict=True))
                if [c.reference_id for c in a[:k]] != [c.reference_id for c in b[:k]]]
     verified = list(verified_plain)
     if changed:
         again, t_again = _cached_verify(work, bench, index, [ids[i] for i in changed],
-                                        [ranked["+rotate"][i] for i in changed], verify, expand,
+                                        [ranked["+small"][i] for i in changed], verify, expand,
                                         ray=ray_verify)
         for i, row in zip(changed, again, strict=True):
             verified[i] = row
@@ -259,20 +271,20 @@ def run(bench: Path, index: Path, work: Path, data: Path, *, k: int = 10,
         "global": _predictions(ranked["global"], ids, lambda c: c.similarity),
         **{name: _predictions(ranked[name], ids, lambda c: global_score_only(
             c.global_score, calibration=calibration))
-           for name in ("+normalize", "+expand", "+rotate")},
-        "+verify (full)": _finalized(ids, ranked["+rotate"], verified, calibration),
-        "+verify (banded default)": _finalized(ids, ranked["+rotate"], verified, calibration,
+           for name in ("+normalize", "+expand", "+rotate", "+small")},
+        "+verify (full)": _finalized(ids, ranked["+small"], verified, calibration),
+        "+verify (banded default)": _finalized(ids, ranked["+small"], verified, calibration,
                                                banded=True),
-        "+verify (banded, no view check)": _finalized(ids, ranked["+rotate"], verified,
+        "+verify (banded, no view check)": _finalized(ids, ranked["+small"], verified,
                                                       calibration, banded=True, view_check=False),
-        "+verify (banded, no rotations)": _finalized(ids, ranked["+expand"], verified_plain,
+        "+verify (banded, no turned or small views)": _finalized(ids, ranked["+expand"], verified_plain,
                                                      calibration, banded=True),
     }
     n = len(ids)
     return {"ids": ids, "n": n, "preds": preds, "gt": [g for g in gt if g.query in set(ids)],
-            "ranked": ranked["+rotate"], "verified": verified,
+            "ranked": ranked["+small"], "verified": verified,
             "pairs": sum(len(v) for v in verified),
-            "pairs_banded": _banded_pairs(ranked["+rotate"], calibration, k),
+            "pairs_banded": _banded_pairs(ranked["+small"], calibration, k),
             "vectors": vectors, "views": views, "all_ranked": ranked,
             "timings": {**timings, "embed_whole": t_whole * n / len(vectors),
                         "embed_views": t_views * n / len(vectors)},
@@ -477,10 +489,11 @@ def _report(r: dict, calibration: Calibration, hard: dict, pdq: list, t_pdq: flo
              "+expand": (tm["embed_views"] - tm["embed_whole"] + tm["expand_search"]
                          - tm["search"] - tm["normalize"]) / n,
              "+rotate": tm["rotate"] / n,
+             "+small": tm["small"] / n,
              "+verify (full)": tm["verify"] / n,
              "+verify (banded default)": share * tm["verify"] / n,
              "+verify (banded, no view check)": share * tm["verify"] / n,
-             "+verify (banded, no rotations)": share * tm["verify"] / n}
+             "+verify (banded, no turned or small views)": share * tm["verify"] / n}
     for name, preds in r["preds"].items():
         rows[name] = evaluate(r["gt"], preds)
         stage = {**rows[name].as_dict(), "added_ms_per_query": round(1000 * added[name], 1)}
@@ -489,16 +502,17 @@ def _report(r: dict, calibration: Calibration, hard: dict, pdq: list, t_pdq: flo
             stage["hard_negative_rate_odd_groups"] = _hard_rate(preds, hard, "odd")
         report["stages"][name] = stage
     report["rotations"] = {"views_embedded": tm["rotated_views"],
+                           "small_views_embedded": tm["small_views"],
                            "queries_with_changed_candidates": tm["rotate_changed_queries"]}
     report["verification"] = {"pairs_full": r["pairs"], "pairs_banded": r["pairs_banded"],
                               "wall_ms_per_query_2_cores": round(1000 * tm["verify"] / n, 1)}
-    no_verify = sum(added[s] for s in ("global", "+normalize", "+expand", "+rotate"))
+    no_verify = sum(added[s] for s in ("global", "+normalize", "+expand", "+rotate", "+small"))
     report["cost_vs_no_verify"] = {s: round((no_verify + added[s]) / no_verify, 2)
                                    for s in ("+verify (full)", "+verify (banded default)")}
     return report, rows
 
 
-FAMILY_STAGES = ("+rotate", "+verify (full)", "+verify (banded default)")
+FAMILY_STAGES = ("+small", "+verify (full)", "+verify (banded default)")
 """Stages with a per-edit-family table: `--no-verify`, full verification, the default."""
 
 
