@@ -5,7 +5,8 @@
 
 On the dev benchmark's index (last 300 ImageNet samples as references, UKBench hard negatives;
 `dev_benchmark`), for each pattern of `new_patterns` (none of them a training edit): N example
-pairs are made from N references of a fixed training pool, an adapter is learnt (`adapt_index`),
+pairs are made from N references of a fixed training pool, an adapter is learnt (`adapt_index`,
+saved even where its held-out check would refuse it: the `refused` column says so),
 and queries are scored before (no adapter) and after (that adapter) on FRESH copies of the
 pattern (other references than the pairs', plus the pattern applied to photos not in the index
 as negatives), and on the ordinary dev copy queries (all other patterns: the change must stay
@@ -89,13 +90,17 @@ class Scorer:
     def __init__(self, engine: QueryEngine, queries: dict[Path, str], k: int) -> None:
         self.engine, self.k = engine, k
         self.images = [engine.decode(p, query_id=p.stem) for p in queries]
+        t = time.perf_counter()
         self.vectors = engine.embed(self.images)
+        self.embed_seconds = time.perf_counter() - t  # the plain views' forward passes
         self.gt = [GroundTruthMatch(p.stem, r) for p, r in queries.items() if r]
 
     def score(self, adapters: list) -> tuple[Metrics, float]:
+        """Metrics, and seconds of the adapters' views (their extra forward) + ranking."""
         t = time.perf_counter()
         vectors, views = with_adapter_views(self.vectors, [q.views for q in self.images],
-                                            adapters)
+                                            adapters, pixels=[q.model_pixels for q in self.images],
+                                            embedder=self.engine.embedder)
         ranked = self.engine.rank([ImageSource(q.query_id, q.uri) for q in self.images],
                                   vectors, views, config=self.engine.options(k=self.k),
                                   queries=self.images, verify_mode="banded")
@@ -132,8 +137,10 @@ def run(work: Path, *, patterns: list[str], pairs: list[int], fresh: int, others
             train, queries = make_pattern_set(pattern, refs, negatives, work / "patterns" / pattern,
                                               fresh=fresh)
             scorer = Scorer(engine, queries, k)
-            before, _ = scorer.score([])
-            rows = {"before": _row(before), "pairs": {}}
+            before, rank_s = scorer.score([])
+            per_query = 1000 / len(scorer.images)
+            rows = {"before": _row(before), "pairs": {},
+                    "query_ms_before": round((scorer.embed_seconds + rank_s) * per_query, 1)}
             for n in pairs:
                 listing = work / "patterns" / pattern / f"pairs-{n}.csv"
                 with open(listing, "w", newline="") as fh:
@@ -145,8 +152,10 @@ def run(work: Path, *, patterns: list[str], pairs: list[int], fresh: int, others
                 r = adapt_index(listing, index, name=name, show_progress=False, allow_worse=True)
                 seconds = time.perf_counter() - t
                 adapters = load_adapters(index, name)
-                after, _ = scorer.score(adapters)
+                after, rank_s = scorer.score(adapters)
                 row = {"after": _row(after), "adapt_seconds": round(seconds, 1),
+                       "input_filter": r.card.input_filter, "kind": r.card.kind,
+                       "query_ms_after": round((scorer.embed_seconds + rank_s) * per_query, 1),
                        "train_seconds": r.card.measured["training_seconds"],
                        "bytes": r.card.bytes, "card": r.card.measured}
                 if dev is not None and dev_before is not None:
@@ -162,7 +171,8 @@ def run(work: Path, *, patterns: list[str], pairs: list[int], fresh: int, others
 
 def table(report: dict) -> str:
     lines = [f"{'pattern':<15} {'pairs':>5} {'uAP before':>10} {'after':>7} {'R@10 before':>11} "
-             f"{'after':>7} {'others dUAP':>11} {'train s':>7} {'size KiB':>8}"]
+             f"{'after':>7} {'others dUAP':>11} {'adapt s':>7} {'size KiB':>8} "
+             f"{'ms/q before':>11} {'after':>6} {'refused':>7}  filter"]
     for pattern, rows in report["patterns"].items():
         b = rows["before"]
         for n, r in rows["pairs"].items():
@@ -170,7 +180,10 @@ def table(report: dict) -> str:
             lines.append(f"{pattern:<15} {n:>5} {b['uAP']:>10.4f} {r['after']['uAP']:>7.4f} "
                          f"{b['R@10']:>11.4f} {r['after']['R@10']:>7.4f} "
                          f"{'' if delta is None else f'{delta:+.4f}':>11} "
-                         f"{r['adapt_seconds']:>7.1f} {r['bytes'] / 1024:>8.0f}")
+                         f"{r['adapt_seconds']:>7.1f} {r['bytes'] / 1024:>8.0f} "
+                         f"{rows['query_ms_before']:>11.1f} {r['query_ms_after']:>6.1f} "
+                         f"{'yes' if r['card'].get('refused') else 'no':>7}  "
+                         f"{r.get('input_filter') or '-'}")
     if "others_before" in report:
         o = report["others_before"]
         lines.append(f"others (ordinary dev copy queries) without adapters: uAP {o['uAP']:.4f}, "

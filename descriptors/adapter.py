@@ -1,4 +1,5 @@
-"""Query-side adapters: a small residual map of a query's descriptor, learnt from a few pairs.
+"""Query-side adapters: an input filter chain and/or a small residual map of a query's
+descriptor, learnt from a few pairs.
 
 A new tamper pattern (a meme frame, a glitch filter) moves a copy's descriptor away from its
 original's in a consistent direction. Retraining the descriptor would mean re-embedding the
@@ -11,11 +12,20 @@ Training (`train_adapter`) is full-batch on CPU: a softmax over a bank of stored
 each pattern copy to its original; ordinary copies (replay) keep ranking their original first
 and stay near where they were; edited images that are not in the bank must not get closer to
 any reference than before (the adapter must not make false matches).
+
+A descriptor-space map cannot undo what the backbone already destroyed (halftone dots, inverted
+colours, torn bands), and on a small catalog it learns "go to the training originals" rather than
+the pattern. So an adapter (format 2) may also carry an input filter chain
+(`descriptors.input_filters`), chosen from a fixed library by `rank_chains` for how close it
+brings the example copies to their stored originals: a handful of discrete choices cannot
+memorise originals. The filtered query costs one more forward pass; the residual map, when the
+held-out pairs show it helps, is trained on top of the filtered vectors.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ADAPTER_KIND = "residual-mlp/1"
+from copytrace.descriptors.input_filters import apply_chain
+
+ADAPTER_KIND = "residual-mlp/1"  # format 1: the residual map only
+FILTER_KIND = "input-filter/2"  # format 2: an input filter chain, no map
+FILTER_MAP_KIND = "input-filter+residual-mlp/2"  # format 2: the chain, then the map
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,57 @@ def apply_adapter(arrays: dict[str, np.ndarray], vectors: np.ndarray) -> np.ndar
         h = 0.5 * h * (1.0 + _erf(h / np.sqrt(2.0)))  # exact GELU, as torch's default
     y = x + h @ arrays["up.weight"].T + arrays["up.bias"]
     return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def adapt_query(whole: np.ndarray, pixels: np.ndarray | None, *, input_filter: str,
+                arrays: dict[str, np.ndarray],
+                embed: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    """An adapter's vectors of N queries: `whole` are their plain whole-image vectors, `pixels`
+    their N x S x S x 3 model inputs; with an input filter the filtered pixels are embedded
+    again (`embed`: pixels -> unit vectors), then the residual map (if any) applies."""
+    x = whole
+    if input_filter:
+        if pixels is None or embed is None:
+            raise ValueError(f"input filter '{input_filter}' needs the query's pixels")
+        x = embed(apply_chain(input_filter, pixels))
+    return apply_adapter(arrays, x) if arrays else np.asarray(x, np.float32)
+
+
+def fused_sims(vectors: np.ndarray, bank: np.ndarray,
+               adapted: np.ndarray | None = None) -> np.ndarray:
+    """Cosines to the bank; with `adapted` (the same queries' adapted vectors), the better of
+    the two per bank row, as a query fuses its views."""
+    sims = vectors @ bank.T
+    return sims if adapted is None else np.maximum(sims, adapted @ bank.T)
+
+
+def margins(sims: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per query: similarity to its target minus the best to any other bank row (> 0: the target
+    ranks first). A continuous score, so a few pairs still rank filter chains."""
+    sims = np.array(sims, np.float32)
+    rows = np.arange(len(sims))
+    own = sims[rows, targets].copy()
+    sims[rows, targets] = -2.0
+    return own - sims.max(axis=1)
+
+
+def reciprocal_ranks(sims: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1 / rank of each query's target among the bank rows."""
+    own = sims[np.arange(len(sims)), targets]
+    return 1.0 / (1.0 + (sims > own[:, None]).sum(axis=1))
+
+
+def rank_chains(vectors: dict[str, np.ndarray], targets: np.ndarray, bank: np.ndarray, *,
+                plain: np.ndarray, rows: np.ndarray | None = None) -> list[tuple[float, str]]:
+    """Filter chains (keys of `vectors`: chain -> vectors of the same queries) by the mean margin
+    of the queries `rows` (all by default) when the chain's view is fused with the `plain` one,
+    best first; '' (no filter) is scored as the plain view alone."""
+    rows = np.arange(len(targets)) if rows is None else rows
+    scored = []
+    for chain, v in vectors.items():
+        sims = fused_sims(plain[rows], bank, v[rows] if chain else None)
+        scored.append((float(margins(sims, targets[rows]).mean()), chain))
+    return sorted(scored, key=lambda t: (-t[0], t[1]))
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

@@ -6,6 +6,10 @@ manifest's `adapters` map. Saving or removing one is an index change like `index
 writer lock, files of the new version written first, then the manifest swapped, so a reader
 sees the old set or the new one. The card names the model the adapter was trained for; a
 query refuses an adapter whose model is not the index's (its vectors would mean nothing).
+
+Card format 1 (no `format` field) is a residual map only; format 2 adds `input_filter`, a chain
+of pixel filters run before the model (`descriptors.input_filters`), and its weights may be
+empty (a filter without a map). A reader refuses a format newer than it knows.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from copytrace.descriptors.input_filters import parse_chain
 from copytrace.indexing.lock import index_lock, remove_temp_files
 from copytrace.indexing.manifest import IndexLayout, Manifest, utc_now
 from copytrace.util.atomic import write_bytes_atomic, write_json_atomic
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 ADAPTER_DIR = "adapters"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALL, NONE = "all", "none"  # `query --adapter` choices besides a name
+CARD_FORMAT = 2  # what this reader understands (1: residual map only; 2: + input filter)
 
 
 class AdapterError(ValueError):
@@ -55,6 +61,8 @@ class AdapterCard:
     measured: dict = field(default_factory=dict)  # recall on the training pairs, before / after
     created: str = ""
     index_version: int = 0  # the version that added it
+    input_filter: str = ""  # pixel filter chain before the model ('' = none; format 2)
+    format: int = 1  # card format (cards without the field are format 1)
 
 
 def check_name(name: str) -> str:
@@ -150,9 +158,9 @@ def load_adapters(index: str | Path, which: str = ALL, *,
                                f"(it has: {', '.join(sorted(manifest.adapters)) or 'none'})")
         rel = manifest.adapters[name]
         card = _read_card(layout, rel)
-        if card.model_sha256 != manifest.model.sha256:
-            message = (f"adapter '{name}' was trained for model {card.model_id}, but index "
-                       f"'{index}' uses {manifest.model.id}: train it again with 'copytrace adapt'")
+        message = _unusable(card, manifest)
+        if message:
+            message = f"adapter '{name}' {message}"
             if which != ALL:
                 raise AdapterError(message)
             log.warning("%s (skipped)", message)
@@ -160,3 +168,17 @@ def load_adapters(index: str | Path, which: str = ALL, *,
         with np.load(layout.root / rel) as z:
             out.append(LoadedAdapter(card, {k: z[k] for k in z.files}))
     return out
+
+
+def _unusable(card: AdapterCard, manifest: Manifest) -> str:
+    """Why a query cannot use this adapter ('' when it can)."""
+    if card.model_sha256 != manifest.model.sha256:
+        return (f"was trained for model {card.model_id}, but the index uses {manifest.model.id}: "
+                "train it again with 'copytrace adapt'")
+    if card.format > CARD_FORMAT:
+        return f"has card format {card.format}; this copytrace reads up to {CARD_FORMAT}: upgrade"
+    try:
+        parse_chain(card.input_filter)
+    except ValueError as exc:
+        return f"cannot be used: {exc} (made by a newer copytrace?)"
+    return ""

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from copytrace.descriptors.adapter import apply_adapter
+from copytrace.descriptors.adapter import adapt_query
 from copytrace.descriptors.decode import DecodeError
 from copytrace.descriptors.embed import Embedder, embed_images
 from copytrace.descriptors.model import LoadedDescriptor, load_descriptor
@@ -139,16 +139,29 @@ def embed_views(images: Sequence[QueryImage], embedder: Embedder, *,
 
 
 def with_adapter_views(vectors: Sequence[np.ndarray], views: Sequence[QueryViews],
-                       adapters: Sequence[LoadedAdapter]) -> tuple[list[np.ndarray],
-                                                                list[QueryViews]]:
-    """Each adapter's map of a query's whole-image vector as one more view of it ('adapter:NAME',
+                       adapters: Sequence[LoadedAdapter], *,
+                       pixels: Sequence[np.ndarray] | None = None,
+                       embedder: Embedder | None = None) -> tuple[list[np.ndarray],
+                                                                   list[QueryViews]]:
+    """Each adapter's vector of a query's whole image as one more view of it ('adapter:NAME',
     the whole query's box), merged with the plain views as the crops are: a reference keeps its
     best normalized score over all views, so a query no adapter helps keeps its plain results
-    unless an adapted view finds a reference even closer."""
+    unless an adapted view finds a reference even closer. An adapter with an input filter
+    embeds the filtered `pixels` (the queries' model inputs) once more; without pixels (the
+    Ray whole-image path) such adapters are skipped with a warning."""
+    if adapters and pixels is None:
+        skipped = [a.card.name for a in adapters if a.card.input_filter]
+        if skipped:
+            log.warning("adapters %s filter the query's pixels, which this query path does not "
+                        "keep: skipped", ", ".join(skipped))
+        adapters = [a for a in adapters if not a.card.input_filter]
     if not adapters or not vectors:
         return list(vectors), list(views)
     whole = np.stack([v[0] for v in vectors])
-    adapted = [apply_adapter(a.arrays, whole) for a in adapters]
+    stacked = np.stack(pixels) if pixels is not None else None
+    embed = None if embedder is None else embedder.embed_pixels
+    adapted = [adapt_query(whole, stacked, input_filter=a.card.input_filter, arrays=a.arrays,
+                           embed=embed) for a in adapters]
     names = [f"adapter:{a.card.name}" for a in adapters]
     return ([np.concatenate([v, *(x[i : i + 1] for x in adapted)]) for i, v in enumerate(vectors)],
             [QueryViews([*qv.names, *names], [*qv.boxes, *[qv.boxes[0]] * len(adapters)])
@@ -311,7 +324,9 @@ class QueryEngine:
         timings = timings if timings is not None else QueryTimings()
         t = time.perf_counter()
         vectors, views = with_adapter_views(self.embed(images, batch_size=batch_size),
-                                            [q.views for q in images], self.adapters)
+                                            [q.views for q in images], self.adapters,
+                                            pixels=[q.model_pixels for q in images],
+                                            embedder=self.embedder)
         timings.embed += time.perf_counter() - t
         timings.views += sum(len(v.names) for v in views)
         sources = [ImageSource(q.query_id, q.uri) for q in images]
