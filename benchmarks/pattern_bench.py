@@ -32,7 +32,7 @@ from copytrace.benchmarks.matching_bench import ensure_index
 from copytrace.benchmarks.metrics import GroundTruthMatch, Metrics, PredictedMatch, evaluate
 from copytrace.benchmarks.new_patterns import PATTERNS
 from copytrace.indexing import ImageSource, load_adapters, remove_adapter
-from copytrace.pipelines import QueryEngine, adapt_index, with_adapter_views
+from copytrace.pipelines import AdaptOptions, QueryEngine, adapt_index, with_adapter_views
 
 TRAIN_POOL = 50  # references whose pattern copies may be example pairs (never fresh queries)
 
@@ -114,7 +114,8 @@ def _row(m: Metrics) -> dict:
 
 
 def run(work: Path, *, patterns: list[str], pairs: list[int], fresh: int, others: bool,
-        index_from: Path | None, data: Path, model: str = "default", k: int = 10) -> dict:
+        index_from: Path | None, data: Path, model: str = "default", k: int = 10,
+        options: AdaptOptions | None = None) -> dict:
     bench = ensure_dev_benchmark(data, work)
     index = work / "idx"
     if index_from is not None and not index.exists():
@@ -149,7 +150,8 @@ def run(work: Path, *, patterns: list[str], pairs: list[int], fresh: int, others
                     w.writerows([(str(p), rid) for p, rid in train[:n]])
                 name = f"{pattern}-{n}"
                 t = time.perf_counter()
-                r = adapt_index(listing, index, name=name, show_progress=False, allow_worse=True)
+                r = adapt_index(listing, index, name=name, show_progress=False, allow_worse=True,
+                                options=options or AdaptOptions())
                 seconds = time.perf_counter() - t
                 adapters = load_adapters(index, name)
                 after, rank_s = scorer.score(adapters)
@@ -200,13 +202,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pairs", default="10,20,50")
     parser.add_argument("--fresh", type=int, default=100, help="fresh positive queries")
     parser.add_argument("--no-others", action="store_true", help="skip the ordinary dev queries")
+    parser.add_argument("--map-only", action="store_true",
+                        help="no input filters: the residual descriptor map alone (format 1)")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
     work = Path(args.work)
     report = run(work, patterns=[p for p in args.patterns.split(",") if p],
                  pairs=[int(n) for n in args.pairs.split(",")], fresh=args.fresh,
                  others=not args.no_others, data=dev_data_root(args.data),
-                 index_from=Path(args.index_from) if args.index_from else None)
+                 index_from=Path(args.index_from) if args.index_from else None,
+                 options=AdaptOptions(filters=False, residual=True) if args.map_only
+                 else AdaptOptions())
     print(json.dumps(report, indent=2))
     print(table(report))
     if args.json:

@@ -271,19 +271,24 @@ def held_out_check(v: Vectors, options: AdaptOptions, config: AdapterConfig,
 
 def _others_check(v: Vectors, replay_adapted: np.ndarray) -> dict:
     """How the adapter's view changes ordinary copies: the replayed ones' reciprocal rank of
-    their original (must not fall) and the best similarity of copies of images that are not
-    in the bank (must not rise: that would be a false match)."""
+    their original (must not fall), and how well their similarity to it still separates them
+    from copies of images that are not in the bank (the share of (copy, non-copy) pairs where
+    the copy scores higher: a false match is a non-copy that overtakes copies)."""
     bank, replay, targets = v.data.bank, v.data.replay, v.data.replay_targets
     pos, neg = targets >= 0, targets < 0
     rr_before = _fused_rr(replay[pos], targets[pos], bank)
     rr_after = _fused_rr(replay[pos], targets[pos], bank, replay_adapted[pos])
-    neg_before = (replay[neg] @ bank.T).max(axis=1) if neg.any() else np.zeros(0)
-    neg_after = (fused_sims(replay[neg], bank, replay_adapted[neg]).max(axis=1)
-                 if neg.any() else np.zeros(0))
-    return {"replay_rr_before": float(rr_before.mean()), "replay_rr_after": float(rr_after.mean()),
-            "replay_top1_before": float((rr_before == 1).mean()),
-            "replay_top1_after": float((rr_after == 1).mean()),
-            "negative_sim_rise": float((neg_after - neg_before).mean()) if neg.any() else 0.0}
+    out = {"replay_rr_before": float(rr_before.mean()), "replay_rr_after": float(rr_after.mean()),
+           "replay_top1_before": float((rr_before == 1).mean()),
+           "replay_top1_after": float((rr_after == 1).mean())}
+    if pos.any() and neg.any():
+        for key, adapted in (("before", None), ("after", replay_adapted)):
+            sims = fused_sims(replay, bank, adapted)
+            own = sims[np.flatnonzero(pos), targets[pos]]
+            best_neg = sims[neg].max(axis=1)
+            out[f"separation_{key}"] = float((own[:, None] > best_neg[None, :]).mean())
+            out[f"negative_sim_{key}"] = float(best_neg.mean())
+    return out
 
 
 MIN_HELD_OUT_GAIN = 0.01
@@ -292,8 +297,11 @@ costs every query a view (and a forward pass with a filter), so a tie is not wor
 OTHERS_RR_TOLERANCE = 0.005
 """Largest fall of the replayed ordinary copies' mean reciprocal rank an adapter may cause
 (the issue's 0.005 µAP bound on other patterns, read on the replay copies)."""
-NEGATIVE_RISE_TOLERANCE = 0.01
-"""Largest mean rise of non-copies' best similarity to the bank an adapter may cause."""
+SEPARATION_TOLERANCE = 0.005
+"""Largest fall of the share of (ordinary copy, non-copy) pairs ranked right an adapter may
+cause. (A first version capped the non-copies' mean similarity rise at 0.01: it refused a
+10-pair halftone adapter that lifted fresh µAP 0.27 -> 0.71 and other patterns +0.005, because
+a blur brings copies closer as much as non-copies.)"""
 
 
 def adapt_index(pairs: str | Path, index: str | Path, *, name: str, pattern: str | None = None,
@@ -440,7 +448,8 @@ def _refusal(chain: str, use_map: bool, m: dict) -> str:
     if m["replay_rr_after"] < m["replay_rr_before"] - OTHERS_RR_TOLERANCE:
         return (f"ordinary copies would rank their originals worse (mean reciprocal rank "
                 f"{m['replay_rr_before']:.3f} -> {m['replay_rr_after']:.3f})")
-    if m["negative_sim_rise"] > NEGATIVE_RISE_TOLERANCE:
-        return (f"images that are not copies would come closer to the catalog (best similarity "
-                f"+{m['negative_sim_rise']:.3f} on average)")
+    if m.get("separation_after", 1.0) < m.get("separation_before", 1.0) - SEPARATION_TOLERANCE:
+        return (f"copies of images not in the catalog would overtake ordinary copies (share of "
+                f"pairs ranked right {m['separation_before']:.3f} -> "
+                f"{m['separation_after']:.3f})")
     return ""

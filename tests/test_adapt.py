@@ -112,6 +112,7 @@ def _top1(engine: QueryEngine, queries: dict[Path, str]) -> int:
                for r, want in zip(results, queries.values(), strict=True))
 
 
+@pytest.mark.slow
 def test_pairs_of_a_made_up_pattern_lift_new_copies_and_leave_others(catalog, tmp_path,
                                                                      one_torch_thread):
     """16 pairs of a made-up pattern (heavy halftone): the adapter (an input filter chain chosen
@@ -148,6 +149,7 @@ def test_pairs_of_a_made_up_pattern_lift_new_copies_and_leave_others(catalog, tm
     assert others_after >= others_before
 
 
+@pytest.mark.slow
 def test_pairs_that_teach_nothing_are_refused(catalog, tmp_path, one_torch_thread):
     """Copies paired with the WRONG originals: no filter chain or map brings held-out copies to
     their (wrong) originals (measured: mean reciprocal rank 0.059 before and after), so `adapt`

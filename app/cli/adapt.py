@@ -27,9 +27,13 @@ def adapt_cmd(
     steps: Annotated[int, typer.Option(min=1, help="Training steps (full batch).")] = 300,
     device: Annotated[str, typer.Option(help="Device of the descriptor for the example copies "
                                        "('cpu', 'cuda', 'auto').")] = "cpu",
+    filters: Annotated[bool, typer.Option("--filters/--no-filters", help="Search a chain of pixel "
+                                          "filters run before the model (one more forward "
+                                          "pass per query); off: the descriptor map only.")
+                       ] = True,
     allow_worse: Annotated[bool, typer.Option("--allow-worse", help="Save the adapter even when "
-                                              "copies of pairs left out of its training rank "
-                                              "their originals worse with it.")] = False,
+                                              "copies of pairs left out of its choice do not "
+                                              "gain, or ordinary copies lose.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Learn a query-side adapter from PAIRS against the index's stored vectors (no re-indexing);
@@ -40,14 +44,16 @@ def adapt_cmd(
     from copytrace.pipelines import AdaptOptions, adapt_index
 
     r = adapt_index(pairs, index, name=name, pattern=pattern, device=device,
-                    options=replace(AdaptOptions(), replay=replay),
+                    options=replace(AdaptOptions(), replay=replay, filters=filters),
                     config=replace(AdapterConfig(), steps=steps), show_progress=not quiet,
                     allow_worse=allow_worse)
     m = r.card.measured
-    out.print(f"index {index}: version {r.version}, adapter '{name}' from {r.card.pairs} pairs "
+    out.print(f"index {index}: version {r.version}, adapter '{name}' ({r.card.kind}, filter "
+              f"'{r.card.input_filter or 'none'}') from {r.card.pairs} pairs "
               f"({r.card.replay} replayed copies) in {r.card.seconds:.1f} s, "
-              f"{r.card.bytes / 1024:.0f} KiB; example copies top-1 "
-              f"{m['pairs_top1_before']:.2f} -> {m['pairs_top1_after']:.2f} (left out of training: "
-              f"{m['held_out_top1_before']:.2f} -> {m['held_out_top1_after']:.2f}), replayed copies "
-              f"{m['replay_top1_before']:.2f} -> {m['replay_top1_after']:.2f}",
+              f"{r.card.bytes / 1024:.0f} KiB; copies of pairs left out of its choice: top-1 "
+              f"{m['held_out_top1_before']:.2f} -> {m['held_out_top1_after']:.2f}, mean "
+              f"reciprocal rank {m['held_out_rr_before']:.3f} -> {m['held_out_rr_after']:.3f}; "
+              f"replayed copies top-1 {m['replay_top1_before']:.2f} -> "
+              f"{m['replay_top1_after']:.2f}",
               markup=False, highlight=False)
