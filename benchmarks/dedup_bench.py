@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,50 @@ class Row:
     recall: float | None
     f1: float | None
     note: str = ""
+
+
+def kinds(folder: Path) -> dict[str, str]:
+    """What each file is (groups.csv's role without its number: ref, copy, shared, bg, ...)."""
+    with open(folder / "groups.csv", newline="") as fh:
+        return {Path(r["file"]).stem: "ukb" if r["role"].startswith("ukb") else
+                re.match(r"[a-z]*", r["role"]).group() for r in csv.DictReader(fh)}
+
+
+def error_breakdown(audit: Path, folder: Path, group: dict[str, str]) -> dict:
+    """False pairs by the kinds of their two files (e.g. "shared+shared": two different photos
+    in one frame), composite relations (pairs.parquet rows with `relation` "composite": their
+    roles, and how many the truth calls duplicates), and the largest cluster that joins
+    different groups (size, groups in it)."""
+    kind = kinds(folder)
+    pairs = duplicate_rows(audit)
+    false: dict[str, int] = {}
+    for p in pairs:
+        a, b = p["image_id_a"], p["image_id_b"]
+        if group.get(a) != group.get(b):
+            k = "+".join(sorted((kind.get(a, "?"), kind.get(b, "?"))))
+            false[f"{k} ({p['kind']})"] = false.get(f"{k} ({p['kind']})", 0) + 1
+    composite = [p for p in pq.read_table(audit / "pairs.parquet").to_pylist()
+                 if p.get("relation") == "composite"]
+    clusters: dict[int, list[str]] = {}
+    for r in pq.read_table(audit / "clusters.parquet").to_pylist():
+        clusters.setdefault(r["cluster_id"], []).append(r["image_id"])
+    mixed = sorted(((len(m), len({group.get(x) for x in m})) for m in clusters.values()
+                    if len({group.get(x) for x in m}) > 1), reverse=True)
+    return {"false_pairs": dict(sorted(false.items(), key=lambda kv: -kv[1])),
+            "composite_pairs": len(composite),
+            "composite_pairs_true": sum(1 for c in composite
+                                        if group.get(c["image_id_a"]) == group.get(c["image_id_b"])),
+            "composite_roles": sorted(f"{kind.get(c['image_id_a'])}:{c['role_a']}+"
+                                      f"{kind.get(c['image_id_b'])}:{c['role_b']}"
+                                      for c in composite),
+            "largest_false_cluster": {"size": mixed[0][0], "groups": mixed[0][1]} if mixed else None,
+            "false_clusters": len(mixed)}
+
+
+def duplicate_rows(audit: Path) -> list[dict]:
+    """pairs.parquet's duplicate pairs (not its composite relations; older audits: every row)."""
+    return [p for p in pq.read_table(audit / "pairs.parquet").to_pylist()
+            if p.get("relation", "duplicate") == "duplicate"]
 
 
 def truth(folder: Path) -> tuple[dict[str, str], set[frozenset]]:
@@ -98,17 +143,22 @@ json.dump([[a, b, d] for (a, b), d in sorted(pairs.items())], open(out, "w"))
 FASTDUP_CUTS = (0.9, 0.96)  # cosine similarity; 0.96 is fastdup's usual near-duplicate cut
 
 
-def run_copytrace(folder: Path, work: Path, group: dict, true_pairs: set) -> list[Row]:
+def run_copytrace(folder: Path, work: Path, group: dict, true_pairs: set,
+                  index: Path | None = None) -> list[Row]:
+    """The audit as a process on the folder (index build included) or on `index`, an index of
+    the same folder built before (e.g. by a previous run: before/after on one index)."""
     audit = work / "copytrace-audit"
     code, secs, rss, tail = run_measured(
-        [sys.executable, "-m", "copytrace.app.cli", "dedup", str(folder / "images"),
+        [sys.executable, "-m", "copytrace.app.cli", "dedup", str(index or folder / "images"),
          "--out", str(audit), "--no-ray", "--quiet"],
         env={"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})
     if code != 0:
         return [Row("copytrace", secs, rss, None, None, None, None, f"failed: {tail.strip()}")]
     default, ablations = default_and_ablations(audit, group, true_pairs)
-    return [Row("copytrace (index + dedup, default)", secs, rss, *default,
-                note="index build included; crops, content, view and bridge checks on"),
+    return [Row("copytrace (index + dedup, default)" if index is None else
+                "copytrace (dedup of a built index, default)", secs, rss, *default,
+                note=("index build included; " if index is None else "")
+                + "crops, content, view and bridge checks on"),
             *ablations]
 
 
@@ -117,7 +167,7 @@ def default_and_ablations(audit: Path, group: dict, true_pairs: set
     """(pairs, precision, recall, F1) of an audit, and rows for the same run with its later
     checks undone (from candidates.parquet: what each check rejected is put back)."""
     cands = pq.read_table(audit / "candidates.parquet").to_pylist()
-    pairs = pq.read_table(audit / "pairs.parquet").to_pylist()
+    pairs = duplicate_rows(audit)
     key = lambda r: frozenset((r["image_id_a"], r["image_id_b"]))  # noqa: E731
     full = {key(p) for p in pairs}
     exact = {key(p) for p in pairs if p["kind"] == "exact"}
@@ -242,19 +292,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", default="25000,50000,100000")
     ap.add_argument("--skip", default="", help="comma list: copytrace,phash,cnn,cnn-custom,fastdup,scale")
     ap.add_argument("--scale-worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--index", type=Path, help="audit this index of the planted folder "
+                    "(built by an earlier run) instead of building one")
+    ap.add_argument("--shared-frame", type=int, default=0,
+                    help="planted: this many different photos in one shared screenshot frame")
+    ap.add_argument("--backgrounds-in-folder", type=int, default=0,
+                    help="planted: this many of the pasted-in backgrounds also in the folder")
+    ap.add_argument("--extra-plain", type=int, default=0,
+                    help="planted: this many more plain Caltech photos (catalog scale)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     if args.scale_worker:
         scale_worker(args.scale_worker, work)
         return
     skip = set(filter(None, args.skip.split(",")))
-    folder = work / "planted"
+    scale = dict(shared_frame=args.shared_frame, backgrounds_in_folder=args.backgrounds_in_folder,
+                 extra_plain=args.extra_plain)
+    folder = work / ("planted" if not any(scale.values()) else
+                     "planted-{shared_frame}-{backgrounds_in_folder}-{extra_plain}".format(**scale))
     if not (folder / "groups.csv").exists():
-        make_planted(args.data, folder)
+        make_planted(args.data, folder, **scale)
     group, true_pairs = truth(folder)
     rows: list[Row] = []
     if "copytrace" not in skip:
-        rows += run_copytrace(folder, work, group, true_pairs)
+        rows += run_copytrace(folder, work, group, true_pairs, args.index)
     images = str(folder / "images")
     for name, python, script, extra, key in (
             ("imagededup PHash (d<=10)", args.peer_python, PEER_SCRIPT, ["phash", images], "phash"),
@@ -272,8 +333,12 @@ def main(argv: list[str] | None = None) -> None:
         rows += run_peer(name, python, script, extra, work, group, true_pairs)
     scaling = [] if "scale" in skip else scaling_rows(work, tuple(int(s) for s in
                                                                   args.scale.split(",")))
+    audit = work / "copytrace-audit"
+    errors = (error_breakdown(audit, folder, group) if "copytrace" not in skip
+              and (audit / "pairs.parquet").exists() else None)
     print(json.dumps({"images": len(group), "true_pairs": len(true_pairs),
-                      "rows": [asdict(r) for r in rows], "scaling": scaling}, indent=1))
+                      "rows": [asdict(r) for r in rows], "copytrace_errors": errors,
+                      "scaling": scaling}, indent=1))
     print(f"\nplanted folder: {len(group)} images, {len(true_pairs)} true duplicate pairs\n")
     print(table(rows))
     if scaling:

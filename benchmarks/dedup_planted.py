@@ -7,6 +7,13 @@ photos carrying the same watermark, and UKBench other-viewpoint photos of one ob
 Ground truth: `groups.csv` (file, group, role); two files are duplicates iff they share a group.
 File names are hashes, so no tool can lean on name order (`role` says what each file is).
 
+Catalog-scale variants (parameters, all 0 by default): `shared_frame` different photos inside ONE
+frame style none of the above uses (a frame recurring in ~1-2 % of a catalog: what the template
+model must learn), `backgrounds_in_folder` of the photos the copy edits paste into or onto also
+in the folder (a pasted copy then holds two catalog photos: a composite, whose group is its
+reference's), and `extra_plain` more Caltech photos (from each category's third photo on) to
+grow the catalog to a few thousand images.
+
 Two disjoint splits: TEST (what dedup_bench reports) and FIT (other ImageNet references, the second
 Caltech photo of each category, other UKBench objects), on which dedup's decisions are fitted
 (benchmarks.dedup_fit), so nothing is tuned on the pairs the benchmark counts.
@@ -31,6 +38,7 @@ from copytrace.util import write_bytes_atomic
 
 FRAME_SIZE = (480, 640)
 PHOTO_BOX = (16, 84, 464, 500)  # where the photo sits inside the frame
+SMALL_BOX = (16, 84, 256, 264)  # the shared-frame posts show it small: ~14 % of the frame
 
 
 @dataclass(frozen=True)
@@ -47,9 +55,11 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def social_frame(photo: Image.Image, style: int = 0) -> Image.Image:
+def social_frame(photo: Image.Image, style: int = 0,
+                 box: tuple[int, int, int, int] = PHOTO_BOX) -> Image.Image:
     """`photo` letterboxed inside a fixed screenshot frame: header (avatar, handle), footer
-    (icons, likes, caption) and a logo; the frame is identical for every photo of one style."""
+    (icons, likes, caption) and a logo; the frame is identical for every photo of one style.
+    `box`: where the photo goes (SMALL_BOX: a post that shows it small, beside a text column)."""
     dark = style % 2 == 1
     bg, fg = ((18, 18, 18), (235, 235, 235)) if dark else ((255, 255, 255), (20, 20, 20))
     out = Image.new("RGB", FRAME_SIZE, bg)
@@ -61,7 +71,11 @@ def social_frame(photo: Image.Image, style: int = 0) -> Image.Image:
               fill=fg, font=_font(20))
     draw.text((78, 46), "Sponsored · 2 h", fill=(128, 128, 128), font=_font(14))
     draw.text((430, 26), "···", fill=fg, font=_font(22))
-    x0, y0, x1, y1 = PHOTO_BOX
+    x0, y0, x1, y1 = box
+    if box != PHOTO_BOX:  # the space the photo leaves: a text column, the same in every post
+        for n, line in enumerate(("Read the full story", "on our website,", "link in bio.",
+                                  "#news #daily", "#photooftheday")):
+            draw.text((x1 + 14, y0 + 8 + 26 * n), line, fill=fg, font=_font(15))
     fitted = photo.copy()
     fitted.thumbnail((x1 - x0, y1 - y0), Image.BILINEAR)
     out.paste(fitted, (x0 + (x1 - x0 - fitted.width) // 2, y0 + (y1 - y0 - fitted.height) // 2))
@@ -99,6 +113,10 @@ class Split(str, Enum):
 FIT_REFERENCE_START = 500
 """FIT references start here: after the edit backgrounds (100..500), before TEST's last 300."""
 
+SHARED_STYLE = 3
+"""The style of the `shared_frame` photos (dark, pink accent, the photo small: SMALL_BOX); the
+planted screenshots and framed others use styles 0-2 with the photo large (PHOTO_BOX)."""
+
 PHOTO_SIDE = 640
 """Photos are shrunk to fit this before planting."""
 
@@ -113,9 +131,43 @@ def _per_category(folder: Path, take: int) -> list[list[Path]]:
     return out
 
 
+def _scale_rows(data: Path, put, rng: random.Random, *, fit: bool, shared_frame: int,
+                backgrounds: list[Image.Image], extra_plain: int) -> None:
+    """The catalog-scale variants of `make_planted` (each its own group): different photos in
+    the one SHARED_STYLE frame, pasted-in backgrounds, more plain Caltech photos. Caltech photos
+    here come from each category's third photo on (the splits use the first two; Caltech's
+    BACKGROUND_Google clutter is left out), shuffled; FIT and TEST take disjoint halves."""
+    pool = [p for c in _per_category_all(data / "photos" / "caltech101") for p in c[2:]]
+    rng.shuffle(pool)
+    pool.sort(key=lambda p: int(fit) != hash_bucket(p))  # FIT and TEST draw disjoint halves
+    photos = iter(pool)
+    for kind, count, make in (("shared", shared_frame,
+                               lambda im: social_frame(im, SHARED_STYLE, SMALL_BOX)),
+                              ("extra", extra_plain, lambda im: im)):
+        made = 0
+        while made < count and (path := next(photos, None)) is not None:
+            if (img := load_photo(path, PHOTO_SIDE)) is not None:
+                put(f"{kind}{made:04d}-{path.parent.name}", make(img), f"{kind}{made}")
+                made += 1
+    for j, img in enumerate(backgrounds):
+        put(f"bg{j:04d}", img, f"bg{j}")
+
+
+def hash_bucket(path: Path) -> int:
+    """0 or 1 from the file's name: which split may use an extra Caltech photo."""
+    return hashlib.sha1(f"{path.parent.name}/{path.name}".encode()).digest()[0] & 1
+
+
+def _per_category_all(folder: Path) -> list[list[Path]]:
+    return [sorted(p for p in cat.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            for cat in sorted(p for p in folder.iterdir() if p.is_dir())
+            if not cat.name.startswith("BACKGROUND")]
+
+
 def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references: int = 300,
                  screenshots: int = 50, framed_others: int = 40, watermarked: int = 25,
                  ukbench_groups: int = 50, distractors: int = 37, backgrounds: int = 400,
+                 shared_frame: int = 0, backgrounds_in_folder: int = 0, extra_plain: int = 0,
                  split: Split | str = Split.TEST) -> PlantedSet:
     """Write `out/images/*.jpg` and `out/groups.csv` from the dev data folder `data`."""
     data, out, split = Path(data), Path(out), Split(split)
@@ -128,8 +180,9 @@ def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references
     others = [c[int(fit)] for c in _per_category(data / "photos" / "caltech101", 2 if fit else 1)]
     rng.shuffle(others)
     # what copy edits paste in or onto: a large pool, so two copies rarely share a background
-    context = EditContext(others=[i for p in photos[100:100 + backgrounds]
-                                  if (i := load_photo(p, PHOTO_SIDE)) is not None])
+    pasted = [(p, i) for p in photos[100:100 + backgrounds]
+              if (i := load_photo(p, PHOTO_SIDE)) is not None]
+    context = EditContext(others=[i for _, i in pasted])
     rows: list[tuple[str, str, str]] = []
 
     def put(name: str, img: Image.Image, group: str, quality: int = 90) -> None:
@@ -156,6 +209,8 @@ def make_planted(data: str | Path, out: str | Path, *, seed: int = 0, references
             img = load_photo(path, PHOTO_SIDE) if path is not None else None
             if img is not None:
                 put(f"{kind}{j:04d}", make(img, j), f"{kind}{j}")
+    _scale_rows(data, put, rng, fit=fit, shared_frame=shared_frame,
+                backgrounds=[i for _, i in pasted][:backgrounds_in_folder], extra_plain=extra_plain)
     groups: dict[str, list[str]] = {}
     with open(data / "ukbench" / "groups.csv", newline="") as fh:
         for row in csv.DictReader(fh):

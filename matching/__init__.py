@@ -74,6 +74,7 @@ _EXPORTS = {
     "accepted_to_verify": "roles",
     "analyze": "localize",
     "assign_roles": "roles",
+    "split_roles": "roles",
     "best_per_query": "isc_csv",
     "candidates": "rank",
     "fill_holes": "localize",

@@ -7,6 +7,11 @@ from the catalog, as the content check does) and blank margins or letterbox bars
 content. So a crop copy loses to its original (the original has more content), and a
 screenshot showing the photo at about the photo's own scale ties with it: within `TIE` the
 image that is most content (least frame) is kept, then more bytes, then catalog order.
+
+A frame seen once (one screenshot, a busy page around a small photo) is no template, yet it is
+not content either: where another member's picture lands inside an image behind a seam (its
+outline is an edge the picture's inside does not have: `framed`), the image frames it and only
+its covered part counts. A crop's outline in its original runs through the scene, no seam.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ from copytrace.matching.templates import ALIGN, TemplateConfig, thumbnail, with_
 
 TIE = 0.05
 """Content pixel counts within this relative margin are equal (homography and cell noise)."""
+SEAM = 2.0
+"""Mean gradient along a footprint's outline over that just inside it: at least this, a seam."""
+FLAT_OUTSIDE = 0.5
+"""Texture just outside a footprint under this share of that just inside: padding, a frame."""
+FRAMED_AT_MOST = 0.8
+"""A footprint covering more of an image than this leaves no frame around it to speak of."""
 
 
 @dataclass(frozen=True)
@@ -42,10 +53,43 @@ def covered_mask(homography: np.ndarray, size_from: tuple[int, int],
                                | cv2.WARP_INVERSE_MAP) > 0
 
 
+def framed(grey: np.ndarray, footprint: np.ndarray) -> bool:
+    """Whether `footprint` (ALIGN x ALIGN bool: where another member's picture lands in this
+    image, `grey` at ALIGN) sits in a frame: just outside its outline (away from the image's own
+    edges) the image is flat padding while the picture just inside is not (FLAT_OUTSIDE), or the
+    outline is a seam (SEAM times the gradient of a ring just inside it). A crop's outline in
+    its original runs through the scene: the same texture on both sides, no step."""
+    share = float(footprint.mean())
+    if share == 0.0 or share > FRAMED_AT_MOST:
+        return False
+    f = footprint.astype(np.uint8)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    inner = lambda n: cv2.erode(f, cross, iterations=n) > 0  # noqa: E731
+    outer = lambda n: cv2.dilate(f, cross, iterations=n) > 0  # noqa: E731
+    away = np.zeros_like(footprint)
+    away[4:-4, 4:-4] = True  # an outline on the image's border frames nothing
+    edge, outside = (f > 0) & ~inner(1) & away, outer(3) & ~outer(1) & away
+    if edge.sum() < 16 or outside.sum() < 16:
+        return False
+    g = cv2.GaussianBlur(grey, (3, 3), 0)
+    mean = cv2.blur(g, (3, 3))
+    std = np.sqrt(np.maximum(cv2.blur(g * g, (3, 3)) - mean * mean, 0))
+    if std[outside].mean() + 1.0 < FLAT_OUTSIDE * (std[inner(1) & ~inner(3)].mean() + 1.0):
+        return True
+    grad = np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
+    band = cv2.dilate(edge.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    ring = inner(4) & ~inner(8)
+    return bool(ring.sum() >= 16 and grad[band].mean() >= SEAM * (grad[ring].mean() + 1.0))
+
+
 def content_of(pixels: np.ndarray, covered: np.ndarray, template: np.ndarray | None, *,
-               texture_std: float) -> Content:
-    """Content of one image (RGB or grey at full size): covered, or textured and not template."""
+               texture_std: float, frames: bool = False) -> Content:
+    """Content of one image (RGB or grey at full size): covered, or textured and not template;
+    an image that `frames` the covered picture (`framed`) is its covered part alone."""
     h, w = pixels.shape[:2]
+    if frames:
+        share = float(covered.mean())
+        return Content(int(round(w * h * share)), share)
     g = thumbnail(pixels, ALIGN).astype(np.float32)
     mean = cv2.blur(g, (5, 5))
     textured = np.sqrt(np.maximum(cv2.blur(g * g, (5, 5)) - mean * mean, 0)) >= texture_std
@@ -64,6 +108,7 @@ def member_content(members: Sequence[str], pairs: Iterable, sizes: dict[str, tup
     """Content of each member from the verified pairs (ScoredPair: `query`, `homography`
     query -> other) among them; `load` reads an image's pixels by id."""
     covered = {m: np.zeros((ALIGN, ALIGN), bool) for m in members}
+    footprints: dict[str, list[np.ndarray]] = {m: [] for m in members}
     for p in pairs:
         if len(p.homography) != 9 or not p.query or p.a not in covered or p.b not in covered:
             continue
@@ -71,12 +116,17 @@ def member_content(members: Sequence[str], pairs: Iterable, sizes: dict[str, tup
         if not np.isfinite(h).all() or abs(np.linalg.det(h)) < 1e-12:
             continue
         q, o = p.query, (p.b if p.query == p.a else p.a)
-        covered[q] |= covered_mask(h, sizes[q], sizes[o])
-        covered[o] |= covered_mask(np.linalg.inv(h), sizes[o], sizes[q])
+        for x, y, hx in ((q, o, h), (o, q, np.linalg.inv(h))):
+            mask = covered_mask(hx, sizes[x], sizes[y])
+            covered[x] |= mask
+            footprints[x].append(mask)
     out = {}
     for m in members:
         try:
-            out[m] = content_of(load(m), covered[m], templates.get(m), texture_std=texture_std)
+            pixels = load(m)
+            grey = thumbnail(pixels, ALIGN).astype(np.float32)
+            out[m] = content_of(pixels, covered[m], templates.get(m), texture_std=texture_std,
+                                frames=any(framed(grey, f) for f in footprints[m]))
         except Exception:  # noqa: BLE001 - unreadable now: judged by its pixel count
             w, h = sizes[m]
             out[m] = Content(w * h, 1.0)

@@ -49,21 +49,40 @@ def assign_roles(matches: Sequence[Match], verifications: Sequence[Verification 
     if len(verified) < 2:
         return
     verified.sort(key=lambda mv: (-mv[1].query_coverage, mv[0].reference_id))
-    background, bv = verified[0]
-    points = bv.field_points[:, :2]  # detection-scale query points: one scale for every pair
-    x0, y0, x1, y1 = points.min(axis=0).tolist() + points.max(axis=0).tolist()
-    inserted = [(m, v) for m, v in verified[1:] if v.query_coverage <= config.max_inserted_coverage
-                and _inside(points, _box(v)) <= config.max_shared
-                and _enclosed(_box(v), (x0, y0, x1, y1)) >= config.min_enclosed]
-    if not inserted:
+    split = split_roles([v.field_points[:, :2] for _, v in verified],
+                        [v.query_coverage for _, v in verified], config=config)
+    if split is None:
         return
+    background, bv = verified[split[0]]
     background.evidence.update(role=BACKGROUND, region=list(bv.query_box))
-    for m, v in inserted:
+    for j in split[1]:
+        m, v = verified[j]
         m.evidence.update(role=INSERTED, region=list(v.query_box))
 
 
-def _box(v: Verification) -> tuple[float, float, float, float]:
-    p = v.field_points[:, :2]
+def split_roles(points: Sequence[np.ndarray], coverages: Sequence[float], *,
+                config: RoleConfig = RoleConfig()) -> tuple[int, list[int]] | None:
+    """(background, inserted) indexes among several partners' inlier points in ONE image (the
+    composite; N x 2, one detection scale) and the share of it each covers, or None when none is
+    inserted. The background covers the most (the first on ties); another partner is inserted
+    when it covers at most `max_inserted_coverage`, its inlier box holds at most `max_shared` of
+    the background's inliers and lies at least `min_enclosed` inside the background's inlier box.
+    `assign_roles` (the query path) and the dedup audit's composites use this one rule."""
+    if len(points) < 2:
+        return None
+    order = sorted(range(len(points)), key=lambda j: -coverages[j])
+    back = order[0]
+    bp = np.asarray(points[back])[:, :2]
+    outer = (*bp.min(axis=0).tolist(), *bp.max(axis=0).tolist())
+    inserted = [j for j in order[1:] if len(points[j])
+                and coverages[j] <= config.max_inserted_coverage
+                and _inside(bp, _points_box(points[j])) <= config.max_shared
+                and _enclosed(_points_box(points[j]), outer) >= config.min_enclosed]
+    return (back, inserted) if inserted else None
+
+
+def _points_box(points: np.ndarray) -> tuple[float, float, float, float]:
+    p = np.asarray(points)[:, :2]
     return (*p.min(axis=0).tolist(), *p.max(axis=0).tolist())
 
 

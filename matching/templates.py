@@ -3,9 +3,14 @@
 Two different photos posted in the same social-media screenshot frame, under the same caption
 band, logo or watermark match each other geometrically: the frame lines up. A frame is whatever
 recurs, at the same place, across many images of a catalog; so template cells are learned from
-a sample of catalog thumbnails (a cell of image A is template when >= `min_recurrence` sampled
-images show the same pixels there). A pair then counts as a duplicate only when the aligned
-pixels agree over the part of the overlap that is NOT template.
+a sample of catalog thumbnails: a cell of image A is template when >= `min_recurrence` sampled
+images show the same pixels there AND share A's frame, i.e. also show the same pixels on at
+least `partner_cells` of A's textured cells. A flat patch of sky or wall recurs by chance in
+many photos without their sharing anything else, so ordinary content is not learned; a frame
+(avatar, handle, icons, caption band) recurs as a whole, flat background included, from a few
+dozen posts (~1 % of a 2,000-image sample). A pair then counts as a duplicate only when the
+aligned pixels agree over the part of the overlap that is NOT template, nor next to it
+(`template_margin`: a cell straddling the frame's edge is half frame).
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ class TemplateConfig:
     agree_ncc: float = 0.5  # aligned cells with at least this correlation agree
     min_content_cells: int = 6  # fewer textured non-template cells in the overlap: no evidence
     min_coverage: float = 0.55  # share of content cells that must agree
-    template_margin: int = 0  # cells this close to a template cell are not content either
+    template_margin: int = 1  # cells this close to a template cell are not content either
+    partner_cells: int = 4  # a sampled image counts toward A's recurrence only when it also
+    # shows A's pixels on this many of A's textured cells (it shares A's frame, not one patch)
+    query_block: int = 256  # thumbnails whose recurrence is counted at once (memory bound)
 
 
 @dataclass(frozen=True)
@@ -79,26 +87,43 @@ class TemplateModel:
                    int(np.ceil(self.config.recurrence_fraction * len(self.sample))))
 
     def template_cells(self, thumbs: np.ndarray) -> np.ndarray:
-        """K x GRID x GRID bool: cells of each thumbnail that recur in the sample.
+        """K x GRID x GRID bool: cells of each thumbnail that recur, with its frame, in the sample.
 
         Sampled images that match a thumbnail as a whole (its own copies, resized or
         re-encoded) are not counted: many copies of one photo do not make it a template."""
         k = len(thumbs)
         if k == 0 or len(self.sample) == 0:
             return np.zeros((k, GRID, GRID), bool)
-        q, s = _cells(thumbs), _cells(self.sample)
-        radius = self.config.cell_rms ** 2 * q.shape[2]
-        counts = np.zeros((GRID * GRID, k), np.int64)
+        s = _cells(self.sample)
+        indexes = []
         for p in range(GRID * GRID):
-            index = faiss.IndexFlatL2(q.shape[2])
+            index = faiss.IndexFlatL2(s.shape[2])
             index.add(s[p])
-            lims, _, _ = index.range_search(q[p], radius)
-            counts[p] = np.diff(lims)
+            indexes.append(index)
         whole = faiss.IndexFlatL2(THUMB * THUMB)
         whole.add(self.sample.reshape(len(self.sample), -1).astype(np.float32))
-        lims, _, _ = whole.range_search(thumbs.reshape(k, -1).astype(np.float32),
-                                        (2 * self.config.cell_rms) ** 2 * THUMB * THUMB)
-        counts = np.maximum(counts - np.diff(lims)[None, :], 0)
+        step = max(1, self.config.query_block)
+        return np.concatenate([self._block(thumbs[i : i + step], indexes, whole)
+                               for i in range(0, k, step)])
+
+    def _block(self, thumbs: np.ndarray, indexes: list, whole) -> np.ndarray:  # noqa: ANN001
+        k, q = len(thumbs), _cells(thumbs)
+        radius = self.config.cell_rms ** 2 * q.shape[2]
+        textured = q.std(axis=2) >= self.config.texture_std  # GRID*GRID x K
+        shared = np.zeros((k, len(self.sample)), np.int32)  # textured cells each pair shares
+        hits = []
+        for p, index in enumerate(indexes):
+            lims, _, found = index.range_search(q[p], radius)
+            rows = np.repeat(np.arange(k), np.diff(lims).astype(np.int64))
+            hits.append((rows, found))
+            keep = textured[p][rows]
+            np.add.at(shared, (rows[keep], found[keep]), 1)
+        partner = shared >= self.config.partner_cells
+        lims, _, found = whole.range_search(thumbs.reshape(k, -1).astype(np.float32),
+                                            (2 * self.config.cell_rms) ** 2 * THUMB * THUMB)
+        partner[np.repeat(np.arange(k), np.diff(lims).astype(np.int64)), found] = False
+        counts = np.stack([np.bincount(rows[partner[rows, found]], minlength=k)
+                           for rows, found in hits])
         return (counts >= self.min_count).T.reshape(k, GRID, GRID)
 
 
@@ -128,9 +153,10 @@ def with_margin(template: np.ndarray, margin: int) -> np.ndarray:
 
     A cell straddling a frame's edge is half frame: the white border beside a photo, or the
     photo's edge against the frame, lines up in ANY two screenshots of one style, so two
-    different photos can "agree" on such cells alone. Off by default (`template_margin` 0): on
-    the planted TEST split a margin of 1 removed the one frame-only false pair but also lost two
-    true copies, whose plain sky / striped cells recur by chance and grew over their content."""
+    different photos can "agree" on such cells alone (a photo shown small has many such cells).
+    On by default (`template_margin` 1) since recurrence needs a shared frame (`partner_cells`):
+    before, plain sky / striped cells of ordinary photos recurred by chance and the margin grew
+    them over the content of true copies."""
     if margin <= 0 or not template.any():
         return template
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))

@@ -6,6 +6,8 @@ Modules:
                      test_dedup_against.py]
     audit.py         `copytrace dedup` [tests: test_dedup.py, test_reliability.py]
     bridges.py       Duplicate pairs must agree with their neighbours [tests: test_dedup.py]
+    composites.py    One catalog photo pasted into another: composite relations with roles
+                     [tests: test_dedup_roles.py]
     candidates.py    Candidate pairs for a dedup audit; the self-join as a Ray job
                      (`neighbours_on_ray`) [tests: test_dedup.py, test_cluster_node_loss.py]
     features.py      Per-image dedup features [tests: test_dedup_features.py]
@@ -23,6 +25,7 @@ _EXPORTS = {
     "ScoreJob": "score",
     "audit_sql": "sql",
     "dedup": "audit",
+    "find_composites": "composites",
     "dedup_against": "against",
     "neighbours_on_ray": "candidates",
     "score_jobs": "score",

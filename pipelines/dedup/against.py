@@ -21,6 +21,7 @@ from copytrace.matching.templates import TemplateConfig
 from copytrace.matching.view_check import ViewCheck, shipped_view_check
 from copytrace.pipelines.dedup.audit import DedupReport, decide_both_ways, finish, scorer_settings
 from copytrace.pipelines.dedup.candidates import Candidate
+from copytrace.pipelines.dedup.composites import split_composites
 from copytrace.pipelines.dedup.features import (
     as_features,
     catalog_digests,
@@ -129,7 +130,8 @@ def dedup_against(new_images: str | Path, index: str | Path, out: str | Path, *,
     listing = pa.table({"image_id": list(new) + list(cat_uris), "uri": list(new.values())
                         + list(cat_uris.values())})
     facts_catalog = catalog  # keep policy chooses among catalog images only
-    return finish(out, index, facts_catalog, [p for p in scored if p.duplicate], scored,
+    dups, composites, scored = split_composites([p for p in scored if p.duplicate], scored)
+    return finish(out, index, facts_catalog, dups, scored, composites=composites,
                   keep=KeepPolicy(keep), threshold=threshold, report=report,
                   extra={"against": str(index.resolve()), "new_images": str(new_images),
                          "new": len(new), "band": band, "k": k, "always_top": always_top,

@@ -4,11 +4,15 @@ Stages: exact duplicates (same sha256), perceptual (PDQ, Hamming <= 31), descrip
 (a chunked self-join through the index with the query engine's search and normalization), then
 local verification of that ambiguous band with the engine's verifier and calibration, and a
 content-not-template check (matching.templates): evidence lying only on a frame, caption band,
-logo or watermark shared by many catalog images does not make two images duplicates. Duplicate
-pairs become clusters (connected components), each with a representative chosen by `keep`.
+logo or watermark shared by many catalog images does not make two images duplicates, PDQ
+matches included. An image that holds two catalog photos, one pasted into the other, is a
+composite (pipelines.dedup.composites): its two pairs are reported with their roles, not as
+duplicates. Duplicate pairs become clusters (connected components), each with a representative
+chosen by `keep`.
 
-AUDIT_DIR gets pairs.parquet, clusters.parquet, candidates.parquet (every scored pair, kept or
-not, with the reason), audit.json and report.html with its thumbnails.
+AUDIT_DIR gets pairs.parquet (duplicates, then composite relations: `relation`),
+clusters.parquet, candidates.parquet (every scored pair, kept or not, with the reason),
+audit.json and report.html with its thumbnails.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from copytrace.pipelines.dedup.candidates import (
     exact_pairs,
     pdq_candidates,
 )
+from copytrace.pipelines.dedup.composites import COMPOSITE, split_composites
 from copytrace.pipelines.dedup.features import (
     ImageFeatures,
     catalog_digests,
@@ -63,6 +68,9 @@ PAIR_SCHEMA = pa.schema([
     ("coverage", pa.float32()),  # agreeing share of the non-template overlap
     ("template_cells", pa.int32()),  # overlap cells discounted as template
     ("view_score", pa.float32()),  # P(copy, not another photo of the object); null: unverified
+    ("relation", pa.string()),  # duplicate | composite (one pasted into the other) | null: neither
+    ("role_a", pa.string()),  # composite relations: composite | inserted | background
+    ("role_b", pa.string()),
 ])
 CANDIDATE_SCHEMA = PAIR_SCHEMA.append(pa.field("duplicate", pa.bool_())).append(
     pa.field("reason", pa.string()))
@@ -93,6 +101,7 @@ class DedupReport:
     representatives: list[str]
     counts: dict = field(default_factory=dict)
     features: ImageFeatures | None = None  # PDQ + thumbnails of the audited images
+    composites: list[ScoredPair] = field(default_factory=list)  # relations with roles
 
     @property
     def duplicates_to_drop(self) -> int:
@@ -280,12 +289,17 @@ def exact_scored(pairs: list[tuple[str, str]]) -> list[ScoredPair]:
             for a, b in pairs]
 
 
+def relation(p: ScoredPair) -> str | None:
+    return COMPOSITE if p.role_a or p.role_b else ("duplicate" if p.duplicate else None)
+
+
 def pairs_table(pairs: list[ScoredPair], schema: pa.Schema = PAIR_SCHEMA) -> pa.Table:
     names = set(schema.names)
     rows = [{k: v for k, v in {
         "image_id_a": p.a, "image_id_b": p.b, "score": p.score, "kind": str(p.kind),
         "similarity": p.similarity, "pdq_distance": p.pdq_distance, "inliers": p.inliers,
         "coverage": p.coverage, "template_cells": p.template_cells, "view_score": p.view_score,
+        "relation": relation(p), "role_a": p.role_a, "role_b": p.role_b,
         "duplicate": p.duplicate,
         "reason": p.reason}.items() if k in names} for p in pairs]
     return pa.Table.from_pylist(rows, schema=schema)
@@ -303,12 +317,15 @@ def finish(out: Path, index: Path, catalog: pa.Table, pairs: list[ScoredPair],
            report: bool, extra: dict | None = None, listing: pa.Table | None = None,
            keep_only: set[str] | None = None, features: ImageFeatures | None = None,
            template_config: TemplateConfig | None = None,
+           composites: list[ScoredPair] | None = None,
            show_progress: bool = False) -> DedupReport:
     """Clusters, Parquet tables, audit.json and the HTML report.
 
     `listing` (image_id, uri) names images beyond the catalog (incremental runs); `keep_only`
     limits which images may be a cluster's representative. `--keep largest` compares content
-    pixels: a frame learned as template (`features`' thumbnails) does not count."""
+    pixels: a frame learned as template (`features`' thumbnails) does not count. `composites`
+    (relations with roles) go into pairs.parquet after the duplicates, never into clusters."""
+    composites = composites or []
     clusters = connected_groups((p.a, p.b) for p in pairs)
     members = {m for c in clusters for m in c}
     facts = image_facts(catalog, members, keep)
@@ -316,16 +333,17 @@ def finish(out: Path, index: Path, catalog: pa.Table, pairs: list[ScoredPair],
                if keep is KeepPolicy.LARGEST and members else None)
     reps = [pick_representative([m for m in c if keep_only is None or m in keep_only] or c, facts,
                                 keep, content) for c in clusters]
-    write_parquet_atomic(out / "pairs.parquet", pairs_table(pairs))
+    write_parquet_atomic(out / "pairs.parquet", pairs_table(pairs + composites))
     write_parquet_atomic(out / "candidates.parquet", pairs_table(candidates, CANDIDATE_SCHEMA))
     write_parquet_atomic(out / "clusters.parquet", clusters_table(clusters, reps))
     counts = {k: sum(1 for p in pairs if p.kind == k) for k in (Kind.EXACT, Kind.PDQ, Kind.NEAR)}
+    counts[COMPOSITE] = len(composites)
     counts["rejected_template"] = sum(1 for p in candidates if p.reason.startswith("evidence on"))
     counts["rejected_other_view"] = sum(1 for p in candidates if p.reason.startswith("another view"))
     counts["rejected_inconsistent"] = sum(1 for p in candidates
                                           if p.reason.startswith(INCONSISTENT))
     result = DedupReport(out, index, catalog.num_rows, pairs, candidates, clusters, reps,
-                         {str(k): v for k, v in counts.items()}, features)
+                         {str(k): v for k, v in counts.items()}, features, composites)
     write_json_atomic(out / AUDIT_FILE, {
         "index": str(Path(index).resolve()), "images": catalog.num_rows, "threshold": threshold,
         "keep": keep.value, "pairs": len(pairs), "clusters": len(clusters),
@@ -397,7 +415,8 @@ def dedup(
                               ray_address=ray_address,
                               views=shipped_view_check() if view_check else None,
                               show_progress=show_progress)
-    pairs = exact_scored(exact) + [p for p in scored if p.duplicate]
+    pairs, composites, scored = split_composites(
+        exact_scored(exact) + [p for p in scored if p.duplicate], scored)
     if bridge_check:
         pairs, scored = consistent_pairs(pairs, scored, uris, features, engine=engine,
                                          template_config=template_config,
@@ -405,6 +424,7 @@ def dedup(
     return finish(out, index, catalog, pairs, scored, keep=keep, threshold=threshold,
                   show_progress=show_progress,
                   report=report, features=features, template_config=template_config,
+                  composites=composites,
                   extra={"band": band, "k": k, "always_top": always_top, "crops": crops,
                          "view_check": view_check, "bridge_check": bridge_check,
                          "template_config": asdict(template_config)})

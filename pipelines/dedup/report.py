@@ -150,6 +150,7 @@ def write_report(audit, catalog: pa.Table, *, threshold: float, show_progress: b
              ("exact", audit.counts.get("exact", 0)), ("PDQ", audit.counts.get("pdq", 0)),
              ("near (verified)", audit.counts.get("near", 0)), ("clusters", len(audit.clusters)),
              ("to drop", audit.duplicates_to_drop),
+             ("composites (roles)", len(getattr(audit, "composites", []))),
              ("rejected: template only", audit.counts.get("rejected_template", 0)),
              ("rejected: another view", audit.counts.get("rejected_other_view", 0)),
              ("rejected: partners disagree", audit.counts.get("rejected_inconsistent", 0))]
@@ -171,6 +172,7 @@ def write_report(audit, catalog: pa.Table, *, threshold: float, show_progress: b
         for n, (members, rep) in enumerate(zip(shown, audit.representatives, strict=False)):
             parts.append(_cluster_block(n, members, rep, thumb))
             step(1)
+    parts.append(_composites_block(getattr(audit, "composites", []), thumb))
     near = [p for p in audit.pairs if p.kind != Kind.EXACT][:MAX_PAIRS]
     parts.append(f"<h2>Near duplicates side by side ({len(near)})</h2><p class=muted>heatmap: "
                  "original | copy | where the copy differs (red outlines: edits)</p>")
@@ -183,6 +185,27 @@ def write_report(audit, catalog: pa.Table, *, threshold: float, show_progress: b
             f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     return write_bytes_atomic(out / REPORT_FILE, page.encode())
 
+
+
+def _composites_block(relations: list[ScoredPair], thumb) -> str:
+    """Composite images (one catalog photo pasted into another): each with its partners' roles.
+    Not duplicates, so in no cluster."""
+    if not relations:
+        return ""
+    by: dict[str, list[tuple[str, str]]] = {}
+    for p in relations:
+        comp, other, role = ((p.a, p.b, p.role_b) if p.role_a == "composite"
+                             else (p.b, p.a, p.role_a))
+        by.setdefault(comp, []).append((role or "", other))
+    rows = "".join(
+        f'<div class=pair><b>{html.escape(c)}</b> <span class=muted>composite</span>'
+        f'<div class=side>{_img(thumb(c), c)}'
+        + "".join(f'<div class=member>{_img(thumb(o), o)}{html.escape(o)} '
+                  f'<span class=badge>{html.escape(r)}</span></div>' for r, o in sorted(parts))
+        + "</div></div>" for c, parts in sorted(by.items())[:MAX_PAIRS])
+    return (f"<h2>Composites ({len(by)})</h2><p class=muted>an image holding two catalog "
+            "photos, one pasted into the other: <i>inserted</i> occupies a region of it, "
+            "<i>background</i> fills the rest; reported, not counted as duplicates</p>" + rows)
 
 
 def _cluster_block(n: int, members: list[str], rep: str, thumb) -> str:

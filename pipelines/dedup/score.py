@@ -62,6 +62,8 @@ class ScoredPair:
     homography: tuple[float, ...] = ()
     view_score: float | None = None  # P(copy, not another photo of the object) from the geometry
     verification: Verification | None = field(default=None, repr=False, compare=False)
+    role_a: str | None = None  # composite relations (pipelines.dedup.composites): "composite",
+    role_b: str | None = None  # "inserted" or "background"; None on plain pairs
 
 
 @dataclass(frozen=True)
