@@ -84,6 +84,18 @@ def duplicate_rows(audit: Path) -> list[dict]:
             if p.get("relation", "duplicate") == "duplicate"]
 
 
+def subset_scores(audit: Path, subset: Path) -> dict:
+    """Pairs, precision and recall of the audit's duplicates among the images of `subset`, a
+    planted folder whose files are all in the audited one (the default set inside a
+    catalog-scale one: made with the same seed, its files are byte-identical)."""
+    group, true_pairs = truth(subset)
+    found = {frozenset((p["image_id_a"], p["image_id_b"])) for p in duplicate_rows(audit)
+             if p["image_id_a"] in group and p["image_id_b"] in group}
+    precision, recall, f1 = score(found, group, true_pairs)
+    return {"images": len(group), "pairs": len(found), "precision": round(precision, 4),
+            "recall": round(recall, 4), "f1": round(f1, 4)}
+
+
 def truth(folder: Path) -> tuple[dict[str, str], set[frozenset]]:
     with open(folder / "groups.csv", newline="") as fh:
         group = {Path(r["file"]).stem: r["group"] for r in csv.DictReader(fh)}
@@ -294,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale-worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--index", type=Path, help="audit this index of the planted folder "
                     "(built by an earlier run) instead of building one")
+    ap.add_argument("--subset", type=Path, help="also score the audit on this planted folder's "
+                    "images (e.g. the default set, which a catalog-scale set contains)")
     ap.add_argument("--shared-frame", type=int, default=0,
                     help="planted: this many different photos in one shared screenshot frame")
     ap.add_argument("--backgrounds-in-folder", type=int, default=0,
@@ -336,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     audit = work / "copytrace-audit"
     errors = (error_breakdown(audit, folder, group) if "copytrace" not in skip
               and (audit / "pairs.parquet").exists() else None)
+    if errors is not None and args.subset:
+        errors["subset"] = subset_scores(audit, args.subset)
     print(json.dumps({"images": len(group), "true_pairs": len(true_pairs),
                       "rows": [asdict(r) for r in rows], "copytrace_errors": errors,
                       "scaling": scaling}, indent=1))

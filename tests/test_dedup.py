@@ -117,7 +117,7 @@ def test_content_check_rejects_shared_frame_accepts_screenshot(frames):
 
 def test_template_margin_rejects_photos_agreeing_only_along_the_frame_edge(frames):
     """Two dark, flat photos in one frame agree on the cells where the frame's edge meets
-    them; with TemplateConfig.template_margin=1 those cells are not content (off by default)."""
+    them; with TemplateConfig.template_margin=1 (the default) those cells are not content."""
     model = learn_templates(np.stack([thumbnail(f) for f in frames.values()]
                                      + [thumbnail(photo(n)) for n in PHOTO_NAMES]))
     moon, retina = (np.asarray(social_frame(Image.fromarray(photo(n)), 0)) for n in ("moon", "retina"))
