@@ -26,10 +26,10 @@ import numpy as np
 from PIL import Image
 
 from copytrace.descriptors.decode import to_model_square
-from copytrace.matching.calibrate import Calibration, global_score_only
+from copytrace.matching.calibrate import Calibration
 from copytrace.matching.expand import Box, ExpandConfig, RotateConfig, iou
 from copytrace.matching.rank import Candidate, QueryViews
-from copytrace.matching.rotations import unconfident
+from copytrace.matching.rotations import search_again, unconfident
 
 WORK_SIDE = 320  # px: the longer side the rectangles are looked for at
 DEFAULT = ExpandConfig()
@@ -217,11 +217,7 @@ def small_copy_pass(ranked: list[list[Candidate]], vectors: Sequence[np.ndarray]
         stacked.append(np.concatenate([vectors[i], embedded[pos : pos + len(sq)]]))
         merged.append(QueryViews([*views[i].names, *qv.names], [*views[i].boxes, *qv.boxes]))
         pos += len(sq)
-    again = search(np.concatenate(stacked), merged)
-    out = list(ranked)
-    for i, row in zip(todo, again, strict=True):
-        # As with turned views: only a rectangle that finds a confident match changes the row.
-        if row and row[0].view.startswith("small") and global_score_only(
-                row[0].global_score, calibration=calibration) >= config.small_confident:
-            out[i] = row
+    # As with turned views: only a rectangle that finds a confident match changes the row.
+    out = search_again(ranked, todo, stacked, merged, search=search, calibration=calibration,
+                       view_prefix="small", confident=config.small_confident)
     return out, pos
