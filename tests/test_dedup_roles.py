@@ -141,6 +141,12 @@ def test_a_composite_is_reported_with_roles_not_clustered(tmp_path):
                        tuple(copy.homography.reshape(-1)), 0.9, copy)
     dups, composites, _ = split_composites([plain], [plain])
     assert dups == [plain] and composites == [] and plain.role_a is None
+    # partners that are duplicates of each other are not two photos in one composite (two
+    # copies carrying the same pasted photo): the pairs stay duplicates
+    link = ScoredPair("astronaut", "coffee", Kind.NEAR, 0.9, 0.9, None, copy.inliers, 0.9, 0, True,
+                      "content match", "astronaut", tuple(copy.homography.reshape(-1)), 0.9, copy)
+    dups, composites, _ = split_composites([*pairs, link], [*pairs, link])
+    assert composites == [] and len(dups) == 3
 
 
 @dataclass

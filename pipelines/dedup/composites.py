@@ -44,6 +44,7 @@ def find_composites(pairs: Sequence[ScoredPair], *, config: RoleConfig | None = 
         if p.kind != Kind.EXACT:
             by_image[p.a].append(p)
             by_image[p.b].append(p)
+    linked = {frozenset((p.a, p.b)) for p in pairs}
     found: dict[frozenset, tuple[str, str]] = {}
     for image, mine in sorted(by_image.items()):
         sides = [(p, s) for p in sorted(mine, key=lambda p: (p.a, p.b))
@@ -53,10 +54,21 @@ def find_composites(pairs: Sequence[ScoredPair], *, config: RoleConfig | None = 
         if split is None:
             continue
         back, inserted = split
+        # Two DIFFERENT photos make a composite: partners that are duplicates of each other
+        # (two copies carrying the same pasted photo) are not one.
+        background = _partner(sides[back][0], image)
+        inserted = [j for j in inserted
+                    if frozenset((background, _partner(sides[j][0], image))) not in linked]
+        if not inserted:
+            continue
         for j, role in [(back, "background")] + [(j, "inserted") for j in inserted]:
             key = frozenset((sides[j][0].a, sides[j][0].b))
             found.setdefault(key, (image, role))
     return found
+
+
+def _partner(p: ScoredPair, image: str) -> str:
+    return p.b if p.a == image else p.a
 
 
 def with_role(p: ScoredPair, composite: str, role: str) -> ScoredPair:
