@@ -29,7 +29,7 @@ from copytrace.descriptors.decode import to_model_square
 from copytrace.matching.calibrate import Calibration
 from copytrace.matching.expand import Box, ExpandConfig, RotateConfig, iou
 from copytrace.matching.rank import Candidate, QueryViews
-from copytrace.matching.rotations import search_again, unconfident
+from copytrace.matching.rotations import rotated_squares, search_again, unconfident
 
 WORK_SIDE = 320  # px: the longer side the rectangles are looked for at
 DEFAULT = ExpandConfig()
@@ -69,15 +69,23 @@ def _lines(step: np.ndarray, length: int, axis: int, n: int) -> list[int]:
     return out
 
 
+def _work_copy(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """`image` with its longer side at most WORK_SIDE, and the scale applied."""
+    h, w = image.shape[:2]
+    scale = min(1.0, WORK_SIDE / max(h, w))
+    if scale >= 1:
+        return image, scale
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                      interpolation=cv2.INTER_AREA), scale
+
+
 def framed_regions(image: np.ndarray, *, min_area: float = 0.02, max_area: float = 0.6,
                    tolerance: int = 24, limit: int = 2) -> list[Box]:
     """Boxes of the solid blobs of a query whose edges are one flat colour (a screenshot frame):
     what differs from that colour, with thin strokes (text, icon outlines) opened away and the
     photo's own frame-coloured patches closed; nothing when the edges are not flat."""
     h, w = image.shape[:2]
-    scale = min(1.0, WORK_SIDE / max(h, w))
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1 else image
+    small, scale = _work_copy(image)
     sh, sw = small.shape[:2]
     ring = np.concatenate([small[:2].reshape(-1, 3), small[-2:].reshape(-1, 3),
                            small[:, :2].reshape(-1, 3), small[:, -2:].reshape(-1, 3)])
@@ -107,9 +115,7 @@ def small_regions(image: np.ndarray, *, limit: int = 2, min_area: float = 0.02,
     pasted into another photo), best closed first; boxes in `image` pixels."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     h, w = gray.shape
-    scale = min(1.0, WORK_SIDE / max(h, w))
-    small = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    small, scale = _work_copy(gray)
     sh, sw = small.shape
     step_y, step_x = _step_maps(small, 8)
     length = max(6, round(0.04 * max(sh, sw)))
@@ -164,7 +170,8 @@ def region_squares(pixels: np.ndarray, boxes: Sequence[Box], *, size: int,
         square = np.asarray(to_model_square(Image.fromarray(
             np.ascontiguousarray(pixels[y0:y1, x0:x1])), size))
         out.append(square)
-        out.extend(np.ascontiguousarray(np.rot90(square, k=(a // 90) % 4)) for a in turns)
+        if turns:
+            out.extend(rotated_squares(square, config=RotateConfig(angles=tuple(turns))))
     return np.stack(out)
 
 
