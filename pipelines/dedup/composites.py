@@ -56,9 +56,9 @@ def find_composites(pairs: Sequence[ScoredPair], *, config: RoleConfig | None = 
         back, inserted = split
         # Two DIFFERENT photos make a composite: partners that are duplicates of each other
         # (two copies carrying the same pasted photo) are not one.
-        background = _partner(sides[back][0], image)
+        background = sides[back][0].other(image)
         inserted = [j for j in inserted
-                    if frozenset((background, _partner(sides[j][0], image))) not in linked]
+                    if frozenset((background, sides[j][0].other(image))) not in linked]
         if not inserted:
             continue
         for j, role in [(back, "background")] + [(j, "inserted") for j in inserted]:
@@ -67,14 +67,10 @@ def find_composites(pairs: Sequence[ScoredPair], *, config: RoleConfig | None = 
     return found
 
 
-def _partner(p: ScoredPair, image: str) -> str:
-    return p.b if p.a == image else p.a
-
-
 def with_role(p: ScoredPair, composite: str, role: str) -> ScoredPair:
     """`p` as a composite relation: not a duplicate, roles on both ends."""
-    other = p.b if composite == p.a else p.a
-    return replace(p, duplicate=False, reason=f"composite: {other} is the {role} of {composite}",
+    return replace(p, duplicate=False,
+                   reason=f"composite: {p.other(composite)} is the {role} of {composite}",
                    role_a=COMPOSITE if p.a == composite else role,
                    role_b=COMPOSITE if p.b == composite else role)
 

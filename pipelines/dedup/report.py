@@ -224,7 +224,7 @@ def _side_by_side(n: int, p: ScoredPair, uris: dict[str, str], out: Path,
                   thumb: Callable[[str], str | None]) -> str:
     """One near-duplicate pair: both thumbnails and the heatmap of where the copy differs."""
     q = p.query or p.a
-    o = p.b if q == p.a else p.a
+    o = p.other(q)
     rel = f"diffs/{n:06d}.jpg"
     legend = _diff(uris[q], uris[o], out / rel, p.homography) if q in uris and o in uris \
         else None

@@ -65,6 +65,10 @@ class ScoredPair:
     role_a: str | None = None  # composite relations (pipelines.dedup.composites): "composite",
     role_b: str | None = None  # "inserted" or "background"; None on plain pairs
 
+    def other(self, image: str) -> str:
+        """The pair's other end from `image`."""
+        return self.b if image == self.a else self.a
+
 
 @dataclass(frozen=True)
 class ScoreJob:
