@@ -13,6 +13,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pytest
 from small_index import catalog_rows, small_index, vector
 
 from copytrace.indexing.catalog import catalog_table
@@ -219,3 +220,58 @@ def test_index_info_shows_the_storage(tmp_path):
     info = json.loads(proc.stdout)["index"]
     assert info["storage"] == "ondisk" and info["lists"] == "faiss/ivf.ivfdata"
 
+
+
+@pytest.mark.slow
+def test_index_build_under_a_small_budget_serves_from_disk_like_ram_and_takes_adds(photo_crops,
+                                                                                   tmp_path):
+    """The real `index build` (in-process, as `copytrace index build --memory-budget 4KB`
+    runs it) on 36 images: the budget sends the lists to disk. Queries answer exactly as the
+    same catalog and spec built in RAM; an added image is then found."""
+    import shutil
+
+    from copytrace.pipelines import add_images, build_index, query_index
+    from copytrace.pipelines.engine import match_config
+
+    disk, ram = tmp_path / "disk", tmp_path / "ram"
+    report = build_index(photo_crops / "catalog", disk, memory_budget="4KB", chunk_size=12,
+                         use_ray=False, show_progress=False)
+    m = Manifest.read(IndexLayout(disk).manifest)
+    assert (report.indexed, m.index.storage, m.index.shards) == (36, "ondisk", ["faiss/ivf.faiss"])
+    assert m.index.spec == report.index_spec == "IVF16,SQ8" and m.index.nprobe
+    assert m.index.lists == "faiss/ivf.ivfdata" and (disk / m.index.lists).stat().st_size > 0
+    opened = CopyIndex.open(disk)
+    lists = faiss.extract_index_ivf(opened.faiss_index.shards[0]).invlists
+    assert isinstance(faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists)
+
+    # the same catalog in RAM: its embedded chunks copied, the build resumed with the same spec
+    ram.mkdir()
+    for part in ("catalog", "embeddings"):
+        shutil.copytree(disk / part, ram / part)
+    shutil.copy(IndexLayout(disk).build_state, IndexLayout(ram).build_state)
+    again = build_index(photo_crops / "catalog", ram, index_spec=m.index.spec, chunk_size=12,
+                        use_ray=False, show_progress=False)
+    r = Manifest.read(IndexLayout(ram).manifest)
+    assert (again.resumed_chunks, r.index.storage, r.index.lists) == (3, "memory", None)
+    assert r.index.nprobe == m.index.nprobe  # the same tuning
+
+    config = replace(match_config(k=5, normalize=False, expand=False, verify=False), rotate=None)
+
+    def top(index: Path, queries: Path) -> dict[str, list[tuple[str, float]]]:
+        run = query_index(queries, index, config=config, use_ray=False, show_progress=False)
+        return {q.query_id: [(x.reference_id, x.similarity) for x in q.matches]
+                for q in run.results}
+
+    on_disk, in_ram = top(disk, photo_crops / "copies"), top(ram, photo_crops / "copies")
+    assert len(on_disk) == 6 and all(len(row) == 5 for row in on_disk.values())
+    for q, row in on_disk.items():
+        assert [i for i, _ in row] == [i for i, _ in in_ram[q]]
+        assert np.allclose([s for _, s in row], [s for _, s in in_ram[q]], atol=1e-6)
+    # the originals of the copies rank first
+    assert sum(row[0][0] == q.replace("-copy", "-0") for q, row in on_disk.items()) >= 5
+
+    added = add_images(photo_crops / "new", disk, show_progress=False)
+    assert (added.added, added.live) == (1, 37)
+    assert (disk / m.index.lists).exists()  # the merged lists stay; the add is a shard beside
+    found = top(disk, photo_crops / "new")["astronaut-3"]
+    assert found[0][0] == "astronaut-3", found  # (SQ8 trained on 36 vectors: not score 1)
