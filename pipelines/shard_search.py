@@ -12,6 +12,7 @@ those; splitting its lists over actors is not done.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,16 @@ from copytrace.pipelines.ray_runtime import (
     cluster_gpus,
     ensure_ray,
     error_line,
+    head_lost,
     kill_actor,
     lost_worker_errors,
     node_id,
 )
 
 log = logging.getLogger(__name__)
+
+LOAD_ATTEMPTS = 3  # times one group of shards may be lost with its actor while first loading
+LOAD_TIMEOUT_S = 600.0  # an actor not placed and loaded by then fails the load (named shards)
 
 
 class ShardsUnavailableError(WorkersLostError):
@@ -62,10 +67,11 @@ class _ShardActor:
 class RayShardedIndex:
     """`ShardedIndex`'s search interface over shard actors (round-robin groups of shards).
 
-    Actors are spread over the nodes. When some die (their node is lost), a search loads their
-    shards again into new actors on the surviving nodes and retries once; if that fails too it
-    raises `ShardsUnavailableError` naming the shards: a top k merged from only some of the
-    shards is never returned.
+    Actors are spread over the nodes. An actor lost while first loading its shards is started
+    again on the surviving nodes (a bounded number of times). When some die later (their node
+    is lost), a search loads their shards again into new actors on the surviving nodes and
+    retries once; if that fails too it raises `ShardsUnavailableError` naming the shards: a top
+    k merged from only some of the shards is never returned.
     """
 
     def __init__(self, actors: list, total: int, *, groups: list[list[str]] | None = None,
@@ -80,7 +86,6 @@ class RayShardedIndex:
     def load(cls, paths: list[Path], *, nprobe: int | None = None, k_factor: int | None = None,
              use_gpu: bool | None = None, actors: int = 2,
              address: str | None = None, storage: str = "memory") -> RayShardedIndex:
-        import ray
 
         ensure_ray(address)
         n = max(1, min(actors, len(paths)))
@@ -88,18 +93,38 @@ class RayShardedIndex:
         settings = {"nprobe": nprobe, "k_factor": k_factor, "use_gpu": use_gpu,
                     "storage": str(getattr(storage, "value", storage))}
         handles = [_start_actor(g, settings, n) for g in groups]
-        sizes = ray.get([h.sizes.remote() for h in handles])
+        sizes = _first_load(handles, groups, settings)
         by_path = {p: s for g, ss in zip(groups, sizes, strict=True)
                    for p, s in zip(g, ss, strict=True)}
         offset, offsets = 0, {}
         for p in paths:  # global positions follow the manifest's shard order
             offsets[str(p)] = offset
             offset += by_path[str(p)]
-        ray.get([h.set_offsets.remote([offsets[p] for p in g])
-                 for h, g in zip(handles, groups, strict=True)])
-        nodes = ray.get([h.node.remote() for h in handles])
-        log.info("%d shards on %d Ray actors, nodes %s", len(paths), n, ", ".join(nodes))
-        return cls(handles, offset, groups=groups, offsets=offsets, settings=settings)
+        index = cls(handles, offset, groups=groups, offsets=offsets, settings=settings)
+        index._place()
+        return index
+
+    def _place(self) -> None:
+        """Give every loaded actor its offsets; groups whose actor is lost by then (its node
+        died) are loaded again on the surviving nodes, once, else `ShardsUnavailableError`."""
+        import ray
+
+        refs = {i: a.set_offsets.remote([self.offsets[p] for p in self.groups[i]])
+                for i, a in enumerate(self.actors)}
+        lost = {}
+        for i, ref in refs.items():
+            try:
+                ray.get(ref)
+            except lost_worker_errors() as exc:
+                lost[i] = error_line(exc)
+        if lost:
+            self._reload(lost)
+            if failed := {i: why for i, why in lost.items() if why}:
+                raise ShardsUnavailableError(
+                    f"shards {', '.join(self._names(failed))} cannot be loaded: their Ray actor "
+                    f"was lost and loading them again failed ({'; '.join(failed.values())})")
+        log.info("%d shards on %d Ray actors, nodes %s", len(self.offsets), len(self.actors),
+                 ", ".join(self.nodes()))
 
     @property
     def ntotal(self) -> int:
@@ -164,6 +189,7 @@ class RayShardedIndex:
                 kill_actor(handle)
                 continue
             self.actors[i] = handle
+            lost[i] = ""  # loaded again
             log.warning("shards %s loaded again on node %s", ", ".join(self._names({i: ""})),
                         ray.get(handle.node.remote()))
 
@@ -173,6 +199,48 @@ class RayShardedIndex:
     def close(self) -> None:
         for a in self.actors:
             kill_actor(a)
+
+
+def _first_load(handles: list, groups: list[list[str]], settings: dict) -> list[list[int]]:
+    """Each actor's shard sizes once it has loaded them. An actor lost while loading (its node
+    died) is started again, on the surviving nodes, up to `LOAD_ATTEMPTS` times per group; an
+    actor that never finishes loading fails after `LOAD_TIMEOUT_S`: both raise
+    `ShardsUnavailableError` naming the shards, never a wait for ever. Replaces lost handles in
+    place."""
+    import ray
+
+    refs = {h.sizes.remote(): i for i, h in enumerate(handles)}
+    sizes: dict[int, list[int]] = {}
+    tries = [1] * len(handles)
+    deadline = time.monotonic() + LOAD_TIMEOUT_S
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1,
+                           timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+        if not done:
+            if lost := head_lost():
+                raise ShardsUnavailableError(lost)
+            if time.monotonic() >= deadline:
+                names = [Path(p).name for i in refs.values() for p in groups[i]]
+                raise ShardsUnavailableError(
+                    f"shards {', '.join(names)} were not loaded within {LOAD_TIMEOUT_S:.0f} s "
+                    "(no node could place their Ray actor, or reading them hangs)")
+            continue
+        i = refs.pop(done[0])
+        try:
+            sizes[i] = ray.get(done[0])
+        except lost_worker_errors() as exc:
+            names = ", ".join(Path(p).name for p in groups[i])
+            kill_actor(handles[i])
+            if tries[i] >= LOAD_ATTEMPTS:
+                raise ShardsUnavailableError(
+                    f"shards {names} cannot be loaded: their Ray actor was lost {tries[i]} "
+                    f"times while loading them (last: {error_line(exc)})") from exc
+            tries[i] += 1
+            log.warning("lost the Ray actor loading shards %s (%s): loading them again on the "
+                        "surviving nodes", names, error_line(exc))
+            handles[i] = _start_actor(groups[i], settings, len(handles))
+            refs[handles[i].sizes.remote()] = i
+    return [sizes[i] for i in range(len(handles))]
 
 
 def _start_actor(group: list[str], settings: dict, n: int):  # noqa: ANN202 - a Ray actor handle

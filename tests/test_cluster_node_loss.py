@@ -16,9 +16,11 @@ CLI joins it with --ray-address; a worker node is SIGKILLed (raylet and workers)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -48,6 +50,32 @@ pytestmark = pytest.mark.slow
 
 def say(line: str) -> None:
     print(f"[cluster] {line}", flush=True)
+
+
+def process_tree(pids: list[int]) -> list[int]:
+    """`pids` and all their descendants, from /proc (no psutil: Ray no longer brings it)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process just ended
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def kill_trees(pids: list[int]) -> int:
+    """SIGKILL the processes and their descendants at once; how many there were."""
+    procs = process_tree(pids)
+    for pid in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(procs)
 
 
 class RayCluster:
@@ -82,17 +110,12 @@ class RayCluster:
         """SIGKILL worker nodes' processes all at once (raylet, its actors and agents), as when
         their machines die: a raylet killed alone leaves its actors answering for seconds.
         Returns how many processes were killed."""
-        import psutil
-
         nodes = [n for n in self.cluster.worker_nodes if n.node_id in node_ids]
         assert len(nodes) == len(node_ids)
-        procs = [psutil.Process(p.pid) for node in nodes for _, p in node.live_processes()]
-        procs += [c for p in procs for c in p.children(recursive=True)]
-        for p in procs:
-            p.kill()
+        killed = kill_trees([p.pid for node in nodes for _, p in node.live_processes()])
         for node in nodes:
             self.cluster.remove_node(node, allow_graceful=False)
-        return len(procs)
+        return killed
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
@@ -315,6 +338,104 @@ def test_distributed_search_survives_losing_a_node(cluster, tmp_path, caplog):
         shards.close()
 
 
+def fifo_reader(fifo: Path) -> int | None:
+    """The other process that has `fifo` open (a shard actor blocked reading it), from /proc."""
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(fifo) and fd.parent.parent.name != str(os.getpid()):
+                return int(fd.parent.parent.name)
+    return None
+
+
+def test_distributed_search_survives_losing_a_node_during_the_first_load(cluster, tmp_path,
+                                                                         caplog):
+    """Each shard file is a named pipe, so every shard actor is held in its first load, reading
+    (as from a stalled shared filesystem) until the test feeds it. A worker node holding one of
+    them dies there: its shards are loaded in a new actor on a surviving node, and the opened
+    index answers as in-process. Before the fix the load raised ActorDiedError."""
+    from small_index import DIMS, small_index
+
+    from copytrace.indexing.store import CopyIndex
+    from copytrace.pipelines.ray_runtime import ensure_ray
+    from copytrace.pipelines.shard_search import open_distributed
+
+    caplog.set_level(logging.INFO, logger="copytrace.pipelines.shard_search")
+    workers = cluster.workers(2)
+    ensure_ray(cluster.address)
+    root = tmp_path / "idx"
+    vectors = small_index(root, 1000, shard_size=250, spec="Flat")
+    rng = np.random.default_rng(23)
+    queries = vectors[rng.choice(1000, 30, replace=False)] + 0.2 * rng.normal(size=(30, DIMS))
+    want = [[(n.image_id, n.score) for n in row] for row in CopyIndex.open(root).search(queries, 10)]
+    shards = sorted(root.glob("faiss/shard-*.faiss"))
+    for path in shards:
+        path.rename(path.with_name(path.name + ".real"))
+        os.mkfifo(path)
+    opened: dict = {}
+
+    def load() -> None:
+        try:
+            opened["index"] = open_distributed(root, actors=4, ray_address=cluster.address)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            opened["error"] = exc
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    writers: dict[Path, int] = {}
+    deadline = time.monotonic() + 120
+    while len(writers) < len(shards) and time.monotonic() < deadline and loader.is_alive():
+        for path in shards:
+            if path not in writers:
+                with contextlib.suppress(OSError):  # ENXIO: its actor has not opened it yet
+                    writers[path] = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        time.sleep(0.05)
+    assert len(writers) == len(shards), opened
+    readers: dict[Path, int | None] = {}
+    for path in shards:  # its reader's open() returns once a writer is there
+        until = time.monotonic() + 30
+        while (pid := fifo_reader(path)) is None and time.monotonic() < until:
+            time.sleep(0.1)
+        readers[path] = pid
+    node_of = {pid: w.node_id for w in cluster.cluster.worker_nodes
+               for pid in process_tree([p.pid for _, p in w.live_processes()])}
+    held = {path: node_of.get(pid or 0, cluster.head) for path, pid in readers.items()}
+    victim = max(workers, key=list(held.values()).count)
+    lost = [p for p, n in held.items() if n == victim]
+    assert lost, f"SPREAD left no shard actor on a worker node: {held}"
+    for path in lost:  # the file is whole again for the actor that loads it next
+        path.with_name(path.name + ".real").replace(path)
+    killed = cluster.kill(victim)
+    say(f"first load: 4 shard actors held reading their shards on nodes "
+        f"{', '.join(n[:12] + (' (head)' if n == cluster.head else '') for n in held.values())}; "
+        f"killed worker node {victim[:12]} ({killed} processes) while it loaded "
+        f"{', '.join(p.name for p in lost)}")
+    for path, fd in writers.items():
+        if path not in lost:
+            os.set_blocking(fd, True)
+            os.write(fd, path.with_name(path.name + ".real").read_bytes())
+        os.close(fd)
+        if path not in lost:
+            path.with_name(path.name + ".real").replace(path)
+    loader.join(timeout=120)
+    assert not loader.is_alive(), "the load hangs"
+    assert "index" in opened, opened.get("error")
+    remote = opened["index"]
+    try:
+        again = [r.getMessage() for r in caplog.records
+                 if "loading them again" in r.getMessage()]
+        assert len(again) == len(lost) and all(p.name in " ".join(again) for p in lost), again
+        got = [[(n.image_id, n.score) for n in row] for row in remote.search(queries, 10)]
+        assert [[i for i, _ in r] for r in got] == [[i for i, _ in r] for r in want]
+        assert np.allclose([[s for _, s in r] for r in got], [[s for _, s in r] for r in want],
+                           atol=1e-5)
+        assert victim not in remote.faiss_index.nodes()
+        say(f"first load: driver: '{again[0][:110]}...'; the index opened on nodes "
+            f"{', '.join(n[:12] for n in remote.faiss_index.nodes())} and equals the "
+            "in-process top 10 for 30 queries")
+    finally:
+        remote.faiss_index.close()
+
+
 def test_dedup_self_join_survives_losing_a_node(cluster, clean, caplog):
     from copytrace.pipelines.dedup import neighbours_on_ray
     from copytrace.pipelines.dedup.candidates import descriptor_candidates, pair_key
@@ -377,3 +498,4 @@ def test_losing_every_worker_node_stops_with_one_line_and_resumes(cluster, image
     assert report.resumed_chunks == saved and report.indexed == 24
     say(f"all lost: {saved} committed chunks kept; the same build again (in-process) resumed "
         f"{report.resumed_chunks} of {report.chunks} chunks; {compare(index, clean)}")
+
