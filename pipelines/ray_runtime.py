@@ -7,12 +7,22 @@ of the queue for the surviving actors; a replacement actor starts only where the
 room for one (a node that joined, a freed slot), a bounded number of times, and each item may be
 lost a bounded number of times. When no actor is left and none can start, the job stops with
 one `WorkersLostError` line; what it had already handed back is the caller's to keep.
+
+Head loss: a driver that joined a cluster watches its head (the GCS port) from a thread. Ray
+itself terminates a driver whose GCS stays unreachable for 60 s, with a line of its own, and
+until then every call that needs the head blocks. Here a head unanswered for
+`HEAD_LOST_AFTER_S` stops the pool with `WorkersLostError` (what it handed back is kept, no
+further call to the head); a driver blocked in such a call meanwhile is ended after
+`HEAD_EXIT_AFTER_S` with one `error:` line and exit status 2, as after kill -9 but said.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -22,6 +32,9 @@ from typing import Any
 from copytrace.util.tcmalloc import preload_env
 
 log = logging.getLogger(__name__)
+
+HEAD_LOST_AFTER_S = 10.0  # a joined cluster's head (GCS) unreachable this long counts as lost
+HEAD_EXIT_AFTER_S = 25.0  # ... and this long ends the process (Ray's own limit is 60 s)
 
 
 class WorkersLostError(RuntimeError):
@@ -73,8 +86,10 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     if address:
         ray.init(address=address, **kwargs)
         _quiet_cluster_events()
+        _HeadWatch.start(ray.get_runtime_context().gcs_address)
         log.info("joined Ray cluster at %s (%d nodes alive)", address, alive_nodes())
     else:
+        _HeadWatch.stop()  # a cluster joined before in this process is no longer ours
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
         log.info("started local Ray")
 
@@ -88,6 +103,90 @@ def _quiet_cluster_events() -> None:
     worker = getattr(getattr(ray, "_private", None), "worker", None)
     if hasattr(worker, "_worker_logs_enabled"):
         worker._worker_logs_enabled = False
+
+
+class _HeadWatch:
+    """Probes the joined cluster's GCS port once a second from a daemon thread; `lost` says
+    why once it has not answered for `HEAD_LOST_AFTER_S` (until then None)."""
+
+    lost: str | None = None
+    reported = False  # a pool raised `lost` (the caller says it; the last resort exits quietly)
+    _address = ""
+
+    @classmethod
+    def start(cls, gcs_address: str) -> None:
+        cls.lost, cls.reported, cls._address = None, False, gcs_address
+        threading.Thread(target=cls._watch, args=(gcs_address,), name="ray-head-watch",
+                         daemon=True).start()
+
+    @classmethod
+    def stop(cls) -> None:
+        cls.lost, cls.reported, cls._address = None, False, ""  # its thread ends within 1 s
+
+    @classmethod
+    def _watch(cls, gcs_address: str) -> None:
+        import ray
+
+        host, port = gcs_address.rsplit(":", 1)
+        answered = time.monotonic()
+        while cls._address == gcs_address and ray.is_initialized():
+            try:
+                with socket.create_connection((host, int(port)), timeout=2.0):
+                    answered = time.monotonic()
+            except OSError as exc:
+                silent = time.monotonic() - answered
+                if silent >= HEAD_LOST_AFTER_S and cls.lost is None:
+                    cls.lose(exc)
+                if silent >= HEAD_EXIT_AFTER_S:
+                    cls._exit(silent)
+            time.sleep(1.0)
+
+    @classmethod
+    def lose(cls, exc: OSError) -> None:
+        cls.lost = (f"lost the Ray cluster's head node: its GCS at {cls._address} has not "
+                    f"answered for {HEAD_LOST_AFTER_S:.0f} s ({exc})")
+        log.info("%s", cls.lost)
+
+    @classmethod
+    def _exit(cls, silent: float) -> None:
+        """The main thread is stuck in a call to the dead head (or in Ray's shutdown): end the
+        process before Ray does, with one line saying what happened and what to do."""
+        if not cls.reported:
+            sys.stderr.write(
+                f"error: {cls.lost or 'lost the Ray head node'}; stopped after {silent:.0f} s "
+                "without it: rerun the same command once the cluster is back, or without "
+                "--ray-address (an index build resumes from its saved chunks)\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(2)
+
+
+def head_answers() -> bool:
+    """Before a call that needs a joined cluster's head: False once it is lost, after waiting up
+    to `HEAD_LOST_AFTER_S` for it to answer (True at once without a cluster)."""
+    if _HeadWatch.lost or not _HeadWatch._address:
+        return _HeadWatch.lost is None
+    host, port = _HeadWatch._address.rsplit(":", 1)
+    first = time.monotonic()
+    while _HeadWatch.lost is None:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2.0):
+                return True
+        except OSError as exc:
+            if time.monotonic() - first >= HEAD_LOST_AFTER_S:
+                _HeadWatch.lose(exc)
+            time.sleep(0.5)
+    return False
+
+
+def head_lost() -> str | None:
+    """Why the joined cluster's head counts as lost, or None (also without a cluster)."""
+    return _HeadWatch.lost
+
+
+def _head_error(error: WorkersLostError) -> WorkersLostError:
+    _HeadWatch.reported = True  # the caller reports it; the watch's last resort stays quiet
+    return error
 
 
 def alive_nodes() -> int:
@@ -182,6 +281,8 @@ class _Pool:
             self._start_actor()
         try:
             while self.todo or self.running:
+                if lost := head_lost():  # every further call to the head would block
+                    raise _head_error(self._error(lost))
                 self._assign()
                 self._replace_if_room()
                 self._check_stuck()
@@ -194,7 +295,8 @@ class _Pool:
                         yield from self._on_result(ref)
         finally:
             for slot in [*self.live, *self.starting.values()]:
-                kill_actor(slot.handle)
+                if not head_lost():  # ray.kill goes through the head: it would block
+                    kill_actor(slot.handle)
 
     def _start_actor(self) -> None:
         self.started += 1
@@ -245,7 +347,13 @@ class _Pool:
                 slot.busy[ref] = key
                 self.running[ref] = slot
 
+    def _require_head(self) -> None:
+        """Calls to a lost head block (until Ray ends the process): stop first, and say so."""
+        if not head_answers():
+            raise _head_error(self._error(head_lost() or "lost the Ray cluster's head node"))
+
     def _lose(self, slot: _Slot, exc: BaseException) -> None:
+        self._require_head()  # a node lost with the head: no replacement can start
         if slot in self.live:
             self.live.remove(slot)
         keys = []
@@ -286,6 +394,7 @@ class _Pool:
         if not force and now - self.last_room_check < self.policy.poll_s:
             return False
         self.last_room_check = now
+        self._require_head()
         if not _has_room(self.needs):
             return False
         self.replacements_left -= 1

@@ -8,7 +8,11 @@ CLI joins it with --ray-address; a worker node is SIGKILLed (raylet and workers)
 - every worker node lost mid-build: one error line, the committed chunks kept; the same
   command resumes once nodes are back, and equals the clean build.
 - query --distributed: shard actors of a lost node are loaded again on the survivors (same top
-  k as in-process); shards that cannot be loaded again fail the search, named.
+  k as in-process), also when the node dies during their first load; shards that cannot be
+  loaded again fail the search, named.
+- the head node lost with the workers (the driver's connection to the cluster gone) mid-build:
+  one error line within ~20 s (Ray alone: 60 s, then its own line), the committed chunks kept,
+  and the same build resumes in-process to the clean build.
 - the dedup self-join on actors: a lost node's blocks run again; same neighbours as in-process.
 
 `pytest -s` prints the lines the issue's closing note quotes.
@@ -499,3 +503,45 @@ def test_losing_every_worker_node_stops_with_one_line_and_resumes(cluster, image
     say(f"all lost: {saved} committed chunks kept; the same build again (in-process) resumed "
         f"{report.resumed_chunks} of {report.chunks} chunks; {compare(index, clean)}")
 
+
+def test_losing_the_head_node_stops_the_build_with_one_line_and_it_resumes(cluster, images,
+                                                                           clean, tmp_path):
+    """Last in this module (it ends the cluster): the head node (GCS) and the worker nodes go
+    at once after the first committed chunk, as when the driver loses its connection to the
+    cluster. Ray alone would block the driver for 60 s and then end it with a line of its own;
+    the job stops with one error line instead, and the same build completes in-process."""
+    import ray
+
+    from copytrace.pipelines.build import build_index
+
+    ray.shutdown()  # this process leaves the cluster: only the CLI job is connected to it
+    cluster.workers(2)
+    index = tmp_path / "idx"
+    job = Job("index", "build", str(images), "--index", str(index), "--chunk-size", str(CHUNK),
+              "--ray-address", cluster.address, "-q")
+    assert wait_for(lambda: parts(index) >= 1, job.proc, timeout=240), "\n".join(job.lines)
+    committed = parts(index)
+    head = cluster.cluster.head_node
+    killed = kill_trees([p.pid for node in [head, *cluster.cluster.worker_nodes]
+                         for _, p in node.live_processes()])
+    lost_at = time.monotonic()
+    say(f"head lost: killed the head node {cluster.head[:12]} and both worker nodes ({killed} "
+        f"processes) after {committed} of 12 chunks were committed")
+    rc, _ = job.finish(timeout=120)
+    stopped = time.monotonic() - lost_at
+    errors = [line for line in job.lines if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1, "\n".join(job.lines)
+    assert "lost the Ray cluster's head node" in errors[0], errors[0]
+    assert "rerun the same command to resume" in errors[0]
+    assert not any("Traceback" in line for line in job.lines), "\n".join(job.lines)
+    assert stopped < 45  # Ray alone: 60 s, then its own line
+    assert not (index / "manifest.json").exists()
+    saved = parts(index)
+    assert 1 <= saved < 12
+    say(f"head lost: exit {rc} {stopped:.0f} s after the loss, {errors[0]}")
+
+    report = build_index(images, index, chunk_size=CHUNK, use_ray=False, show_progress=False)
+    assert report.resumed_chunks == saved and report.indexed == 24
+    assert fingerprint(index).positions == fingerprint(clean).positions
+    say(f"head lost: the same build again (in-process) resumed {report.resumed_chunks} of "
+        f"{report.chunks} chunks; {compare(index, clean)}; FAISS positions in the same order")
