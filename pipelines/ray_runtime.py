@@ -12,7 +12,8 @@ Head loss: a driver that joined a cluster watches its head (the GCS port) from a
 itself terminates a driver whose GCS stays unreachable for 60 s, with a line of its own, and
 until then every call that needs the head blocks. Here a head unanswered for
 `HEAD_LOST_AFTER_S` stops the pool with `WorkersLostError` (what it handed back is kept, no
-further call to the head); a driver blocked in such a call meanwhile is ended after
+further call to the head) after leaving the lost cluster (`ray.shutdown`), so the process lives
+on, e.g. to build in-process; a driver blocked in such a call meanwhile is ended after
 `HEAD_EXIT_AFTER_S` with one `error:` line and exit status 2, as after kill -9 but said.
 """
 
@@ -110,18 +111,17 @@ class _HeadWatch:
     why once it has not answered for `HEAD_LOST_AFTER_S` (until then None)."""
 
     lost: str | None = None
-    reported = False  # a pool raised `lost` (the caller says it; the last resort exits quietly)
     _address = ""
 
     @classmethod
     def start(cls, gcs_address: str) -> None:
-        cls.lost, cls.reported, cls._address = None, False, gcs_address
+        cls.lost, cls._address = None, gcs_address
         threading.Thread(target=cls._watch, args=(gcs_address,), name="ray-head-watch",
                          daemon=True).start()
 
     @classmethod
     def stop(cls) -> None:
-        cls.lost, cls.reported, cls._address = None, False, ""  # its thread ends within 1 s
+        cls.lost, cls._address = None, ""  # its thread ends within 1 s
 
     @classmethod
     def _watch(cls, gcs_address: str) -> None:
@@ -151,11 +151,10 @@ class _HeadWatch:
     def _exit(cls, silent: float) -> None:
         """The main thread is stuck in a call to the dead head (or in Ray's shutdown): end the
         process before Ray does, with one line saying what happened and what to do."""
-        if not cls.reported:
-            sys.stderr.write(
-                f"error: {cls.lost or 'lost the Ray head node'}; stopped after {silent:.0f} s "
-                "without it: rerun the same command once the cluster is back, or without "
-                "--ray-address (an index build resumes from its saved chunks)\n")
+        sys.stderr.write(
+            f"error: {cls.lost or 'lost the Ray head node'}; stopped after {silent:.0f} s "
+            "without it: rerun the same command once the cluster is back, or without "
+            "--ray-address (an index build resumes from its saved chunks)\n")
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(2)
@@ -184,8 +183,14 @@ def head_lost() -> str | None:
     return _HeadWatch.lost
 
 
-def _head_error(error: WorkersLostError) -> WorkersLostError:
-    _HeadWatch.reported = True  # the caller reports it; the watch's last resort stays quiet
+def leave_lost_cluster(error: WorkersLostError) -> WorkersLostError:
+    """Disconnect from a cluster whose head is lost (Ray would end this process 60 s after the
+    loss, the watch at `HEAD_EXIT_AFTER_S`), so the caller can report `error` and go on."""
+    import ray
+
+    log.info("leaving the Ray cluster at %s", _HeadWatch._address)
+    _HeadWatch.stop()  # no last-resort exit while leaving (Ray's own 60 s limit stays)
+    ray.shutdown()  # took ~5 s with the head gone
     return error
 
 
@@ -267,6 +272,7 @@ class _Pool:
         self.replacements_left = 0
         self.last_error = ""
         self.last_room_check = 0.0
+        self.head_gone = False
 
     def run(self, items: Sequence[tuple[Hashable, tuple]], workers: int
             ) -> Iterator[tuple[Hashable, Any]]:
@@ -282,7 +288,8 @@ class _Pool:
         try:
             while self.todo or self.running:
                 if lost := head_lost():  # every further call to the head would block
-                    raise _head_error(self._error(lost))
+                    self.head_gone = True
+                    raise leave_lost_cluster(self._error(lost))
                 self._assign()
                 self._replace_if_room()
                 self._check_stuck()
@@ -295,7 +302,7 @@ class _Pool:
                         yield from self._on_result(ref)
         finally:
             for slot in [*self.live, *self.starting.values()]:
-                if not head_lost():  # ray.kill goes through the head: it would block
+                if not self.head_gone:  # ray.kill goes through the head: it would block
                     kill_actor(slot.handle)
 
     def _start_actor(self) -> None:
@@ -350,7 +357,8 @@ class _Pool:
     def _require_head(self) -> None:
         """Calls to a lost head block (until Ray ends the process): stop first, and say so."""
         if not head_answers():
-            raise _head_error(self._error(head_lost() or "lost the Ray cluster's head node"))
+            self.head_gone = True
+            raise leave_lost_cluster(self._error(head_lost() or "lost the Ray cluster's head node"))
 
     def _lose(self, slot: _Slot, exc: BaseException) -> None:
         self._require_head()  # a node lost with the head: no replacement can start

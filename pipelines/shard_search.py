@@ -26,6 +26,7 @@ from copytrace.pipelines.ray_runtime import (
     error_line,
     head_lost,
     kill_actor,
+    leave_lost_cluster,
     lost_worker_errors,
     node_id,
 )
@@ -218,7 +219,7 @@ def _first_load(handles: list, groups: list[list[str]], settings: dict) -> list[
                            timeout=max(0.0, min(1.0, deadline - time.monotonic())))
         if not done:
             if lost := head_lost():
-                raise ShardsUnavailableError(lost)
+                raise leave_lost_cluster(ShardsUnavailableError(lost))
             if time.monotonic() >= deadline:
                 names = [Path(p).name for i in refs.values() for p in groups[i]]
                 raise ShardsUnavailableError(
