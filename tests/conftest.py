@@ -27,9 +27,9 @@ def photos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def photo_crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A made catalog big enough to train a small IVF: in catalog/, three 96-pixel crops of each
-    scikit-image photo (36 images, seeded); in new/, one more crop (an image to add); in copies/,
-    edited copies (mirrored, darker, re-encoded) of six catalog crops."""
+    """A made catalog big enough to train a small IVF (16 lists): in catalog/, two 96-pixel crops
+    of each scikit-image photo (24 images, seeded); in new/, one more crop (an image to add); in
+    copies/, edited copies (mirrored, darker, re-encoded) of six catalog crops."""
     import numpy as np
     from PIL import Image, ImageEnhance
 
@@ -40,11 +40,11 @@ def photo_crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in PHOTO_NAMES:
         im = Image.fromarray(photo(name))
         side = min(im.size)
-        for j in range(4 if name == "astronaut" else 3):
+        for j in range(3 if name == "astronaut" else 2):
             s = int(side * rng.uniform(0.3, 0.6))
             x, y = int(rng.integers(0, im.width - s)), int(rng.integers(0, im.height - s))
             crop = im.crop((x, y, x + s, y + s)).resize((96, 96), Image.BICUBIC)
-            folder = "new" if j == 3 else "catalog"
+            folder = "new" if j == 2 else "catalog"
             (root / folder / f"{name}-{j}.jpg").write_bytes(jpeg_bytes(crop, 90))
             if j == 0 and name in PHOTO_NAMES[:6]:
                 edited = ImageEnhance.Brightness(crop.transpose(Image.FLIP_LEFT_RIGHT)).enhance(0.8)
