@@ -87,7 +87,8 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     if address:
         ray.init(address=address, **kwargs)
         _quiet_cluster_events()
-        _HeadWatch.start(ray.get_runtime_context().gcs_address)
+        if not address.startswith("ray://"):  # Ray Client: no GCS port here; its own retries
+            _HeadWatch.start(ray.get_runtime_context().gcs_address)
         log.info("joined Ray cluster at %s (%d nodes alive)", address, alive_nodes())
     else:
         _HeadWatch.stop()  # a cluster joined before in this process is no longer ours
@@ -108,13 +109,19 @@ def _quiet_cluster_events() -> None:
 
 class _HeadWatch:
     """Probes the joined cluster's GCS port once a second from a daemon thread; `lost` says
-    why once it has not answered for `HEAD_LOST_AFTER_S` (until then None)."""
+    why once it has not answered for `HEAD_LOST_AFTER_S` (until then None). A GCS that does not
+    answer TCP from the driver at the start (or Ray Client, `ray://`) is not watched."""
 
     lost: str | None = None
     _address = ""
 
     @classmethod
     def start(cls, gcs_address: str) -> None:
+        if not gcs_address or not _answers(gcs_address):  # cannot be watched from here
+            log.info("not watching the Ray head: its GCS at %s does not answer TCP from here",
+                     gcs_address)
+            cls.stop()
+            return
         cls.lost, cls._address = None, gcs_address
         threading.Thread(target=cls._watch, args=(gcs_address,), name="ray-head-watch",
                          daemon=True).start()
@@ -127,12 +134,11 @@ class _HeadWatch:
     def _watch(cls, gcs_address: str) -> None:
         import ray
 
-        host, port = gcs_address.rsplit(":", 1)
         answered = time.monotonic()
         while cls._address == gcs_address and ray.is_initialized():
             try:
-                with socket.create_connection((host, int(port)), timeout=2.0):
-                    answered = time.monotonic()
+                _connect(gcs_address)
+                answered = time.monotonic()
             except OSError as exc:
                 silent = time.monotonic() - answered
                 if silent >= HEAD_LOST_AFTER_S and cls.lost is None:
@@ -160,17 +166,31 @@ class _HeadWatch:
         os._exit(2)
 
 
+def _connect(address: str) -> None:
+    """One TCP connection to host:port, closed at once; OSError when it does not answer."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=2.0):
+        pass
+
+
+def _answers(address: str) -> bool:
+    try:
+        _connect(address)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def head_answers() -> bool:
     """Before a call that needs a joined cluster's head: False once it is lost, after waiting up
     to `HEAD_LOST_AFTER_S` for it to answer (True at once without a cluster)."""
     if _HeadWatch.lost or not _HeadWatch._address:
         return _HeadWatch.lost is None
-    host, port = _HeadWatch._address.rsplit(":", 1)
     first = time.monotonic()
     while _HeadWatch.lost is None:
         try:
-            with socket.create_connection((host, int(port)), timeout=2.0):
-                return True
+            _connect(_HeadWatch._address)
+            return True
         except OSError as exc:
             if time.monotonic() - first >= HEAD_LOST_AFTER_S:
                 _HeadWatch.lose(exc)
