@@ -87,6 +87,7 @@ from copytrace.indexing import (
 log = logging.getLogger(__name__)
 
 ROWS = ("exact", "copytrace", "ondisk", "ondisk-shards", "selfjoin", "peer", "autofaiss")
+SAMPLE_SEED = 22  # the self-join's query sample (--selfjoin-sample)
 BLOCK = 50_000  # vectors per exact-search block (its scores and ranks: ~0.5 GB at 575 queries)
 TRAIN_POINTS = 200_000
 MIB = 2**20
@@ -308,18 +309,23 @@ recall = float((ids == truth[:, None]).any(axis=1).mean())
 
 
 def _selfjoin_block(paths: list[str], nprobe: int, refs: np.ndarray, planted: np.ndarray, n: int,
-                    spill: Path | None, a: int, b: int, k: int, threshold: float) -> dict:
-    """Ray task body: search catalog vectors a..b against the on-disk index; the pairs (low id,
-    high id) scoring >= `threshold`, found from this side."""
+                    spill: Path | None, rows: np.ndarray, k: int, threshold: float) -> dict:
+    """Ray task body: search the catalog vectors at sorted positions `rows` against the on-disk
+    index; the pairs (low id, high id) scoring >= `threshold`, found from this side, and every
+    top-k pair of the real rows among them (the planted pairs' recall at any score)."""
     faiss.omp_set_num_threads(1)
     index = ShardedIndex.load([Path(p) for p in paths], nprobe=nprobe, use_gpu=False,
                               storage=Storage.ONDISK)
     t = time.perf_counter()
-    vectors = SyntheticCatalog(refs, n, spill=spill, planted=planted).read_range(a, b)
+    cat = SyntheticCatalog(refs, n, spill=spill, planted=planted)
+    contiguous = rows[-1] - rows[0] + 1 == len(rows)
+    vectors = cat.read_range(int(rows[0]), int(rows[-1]) + 1) if contiguous else cat.read_rows(rows)
     scores, ids = index.search(vectors, k)
-    return {"pairs": _pairs(np.arange(a, b), scores, ids, threshold), "queries": b - a,
-            "seconds": round(time.perf_counter() - t, 2), "pid": os.getpid(),
-            "memory_mib": _memory_mib()}
+    real = rows < len(cat.real)
+    return {"pairs": _pairs(rows, scores, ids, threshold),
+            "real_top_k": _pairs(rows[real], scores[real], ids[real], -np.inf),
+            "queries": len(rows), "seconds": round(time.perf_counter() - t, 2),
+            "pid": os.getpid(), "memory_mib": _memory_mib()}
 
 
 def _pairs(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, threshold: float) -> np.ndarray:
@@ -361,7 +367,11 @@ def _planted_index(cat: SyntheticCatalog, built: dict, work: Path) -> tuple[list
                          folder, shard_size=built["shard_size"], quantizer=quantizer,
                          storage=Storage.ONDISK)
     seconds = round(time.perf_counter() - t, 1)
-    done.write_text(json.dumps({"paths": [str(p) for p in paths], "seconds": seconds}))
+    # the builder's own memory (VmHWM includes the list pages the merge mapped) and the bytes
+    # on disk, kept with the index: a later run that reuses it reports the build as measured
+    done.write_text(json.dumps({"paths": [str(p) for p in paths], "seconds": seconds,
+                                "builder_memory_mib": _memory_mib(),
+                                "disk_bytes": _folder_bytes(paths)}))
     return paths, seconds
 
 
@@ -411,6 +421,22 @@ def _chosen_nprobe(sweep: list[dict], tuned: int, slack: float) -> int:
     return min(s["nprobe"] for s in sweep if s["recall_pairs_at_or_above"] >= best - slack)
 
 
+def _selfjoin_rows(cat: SyntheticCatalog, args: argparse.Namespace) -> list[np.ndarray]:
+    """The job's query rows, in blocks. Default: `--selfjoin-queries` rows in contiguous blocks
+    spread over the catalog. With `--selfjoin-sample N`: every real row (both ends of every
+    truth pair) and N rows drawn uniformly without replacement from the whole catalog (seed
+    `SAMPLE_SEED`), sorted, so a job too long to run whole is measured on an honest sample."""
+    if args.selfjoin_sample is not None:
+        drawn = np.random.default_rng(SAMPLE_SEED).choice(cat.n, min(args.selfjoin_sample, cat.n),
+                                                          replace=False)
+        rows = np.union1d(np.arange(len(cat.real)), drawn)
+        return np.array_split(rows, max(1, math.ceil(len(rows) / args.selfjoin_block)))
+    total = min(cat.n, args.selfjoin_queries)
+    step = max(1, cat.n // max(1, total // args.selfjoin_block))  # blocks spread over the catalog
+    starts = list(range(0, cat.n, step))[: max(1, total // args.selfjoin_block)]
+    return [np.arange(a, min(cat.n, a + args.selfjoin_block)) for a in starts]
+
+
 def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace) -> dict:
     import ray
 
@@ -426,9 +452,7 @@ def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace
                      | (set() if args.selfjoin_nprobe else {tuned}))
     sweep = _selfjoin_sweep(paths, cat, real, nprobes, 10, args.selfjoin_threshold)
     nprobe = args.selfjoin_nprobe or _chosen_nprobe(sweep, tuned, args.selfjoin_slack)
-    total = min(cat.n, args.selfjoin_queries)
-    step = max(1, cat.n // max(1, total // args.selfjoin_block))  # blocks spread over the catalog
-    starts = list(range(0, cat.n, step))[: max(1, total // args.selfjoin_block)]
+    blocks = _selfjoin_rows(cat, args)
     # a Ray of its own ("local"): on a shared machine another user's cluster may be running
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=args.selfjoin_workers, include_dashboard=False,
@@ -437,13 +461,14 @@ def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace
     refs, copies = ray.put(real.refs), ray.put(real.queries)  # once, not once per task
     t = time.perf_counter()
     done = ray.get([task.remote([str(p) for p in paths], nprobe, refs, copies, cat.n,
-                                cat.spill, a, min(cat.n, a + args.selfjoin_block), 10,
-                                args.selfjoin_threshold) for a in starts])
+                                cat.spill, rows, 10, args.selfjoin_threshold) for rows in blocks])
     wall = time.perf_counter() - t
     ray.shutdown()
     searched = sum(d["queries"] for d in done)
     pairs = _unique_pairs([d["pairs"] for d in done])
+    top_k = _unique_pairs([d["real_top_k"] for d in done])
     above, planted = _real_pair_truth(cat, real, args.selfjoin_threshold)
+    real_searched = sum(int((d_rows < len(cat.real)).sum()) for d_rows in blocks)
     workers: dict[int, float] = {}
     for d in done:
         workers[d["pid"]] = max(workers.get(d["pid"], 0), d["memory_mib"]["VmHWM"])
@@ -456,9 +481,21 @@ def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace
             "pairs_at_or_above": args.selfjoin_threshold, "pairs": len(pairs),
             "real_pairs_found": len(pairs & above), "real_pairs": len(above),
             "planted_pairs_found": len(pairs & planted),
+            "sample": args.selfjoin_sample, "sample_seed": SAMPLE_SEED if args.selfjoin_sample
+            is not None else None, "real_rows_searched": real_searched,
+            "recall_pairs_at_or_above": round(len(pairs & above) / max(1, len(above)), 4),
+            "recall_planted_any_score": (round(len(top_k & planted) / len(planted), 4)
+                                         if real_searched == len(cat.real) else None),
             "wall_seconds_job": round(wall, 1), "queries_per_second": round(searched / wall, 1),
             "peak_rss_mib_per_worker": sorted(workers.values()),
-            "hours_for_whole_catalog_at_this_rate": round(cat.n / (searched / wall) / 3600, 2)}
+            "hours_for_whole_catalog_at_this_rate": round(cat.n / (searched / wall) / 3600, 2),
+            "planted_index": _planted_meta(paths)}
+
+
+def _planted_meta(paths: list[Path]) -> dict:
+    """What the planted index's build recorded (seconds, builder memory, bytes on disk)."""
+    done = paths[0].parent / "built.json"
+    return json.loads(done.read_text()) if done.exists() else {}
 
 
 def _choice_row(name: str, cat: SyntheticCatalog, real: RealSet,
@@ -641,11 +678,17 @@ def _table(rows: list[dict]) -> str:
     exact = {r["n"]: r["recall_at_10"] for r in rows if r.get("name") == "exact" and "recall_at_10" in r}
     for r in rows:
         if r.get("name") == "selfjoin" and "pairs" in r:
-            lines.append(f"{r['n']:>9} selfjoin  {r['queries_searched']:,} of {r['n']:,} searched "
-                         f"as a Ray job at nprobe {r.get('nprobe')}: {r['wall_seconds_job']} s, "
-                         f"{r['queries_per_second']} q/s, "
-                         f"{r['pairs']} pairs >= {r['pairs_at_or_above']}, peak RSS per worker "
-                         f"{r['peak_rss_mib_per_worker']} MiB")
+            sampled = (f" (all {r['real_rows_searched']:,} real rows + a seeded uniform sample "
+                       f"of {r['sample']:,})" if r.get("sample") is not None else "")
+            lines.append(f"{r['n']:>9} selfjoin  {r['queries_searched']:,} of {r['n']:,} searched"
+                         f"{sampled} as a Ray job at nprobe {r.get('nprobe')}: "
+                         f"{r['wall_seconds_job']} s, {r['queries_per_second']} q/s, "
+                         f"{r['pairs']} pairs >= {r['pairs_at_or_above']}, real pairs "
+                         f"{r['real_pairs_found']}/{r['real_pairs']}, planted in top 10 "
+                         f"{r.get('recall_planted_any_score')}, peak RSS per worker "
+                         f"{r['peak_rss_mib_per_worker']} MiB, tree {r['peak_rss_mib_tree']:.0f} "
+                         f"MiB; whole catalog projected {r['hours_for_whole_catalog_at_this_rate']}"
+                         f" h at this rate")
             continue
         if "recall_at_10" not in r:
             lines.append(f"{r['n']:>9} {r['name']:<13} (not measured: {r.get('error') or r.get('details')})")
@@ -706,6 +749,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="FAISS threads for every index (autofaiss too); 1 keeps a shared "
                              "machine's timings comparable")
     parser.add_argument("--selfjoin-queries", type=int, default=100_000)
+    parser.add_argument("--selfjoin-sample", type=int, default=None,
+                        help="search every real row plus this many rows drawn uniformly "
+                             "(seeded) from the whole catalog, instead of --selfjoin-queries "
+                             "contiguous rows")
     parser.add_argument("--selfjoin-block", type=int, default=10_000)
     parser.add_argument("--selfjoin-workers", type=int, default=2)
     parser.add_argument("--selfjoin-threshold", type=float, default=0.8)

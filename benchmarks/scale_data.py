@@ -17,6 +17,7 @@ distractors.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -230,6 +231,30 @@ class SyntheticCatalog:
         if not parts:
             return np.zeros((0, self.dims), np.float32)
         return np.ascontiguousarray(np.concatenate(parts), np.float32)
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors at sorted positions `rows` (a sparse sample of the catalog), without reading
+        the ranges between them: one small read per spilled row, or each generated block once."""
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows), self.dims), np.float32)
+        r = len(self.real)
+        real = rows < r
+        out[real] = self.real[rows[real]]
+        d = rows[~real] - r
+        if self.spill is not None:
+            size = self.dims * 4
+            with self.spill.open("rb") as fh:
+                chunks = b"".join(os.pread(fh.fileno(), size, int(i) * size) for i in d)
+            out[~real] = np.frombuffer(chunks, np.float32).reshape(len(d), self.dims)
+            return out
+        blocks = d // DISTRACTOR_BLOCK
+        picked = []
+        for no in np.unique(blocks):
+            a, b = np.searchsorted(blocks, [no, no + 1])
+            picked.append(self._block(int(no))[d[a:b] - no * DISTRACTOR_BLOCK])
+        if picked:
+            out[~real] = np.concatenate(picked)
+        return out
 
     def sample(self, m: int, *, seed: int = 0) -> np.ndarray:
         """`m` vectors drawn like the whole catalog: real references in their share of it, then
