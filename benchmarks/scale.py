@@ -470,8 +470,11 @@ def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace
     above, planted = _real_pair_truth(cat, real, args.selfjoin_threshold)
     real_searched = sum(int((d_rows < len(cat.real)).sum()) for d_rows in blocks)
     workers: dict[int, float] = {}
-    for d in done:
+    memory: dict[int, dict] = {}  # each worker's memory after its last task: VmHWM counts the
+    for d in done:                # list pages it mapped (RssFile), page cache, not RssAnon
         workers[d["pid"]] = max(workers.get(d["pid"], 0), d["memory_mib"]["VmHWM"])
+        if d["memory_mib"]["VmHWM"] >= memory.get(d["pid"], {}).get("VmHWM", 0):
+            memory[d["pid"]] = d["memory_mib"]
     return {"index_spec": f"self-join k=10 over {built['index_spec'].split(' ')[0]} (on disk, "
                           f"merged) at nprobe {nprobe} (query-tuned: {tuned})",
             "nprobe": nprobe, "query_tuned_nprobe": tuned, "sweep": sweep,
@@ -488,6 +491,7 @@ def _selfjoin_row(cat: SyntheticCatalog, real: RealSet, args: argparse.Namespace
                                          if real_searched == len(cat.real) else None),
             "wall_seconds_job": round(wall, 1), "queries_per_second": round(searched / wall, 1),
             "peak_rss_mib_per_worker": sorted(workers.values()),
+            "worker_memory_mib_after_last_task": [memory[p] for p in sorted(memory)],
             "hours_for_whole_catalog_at_this_rate": round(cat.n / (searched / wall) / 3600, 2),
             "planted_index": _planted_meta(paths)}
 
