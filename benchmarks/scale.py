@@ -38,7 +38,9 @@ tree, `proc_peak`) is its own:
   copies. Ray tasks (retried if a worker dies) each open the index memory-mapped, search one
   block of the catalog's own vectors (read in the task, never shipped) and return the pairs
   above the threshold; `--selfjoin-queries` caps how many catalog vectors are searched, and the
-  row says how many it searched.
+  row says how many it searched. `--selfjoin-sample N` searches instead every real row plus N
+  rows drawn uniformly from the whole catalog (a join too long to run whole, measured on an
+  honest sample); the job itself then reports the real pairs' recall at its nprobe.
 Every built index is then served by a fresh process that opens the shard files as a user's
 query would and answers all queries as one batch: its q/s, recall and resident memory
 (VmRSS = RssAnon + RssFile: the mapped pages of on-disk lists it touched) are the row's.
