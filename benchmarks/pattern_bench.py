@@ -134,7 +134,8 @@ def run(work: Path, *, patterns: list[str], pairs: list[int], fresh: int, others
         if dev_before is not None:
             report["others_before"] = _row(dev_before)
             print(json.dumps({"others_before": report["others_before"]}), flush=True)
-        for pattern in patterns:
+        for spec in patterns:
+            pattern, _, own = spec.partition(":")  # 'mosaic:20+50': this pattern's pair counts
             train, queries = make_pattern_set(pattern, refs, negatives, work / "patterns" / pattern,
                                               fresh=fresh)
             scorer = Scorer(engine, queries, k)
@@ -142,7 +143,7 @@ def run(work: Path, *, patterns: list[str], pairs: list[int], fresh: int, others
             per_query = 1000 / len(scorer.images)
             rows = {"before": _row(before), "pairs": {},
                     "query_ms_before": round((scorer.embed_seconds + rank_s) * per_query, 1)}
-            for n in pairs:
+            for n in [int(x) for x in own.split("+")] if own else pairs:
                 listing = work / "patterns" / pattern / f"pairs-{n}.csv"
                 with open(listing, "w", newline="") as fh:
                     w = csv.writer(fh)
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", help="dev data root (default ../shared/data)")
     parser.add_argument("--work", default="/tmp/copytrace-patterns")
     parser.add_argument("--index-from", help="copy this dev index instead of building one")
-    parser.add_argument("--patterns", default=",".join(PATTERNS))
+    parser.add_argument("--patterns", default=",".join(PATTERNS),
+                        help="comma-separated; 'mosaic:20+50' gives a pattern its own pair counts")
     parser.add_argument("--pairs", default="10,20,50")
     parser.add_argument("--fresh", type=int, default=100, help="fresh positive queries")
     parser.add_argument("--no-others", action="store_true", help="skip the ordinary dev queries")
