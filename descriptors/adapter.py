@@ -113,12 +113,16 @@ def apply_adapter(arrays: dict[str, np.ndarray], vectors: np.ndarray) -> np.ndar
 
 def adapt_query(whole: np.ndarray, pixels: np.ndarray | None, *, input_filter: str,
                 arrays: dict[str, np.ndarray],
-                embed: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+                embed: Callable[[np.ndarray], np.ndarray] | None,
+                embedded: np.ndarray | None = None) -> np.ndarray:
     """An adapter's vectors of N queries: `whole` are their plain whole-image vectors, `pixels`
     their N x S x S x 3 model inputs; with an input filter the filtered pixels are embedded
-    again (`embed`: pixels -> unit vectors), then the residual map (if any) applies."""
+    again (`embed`: pixels -> unit vectors), or `embedded` already holds those vectors (an
+    embedding worker made them beside the plain ones), then the residual map (if any) applies."""
     x = whole
-    if input_filter:
+    if input_filter and embedded is not None:
+        x = embedded
+    elif input_filter:
         if pixels is None or embed is None:
             raise ValueError(f"input filter '{input_filter}' needs the query's pixels")
         x = embed(apply_chain(input_filter, pixels))

@@ -29,6 +29,7 @@ from copytrace.descriptors.decode import (
     read_bytes,
     to_model_square,
 )
+from copytrace.descriptors.input_filters import apply_chain
 from copytrace.descriptors.model import LoadedDescriptor
 from copytrace.descriptors.pdq import hash_bytes
 from copytrace.util.worker_guard import exit_with_parent
@@ -110,6 +111,7 @@ class EmbeddedFile:
     image: DecodedImage | None
     vector: np.ndarray | None
     error: str | None
+    filtered: tuple[np.ndarray, ...] = ()  # one vector per requested input filter chain
 
 
 def _decode(path: str | Path, size: int, max_pixels: int,
@@ -170,13 +172,16 @@ def embed_files(
     decode_processes: int | None = None,
     decode_device: str | None = "auto",
     pdq: bool = False,
+    input_filters: Sequence[str] = (),
 ) -> Iterator[list[EmbeddedFile]]:
     """Embed files in order, one list per batch; failed files come back with their error.
 
     Decoding runs ahead of the model by two batches: per file in `decode_processes` processes
     (default: sized from the granted cores) or threads, or per batch on `decode_device` ('auto':
     the model's GPU, JPEGs only, others on the CPU). With `pdq` each file's PDQ hash comes back
-    in its image record; the hash needs CPU pixels, so files are then decoded on the CPU."""
+    in its image record; the hash needs CPU pixels, so files are then decoded on the CPU.
+    Each `input_filters` chain (a query adapter's) also embeds the filtered model input, so a
+    worker returns those vectors and the pixels never travel."""
     size = embedder.image_size
     device = None if pdq else _decode_device(decode_device, embedder)
     processes = auto_decode_processes() if decode_processes is None else decode_processes
@@ -209,31 +214,44 @@ def embed_files(
             start, futures = pending.popleft()
             submit_next()
             if device is not None:
-                yield _embed_device_batch(start, futures[0].result(), embedder)
+                yield _embed_device_batch(start, futures[0].result(), embedder, input_filters)
             else:
-                yield _embed_batch(start, [f.result() for f in futures], embedder)
+                yield _embed_batch(start, [f.result() for f in futures], embedder, input_filters)
 
 
-def _embed_batch(start: int, decoded: list, embedder: Embedder) -> list[EmbeddedFile]:
+def _embed_batch(start: int, decoded: list, embedder: Embedder,
+                 input_filters: Sequence[str] = ()) -> list[EmbeddedFile]:
     good = [d.pixels for d in decoded if isinstance(d, DecodedImage)]
-    vectors = embedder.embed_pixels(np.stack(good)) if good else None
-    return _records(start, decoded, vectors)
+    if not good:
+        return _records(start, decoded, None, [])
+    pixels = np.stack(good)
+    return _records(start, decoded, embedder.embed_pixels(pixels),
+                    [embedder.embed_pixels(apply_chain(c, pixels)) for c in input_filters])
 
 
-def _embed_device_batch(start: int, batch: DeviceBatch, embedder: Embedder) -> list[EmbeddedFile]:
-    vectors = embedder.embed_tensor(batch.pixels) if len(batch.pixels) else None
-    return _records(start, batch.images, vectors)
+def _embed_device_batch(start: int, batch: DeviceBatch, embedder: Embedder,
+                        input_filters: Sequence[str] = ()) -> list[EmbeddedFile]:
+    if not len(batch.pixels):
+        return _records(start, batch.images, None, [])
+    filtered = []
+    if input_filters:  # the filters are numpy/OpenCV: the model inputs as S x S x 3 uint8
+        pixels = batch.pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        filtered = [embedder.embed_pixels(apply_chain(c, pixels.numpy())) for c in input_filters]
+    return _records(start, batch.images, embedder.embed_tensor(batch.pixels), filtered)
 
 
-def _records(start: int, decoded: list, vectors: np.ndarray | None) -> list[EmbeddedFile]:
-    """One record per input, in order: the k-th decoded image gets the k-th vector (its pixels
-    dropped: the catalog keeps only the file's facts)."""
+def _records(start: int, decoded: list, vectors: np.ndarray | None,
+             filtered: list[np.ndarray]) -> list[EmbeddedFile]:
+    """One record per input, in order: the k-th decoded image gets the k-th vector (and the
+    k-th row of each filtered matrix; its pixels dropped: the catalog keeps only the file's
+    facts)."""
     out: list[EmbeddedFile] = []
     k = 0
     for i, d in enumerate(decoded):
         if isinstance(d, DecodedImage):
             image = replace(d, pixels=_NO_PIXELS)
-            out.append(EmbeddedFile(start + i, image, vectors[k], None))
+            out.append(EmbeddedFile(start + i, image, vectors[k], None,
+                                    tuple(f[k] for f in filtered)))
             k += 1
         else:
             out.append(EmbeddedFile(start + i, None, None, d))

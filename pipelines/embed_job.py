@@ -20,7 +20,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 
 import numpy as np
@@ -58,6 +58,7 @@ class EmbedSettings:
     decode_processes: int | None = None  # None: sized from the cores the worker is granted
     decode_device: str | None = "auto"  # 'auto': batch JPEG decoding on the model's GPU
     pdq: bool = False  # also hash each file (the catalog's pdq column)
+    input_filters: tuple[str, ...] = ()  # query adapters' chains: also embed the filtered input
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ChunkResult:
     chunk: int
     catalog: pa.Table
     embeddings: pa.Table
+    filtered: dict[str, np.ndarray] = field(default_factory=dict)  # chain -> rows as embeddings
 
 
 def embed_chunk(chunk: int, sources: Sequence[ImageSource], embedder: Embedder,
@@ -72,6 +74,7 @@ def embed_chunk(chunk: int, sources: Sequence[ImageSource], embedder: Embedder,
     by_pos: dict[int, CatalogRow] = {}  # by position in `sources`: rows keep the listing order
     ids: list[str] = []
     vectors: list[np.ndarray] = []
+    filtered: list[tuple[np.ndarray, ...]] = []
     for pos, src in enumerate(sources):
         if src.error is not None:  # known unreadable (broken link, odd name): never opened
             by_pos[pos] = CatalogRow(src.image_id, src.uri, None, None, None, None, None,
@@ -82,7 +85,8 @@ def embed_chunk(chunk: int, sources: Sequence[ImageSource], embedder: Embedder,
                              decode_workers=settings.decode_workers,
                              max_pixels=settings.max_pixels,
                              decode_processes=settings.decode_processes,
-                             decode_device=settings.decode_device, pdq=settings.pdq):
+                             decode_device=settings.decode_device, pdq=settings.pdq,
+                             input_filters=settings.input_filters):
         for item in batch:
             pos = readable[item.index]
             src = sources[pos]
@@ -97,9 +101,13 @@ def embed_chunk(chunk: int, sources: Sequence[ImageSource], embedder: Embedder,
                                    im.height, im.format, STATUS_OK, None, im.pdq, im.pdq_quality)
             ids.append(src.image_id)
             vectors.append(item.vector)
+            filtered.append(item.filtered)
     matrix = np.stack(vectors) if vectors else np.zeros((0, embedder.dims), np.float32)
     return ChunkResult(chunk, catalog_table([by_pos[pos] for pos in range(len(sources))]),
-                       embedding_table(ids, matrix))
+                       embedding_table(ids, matrix),
+                       {c: np.stack([f[j] for f in filtered]) if filtered
+                        else np.zeros((0, embedder.dims), np.float32)
+                        for j, c in enumerate(settings.input_filters)})
 
 
 class _Worker:

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -141,27 +141,24 @@ def embed_views(images: Sequence[QueryImage], embedder: Embedder, *,
 def with_adapter_views(vectors: Sequence[np.ndarray], views: Sequence[QueryViews],
                        adapters: Sequence[LoadedAdapter], *,
                        pixels: Sequence[np.ndarray] | None = None,
-                       embedder: Embedder | None = None) -> tuple[list[np.ndarray],
-                                                                   list[QueryViews]]:
+                       embedder: Embedder | None = None,
+                       filtered: Mapping[str, np.ndarray] | None = None,
+                       ) -> tuple[list[np.ndarray], list[QueryViews]]:
     """Each adapter's vector of a query's whole image as one more view of it ('adapter:NAME',
     the whole query's box), merged with the plain views as the crops are: a reference keeps its
     best normalized score over all views, so a query no adapter helps keeps its plain results
     unless an adapted view finds a reference even closer. An adapter with an input filter
-    embeds the filtered `pixels` (the queries' model inputs) once more; without pixels (the
-    Ray whole-image path) such adapters are skipped with a warning."""
-    if adapters and pixels is None:
-        skipped = [a.card.name for a in adapters if a.card.input_filter]
-        if skipped:
-            log.warning("adapters %s filter the query's pixels, which this query path does not "
-                        "keep: skipped", ", ".join(skipped))
-        adapters = [a for a in adapters if not a.card.input_filter]
+    embeds the filtered `pixels` (the queries' model inputs) once more, or takes the vectors
+    the embedding workers made of them (`filtered`: chain -> one row per query; the Ray
+    whole-image path, which keeps no pixels)."""
     if not adapters or not vectors:
         return list(vectors), list(views)
     whole = np.stack([v[0] for v in vectors])
     stacked = np.stack(pixels) if pixels is not None else None
     embed = None if embedder is None else embedder.embed_pixels
     adapted = [adapt_query(whole, stacked, input_filter=a.card.input_filter, arrays=a.arrays,
-                           embed=embed) for a in adapters]
+                           embed=embed, embedded=(filtered or {}).get(a.card.input_filter))
+               for a in adapters]
     names = [f"adapter:{a.card.name}" for a in adapters]
     return ([np.concatenate([v, *(x[i : i + 1] for x in adapted)]) for i, v in enumerate(vectors)],
             [QueryViews([*qv.names, *names], [*qv.boxes, *[qv.boxes[0]] * len(adapters)])

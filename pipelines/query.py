@@ -207,17 +207,23 @@ def _query_whole_on_ray(engine: QueryEngine, sources: list[ImageSource], *, mode
                         model: str | None, batch_size: int, chunk_size: int, device: str,
                         ray_address: str | None, show_progress: bool,
                         timings: QueryTimings) -> list[QueryResult]:
-    """Whole-image queries only (`--no-expand`) embedded as a Ray job, like an index build."""
+    """Whole-image queries only (`--no-expand`) embedded as a Ray job, like an index build; the
+    workers also embed each adapter's filtered input, so only vectors come back."""
     t = time.perf_counter()
+    chains = sorted({a.card.input_filter for a in engine.adapters} - {""})
+    filtered: dict[str, dict[str, np.ndarray]] = {}
     vectors, views, errors = embed_files(sources, engine.index, engine.descriptor, model=model,
                                          batch_size=batch_size, chunk_size=chunk_size,
                                          device=device, use_ray=True, ray_address=ray_address,
-                                         show_progress=show_progress)
+                                         show_progress=show_progress, input_filters=chains,
+                                         filtered=filtered)
     timings.embed += time.perf_counter() - t
     timings.views += len(views)
     ok = [s for s in sources if s.image_id in views]
-    vecs, qviews = with_adapter_views([vectors[s.image_id] for s in ok],
-                                      [views[s.image_id] for s in ok], engine.adapters)
+    vecs, qviews = with_adapter_views(
+        [vectors[s.image_id] for s in ok], [views[s.image_id] for s in ok], engine.adapters,
+        filtered={c: np.stack([by_id[s.image_id] for s in ok]) for c, by_id in filtered.items()
+                  if ok})
     by_id = engine.rank(ok, vecs, qviews,
                         config=engine.options(verify=mode), use_ray=True,
                         ray_address=ray_address, timings=timings, verify_mode=mode)
@@ -228,10 +234,15 @@ def _query_whole_on_ray(engine: QueryEngine, sources: list[ImageSource], *, mode
 def embed_files(sources: list[ImageSource], copy_index: CopyIndex, descriptor: LoadedDescriptor,
                  *, model: str | None, batch_size: int, chunk_size: int, device: str,
                  use_ray: bool, ray_address: str | None, show_progress: bool,
+                 input_filters: Sequence[str] = (),
+                 filtered: dict[str, dict[str, np.ndarray]] | None = None,
                  ) -> tuple[dict[str, np.ndarray], dict[str, QueryViews], dict[str, str]]:
-    """One descriptor per file (the whole image, as the index embeds it), inline or as a Ray job."""
+    """One descriptor per file (the whole image, as the index embeds it), inline or as a Ray job;
+    with `input_filters`, `filtered` is filled with chain -> {file id: vector of its filtered
+    model input}."""
     spec = model or copy_index.manifest.model.name
-    settings = EmbedSettings(model=spec, batch_size=batch_size, device=device)
+    settings = EmbedSettings(model=spec, batch_size=batch_size, device=device,
+                             input_filters=tuple(input_filters))
     chunks = [(no, sources[s : s + chunk_size])
               for no, s in enumerate(range(0, len(sources), chunk_size))]
     errors: dict[str, str] = {}
@@ -250,6 +261,9 @@ def embed_files(sources: list[ImageSource], copy_index: CopyIndex, descriptor: L
             ids = result.embeddings.column("image_id").to_pylist()
             for qid, vec in zip(ids, table_vectors(result.embeddings), strict=True):
                 vectors[qid] = vec[None]
+            if filtered is not None:
+                for chain, rows in result.filtered.items():
+                    filtered.setdefault(chain, {}).update(zip(ids, rows, strict=True))
             advance(len(cat))
     return vectors, views, errors
 

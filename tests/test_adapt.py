@@ -1,8 +1,8 @@
 """Query adapters (`copytrace adapt`): pairs of a made-up pattern lift NEW copies of it and leave
 ordinary copies alone; pairs that teach nothing are refused; `--adapter none` is today's query,
 adding and removing one are index versions; an old residual-only card still works; an adapter
-trained for another model is refused in one line. The dev-benchmark numbers are in
-`benchmarks/pattern_bench.py`."""
+trained for another model is refused in one line; a filter adapter answers the same on Ray.
+The dev-benchmark numbers are in `benchmarks/pattern_bench.py`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from copytrace.descriptors.adapter import ADAPTER_KIND, QueryAdapter
+from copytrace.descriptors.adapter import ADAPTER_KIND, FILTER_KIND, QueryAdapter
 from copytrace.indexing.adapters import (
     AdapterCard,
     AdapterError,
@@ -31,6 +31,7 @@ from copytrace.indexing.manifest import IndexLayout, Manifest
 from copytrace.pipelines.adapt import AdaptOptions, adapt_index
 from copytrace.pipelines.build import build_index
 from copytrace.pipelines.engine import QueryEngine
+from copytrace.pipelines.query import query_index
 
 from photos import PHOTO_NAMES, jpeg_bytes, photo
 
@@ -243,3 +244,35 @@ def test_an_old_residual_only_card_still_loads_and_queries(catalog):
         assert result.matches
     finally:
         remove_adapter(index, "old")
+
+
+def test_a_filter_adapter_gives_the_same_answer_on_ray(catalog, tmp_path, local_ray,
+                                                       one_torch_thread):
+    """`query --no-expand` on Ray embeds the queries on Ray workers, which keep no pixels for
+    the driver: they embed the filter adapter's filtered input too, so the candidates and scores
+    are those of the in-process query with the same adapter (it was skipped there before), and
+    the adapter's view finds some of them."""
+    index, copies, ids = catalog
+    manifest = Manifest.read(IndexLayout(index).manifest)
+    save_adapter(index, AdapterCard(
+        name="dots", pattern="halftone", model_id=manifest.model.id,
+        model_sha256=manifest.model.sha256, dims=manifest.model.dims, rank=0, kind=FILTER_KIND,
+        pairs=0, pairs_file="", replay=0, negatives=0, bank=0, seconds=0.0, bytes=0,
+        input_filter="blur:3.5|vmedian:9", format=2), {})
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for i in ids[::6]:
+        (queries / f"{i}.jpg").write_bytes((copies / f"{i}-halftone.jpg").read_bytes())
+    try:
+        runs = [[r.as_json() for r in query_index(queries, index, k=3, use_ray=on_ray,
+                                                  expand=False, verify=False, adapters="dots",
+                                                  show_progress=False).results]
+                for on_ray in (False, True)]
+    finally:
+        remove_adapter(index, "dots")
+    inline, on_ray = ([[(m["reference_id"], m["view"], m["score"]) for m in r["matches"]]
+                       for r in run] for run in runs)
+    assert [[m[:2] for m in r] for r in on_ray] == [[m[:2] for m in r] for r in inline]
+    assert np.allclose([m[2] for r in on_ray for m in r], [m[2] for r in inline for m in r],
+                       atol=1e-4)
+    assert any(m[1] == "adapter:dots" for r in on_ray for m in r)
