@@ -2,6 +2,7 @@
 public APIs only; each prints JSON and a table.
 
 Modules:
+    adapter_cost.py  Query cost of adapters: `--adapter none`, one, `all`, interleaved
     cli.py           `copytrace eval` and `copytrace bench`
     cli_startup.py   CLI start-up
     dedup_bench.py   Dedup benchmark
