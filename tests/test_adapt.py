@@ -246,6 +246,7 @@ def test_an_old_residual_only_card_still_loads_and_queries(catalog):
         remove_adapter(index, "old")
 
 
+@pytest.mark.slow
 def test_a_filter_adapter_gives_the_same_answer_on_ray(catalog, tmp_path, local_ray,
                                                        one_torch_thread):
     """`query --no-expand` on Ray embeds the queries on Ray workers, which keep no pixels for
