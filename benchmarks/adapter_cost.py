@@ -91,8 +91,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--chunk", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch threads (a busy 2-core box: 1)")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     files = query_files([Path(q) for q in args.queries], args.limit)
     if not files:
         parser.error(f"no images in {', '.join(args.queries)}")
