@@ -14,6 +14,9 @@ Modules:
                      redistribution noise
     edit_objects.py  Edit masks to edit objects
     expand.py        Global-local query expansion [tests: test_matching.py]
+    extra_views.py   The second pass: the turned and small-region views of the queries without a
+                     confident match, embedded in one model call and searched once
+                     [tests: test_small_copies.py, test_rotations.py]
     isc_csv.py       The ISC2021 / DISC2021 CSV files, read and written here only (as isc2021's
                      `io.py` does)
     keep_rule.py     `--keep largest` by content, not raw pixels [tests: test_dedup.py]
@@ -95,9 +98,12 @@ _EXPORTS = {
     "read_hash_list": "pdq",
     "read_predictions": "isc_csv",
     "rotation_pass": "rotations",
+    "rotation_views": "rotations",
+    "second_pass": "extra_views",
     "segment": "localize",
     "shipped_view_check": "view_check",
     "small_copy_pass": "small_copies",
+    "small_copy_views": "small_copies",
     "small_regions": "small_copies",
     "verify_prepared": "verify",
     "view_features": "view_check",

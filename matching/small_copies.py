@@ -11,10 +11,11 @@ morphological opening with a line kernel), so a short border of a small paste is
 the many scattered steps of a textured background; the query's own edges count as borders, for a
 photo that fills the width of its frame.
 
-`small_copy_pass` is `rotations.rotation_pass`'s twin: a query whose best candidate already has a
-confident global score pays nothing; the others pay for finding the rectangles (a few ms) and one
-descriptor pass per rectangle (and per turned rectangle, with `ExpandConfig.small_turns`), and
-keep the new candidates only where a rectangle found a confident match.
+`small_copy_views` is `rotations.rotation_views`'s twin (the engine searches both families in
+one `extra_views.second_pass`): a query whose best candidate already has a confident global score
+pays nothing; the others pay for finding the rectangles (a few ms) and one descriptor pass per
+rectangle (and per turned rectangle, with `ExpandConfig.small_turns`), and keep the new
+candidates only where a rectangle found a confident match.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from PIL import Image
 from copytrace.descriptors.decode import to_model_square
 from copytrace.matching.calibrate import Calibration
 from copytrace.matching.expand import Box, ExpandConfig, RotateConfig, iou
+from copytrace.matching.extra_views import ExtraViews, Search, ViewFamily, second_pass, unconfident
 from copytrace.matching.rank import Candidate, QueryViews
-from copytrace.matching.rotations import rotated_squares, search_again, unconfident
+from copytrace.matching.rotations import rotated_squares
 
 WORK_SIDE = 320  # px: the longer side the rectangles are looked for at
 DEFAULT = ExpandConfig()
@@ -175,56 +177,62 @@ def region_squares(pixels: np.ndarray, boxes: Sequence[Box], *, size: int,
     return np.stack(out)
 
 
+def _query_boxes(image: np.ndarray, first: QueryViews, config: ExpandConfig) -> list[Box]:
+    """Up to `config.small_regions` small rectangles of one query, none of them one of its
+    first-pass views again."""
+    boxes = small_regions(image, limit=config.small_regions + 2, min_area=config.small_min_area,
+                          max_area=config.small_max_area)
+    return [b for b in boxes
+            if b[2] - b[0] >= config.min_side_px and b[3] - b[1] >= config.min_side_px
+            and all(iou(b, tuple(v)) < 0.8 for v in first.boxes)][: config.small_regions]
+
+
+def _region_views(i: int, image: np.ndarray, boxes: list[Box], *, model_size: int,
+                  turns: tuple[int, ...]) -> ExtraViews:
+    """Views named small0, its turns small0-rot90, ..., then small1: the first box also turned."""
+    names, out_boxes = [], []
+    for j, box in enumerate(boxes):
+        names.append(f"small{j}")
+        out_boxes.append(box)
+        for a in turns if j == 0 else ():
+            names.append(f"small{j}-rot{a}")
+            out_boxes.append(box)
+    squares = region_squares(image, boxes[:1], size=model_size, turns=turns)
+    if len(boxes) > 1:
+        squares = np.concatenate([squares, region_squares(image, boxes[1:], size=model_size)])
+    return ExtraViews(i, names, out_boxes, squares)
+
+
+def small_copy_views(ranked: Sequence[Sequence[Candidate]], views: Sequence[QueryViews], *,
+                     pixels: Callable[[int], np.ndarray], model_size: int,
+                     calibration: Calibration, config: ExpandConfig = DEFAULT,
+                     rotate: RotateConfig | None = TURNS) -> ViewFamily:
+    """The small-region views of the unconfident queries (by `config.small_confident`).
+
+    `pixels(i)`: query i's full-resolution RGB pixels. With `rotate`, the first rectangle is also
+    turned by `rotate.angles` (`config.small_turns`)."""
+    family = ViewFamily("small", config.small_confident, [])
+    if config.small_regions <= 0:
+        return family
+    turns = tuple(rotate.angles) if rotate is not None and config.small_turns else ()
+    for i in unconfident(ranked, calibration, confident=config.small_confident):
+        image = pixels(i)
+        boxes = _query_boxes(image, views[i], config)
+        if boxes:
+            family.views.append(_region_views(i, image, boxes, model_size=model_size,
+                                              turns=turns))
+    return family
+
+
 def small_copy_pass(ranked: list[list[Candidate]], vectors: Sequence[np.ndarray],
                     views: Sequence[QueryViews], *, pixels: Callable[[int], np.ndarray],
-                    model_size: int, embed: Callable[[np.ndarray], np.ndarray],
-                    search: Callable[[np.ndarray, list[QueryViews]], list[list[Candidate]]],
+                    model_size: int, embed: Callable[[np.ndarray], np.ndarray], search: Search,
                     calibration: Calibration, config: ExpandConfig = DEFAULT,
                     rotate: RotateConfig | None = TURNS
                     ) -> tuple[list[list[Candidate]], int]:
-    """Candidates after searching the small-region views of the unconfident queries; returns the
-    new candidate lists (other rows unchanged) and how many views were embedded.
-
-    `pixels(i)`: query i's full-resolution RGB pixels; `embed`: N x S x S x 3 -> N x D;
-    `search(vectors, views)`: `rank.candidates` over those queries' views. With `rotate`, the
-    first rectangle is also searched turned by `rotate.angles` (`config.small_turns`)."""
-    if config.small_regions <= 0:
-        return ranked, 0
-    gate = RotateConfig(confident=config.small_confident)
-    turns = tuple(rotate.angles) if rotate is not None and config.small_turns else ()
-    todo, squares, made = [], [], []
-    for i in unconfident(ranked, calibration, config=gate):
-        image = pixels(i)
-        h, w = image.shape[:2]
-        boxes = [b for b in small_regions(image, limit=config.small_regions + 2,
-                                          min_area=config.small_min_area,
-                                          max_area=config.small_max_area)
-                 if b[2] - b[0] >= config.min_side_px and b[3] - b[1] >= config.min_side_px
-                 and all(iou(b, tuple(v)) < 0.8 for v in views[i].boxes)][: config.small_regions]
-        if not boxes:
-            continue
-        names, out_boxes = [], []
-        for j, box in enumerate(boxes):
-            names.append(f"small{j}")
-            out_boxes.append(box)
-            for a in turns if j == 0 else ():
-                names.append(f"small{j}-rot{a}")
-                out_boxes.append(box)
-        sq = region_squares(image, boxes[:1], size=model_size, turns=turns)
-        if len(boxes) > 1:
-            sq = np.concatenate([sq, region_squares(image, boxes[1:], size=model_size)])
-        todo.append(i)
-        squares.append(sq)
-        made.append(QueryViews(names, out_boxes))
-    if not todo:
-        return ranked, 0
-    embedded = embed(np.concatenate(squares))
-    stacked, merged, pos = [], [], 0
-    for i, sq, qv in zip(todo, squares, made, strict=True):
-        stacked.append(np.concatenate([vectors[i], embedded[pos : pos + len(sq)]]))
-        merged.append(QueryViews([*views[i].names, *qv.names], [*views[i].boxes, *qv.boxes]))
-        pos += len(sq)
-    # As with turned views: only a rectangle that finds a confident match changes the row.
-    out = search_again(ranked, todo, stacked, merged, search=search, calibration=calibration,
-                       view_prefix="small", confident=config.small_confident)
-    return out, pos
+    """The small-region views alone as a second pass (`extra_views.second_pass`): the new
+    candidate lists and how many views were embedded."""
+    family = small_copy_views(ranked, views, pixels=pixels, model_size=model_size,
+                              calibration=calibration, config=config, rotate=rotate)
+    return second_pass(ranked, vectors, views, families=[family], embed=embed, search=search,
+                       calibration=calibration)

@@ -37,13 +37,14 @@ from copytrace.indexing.sources import ImageSource
 from copytrace.indexing.store import CopyIndex
 from copytrace.matching.calibrate import Calibration, Decision, global_score_only, load_calibration
 from copytrace.matching.expand import ExpandConfig
+from copytrace.matching.extra_views import second_pass
 from copytrace.matching.normalize import Background, NormalizeConfig, load_background
 from copytrace.matching.query_image import QueryImage, QuerySource, decode_query
 from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
 from copytrace.matching.results import Match, QueryResult
 from copytrace.matching.roles import accepted_to_verify
-from copytrace.matching.rotations import rotation_pass
-from copytrace.matching.small_copies import small_copy_pass
+from copytrace.matching.rotations import rotation_views
+from copytrace.matching.small_copies import small_copy_views
 from copytrace.matching.verify import Verification, VerifyConfig
 from copytrace.matching.view_check import shipped_view_check
 from copytrace.pipelines.shard_search import RayShardedIndex, open_distributed
@@ -352,22 +353,9 @@ class QueryEngine:
         ranked = candidates(self.index, np.concatenate(list(vectors)), views,
                             background=self.background(config), config=config,
                             query_ids=[s.image_id for s in sources] if exclude_self else None)
-        if config.rotate is not None and queries is not None and not exclude_self:
-            ranked, turned = rotation_pass(
-                ranked, vectors, views, model_pixels=lambda i: queries[i].model_pixels,
-                embed=self.embedder.embed_pixels, calibration=self.calibration,
-                search=lambda v, qv: candidates(self.index, v, qv, config=config,
-                                                background=self.background(config)),
-                config=config.rotate)
-            timings.views += turned
-        if config.expand is not None and queries is not None and not exclude_self:
-            ranked, cropped = small_copy_pass(
-                ranked, vectors, views, pixels=lambda i: queries[i].pixels,
-                model_size=self.embedder.image_size, embed=self.embedder.embed_pixels,
-                search=lambda v, qv: candidates(self.index, v, qv, config=config,
-                                                background=self.background(config)),
-                calibration=self.calibration, config=config.expand, rotate=config.rotate)
-            timings.views += cropped
+        if queries is not None and not exclude_self:
+            ranked, extra = self._second_pass(ranked, vectors, views, queries, config)
+            timings.views += extra
         timings.search += time.perf_counter() - t
         t = time.perf_counter()
         verified: list[list[Verification | None]] | None = None
@@ -393,6 +381,26 @@ class QueryEngine:
                               view_check=shipped_view_check() if config.view_check else None,
                               )[: config.k]  # the best k of the re-ranked pool
                 for i, (key, cands) in enumerate(zip(keys, ranked, strict=True))}
+
+    def _second_pass(self, ranked: list[list[Candidate]], vectors: Sequence[np.ndarray],
+                     views: Sequence[QueryViews], queries: Sequence[QueryImage],
+                     config: MatchConfig) -> tuple[list[list[Candidate]], int]:
+        """The turned and small-region views of the unconfident queries, embedded and searched
+        once (`matching.extra_views`); the candidates and how many views were embedded."""
+        families = []
+        if config.rotate is not None:
+            families.append(rotation_views(ranked, views, calibration=self.calibration,
+                                           model_pixels=lambda i: queries[i].model_pixels,
+                                           config=config.rotate))
+        if config.expand is not None:
+            families.append(small_copy_views(ranked, views, pixels=lambda i: queries[i].pixels,
+                                             model_size=self.embedder.image_size,
+                                             calibration=self.calibration, config=config.expand,
+                                             rotate=config.rotate))
+        return second_pass(ranked, vectors, views, families=families,
+                           embed=self.embedder.embed_pixels, calibration=self.calibration,
+                           search=lambda v, qv: candidates(self.index, v, qv, config=config,
+                                                           background=self.background(config)))
 
     def query_bytes(self, data: bytes, *, query_id: str = "query", k: int | None = None,
                     verify: bool | VerifyMode | str = VerifyMode.BANDED) -> QueryResult:

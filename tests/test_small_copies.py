@@ -98,3 +98,29 @@ def test_a_screenshot_framed_copy_and_a_small_paste_are_found(index):
         assert by_global[0].reference_id == name and by_global[0].score >= 0.5, by_global[0]
         assert not before or before[0].reference_id != name or before[0].score < 0.5, before[0]
     assert timings.views >= 2 * (1 + 1 + 3)  # whole image, small region and its three turns
+
+
+def test_turned_and_small_views_are_one_model_call(index):
+    """A rotated copy and a screenshot-framed copy in one batch: each is found through its own
+    family of extra views (turned whole image, small region), and both families go through the
+    model in one call (`matching.extra_views`), not one call per family."""
+    framed, _ = _screenshot("chelsea", 150)
+    turned = np.ascontiguousarray(np.rot90(photo("astronaut"), k=1))
+    queries = [jpeg_bytes(framed, 85), jpeg_bytes(turned)]
+    calls = {"n": 0}
+    with QueryEngine.open(index, device="cpu") as engine:
+        embed = engine.embedder.embed_pixels
+
+        def counted(pixels: np.ndarray) -> np.ndarray:
+            calls["n"] += 1
+            return embed(pixels)
+
+        engine.embedder.embed_pixels = counted
+        on = [r.matches[0] for r in engine.query(queries, k=3, verify="off")]
+        with_passes = calls["n"]
+        engine.config = replace(engine.config, rotate=None, expand=replace(
+            engine.config.expand, small_regions=0))
+        engine.query(queries, k=3, verify="off")
+    assert on[0].reference_id == "chelsea" and on[0].evidence["view"].startswith("small"), on[0]
+    assert on[1].reference_id == "astronaut" and on[1].evidence["view"] == "rot270", on[1]
+    assert with_passes - (calls["n"] - with_passes) == 1
