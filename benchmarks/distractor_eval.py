@@ -7,7 +7,10 @@ the dev benchmark's 675 queries through the query engine, scored beside the same
 the references alone, in each variant (`VARIANTS`: the default pipeline and `--no-verify`, each
 with and without the second passes over turned and small-region views), with per-family rows
 (`edit_families`) and ms per query, the variants interleaved chunk by chunk in one process;
-`--hidden` adds the hidden-copies queries (screenshots, small pastes, turned; `hidden_copies`).
+`--hidden` adds the hidden-copies queries (screenshots, small pastes, turned; `hidden_copies`);
+their backgrounds and not-indexed photos are ImageNet-sample photos 300-700, which the distractors
+below are cut from, so with distractors only their originals' top-10 counts are meaningful (their
+"not-indexed" queries and paste backgrounds do have copies in the catalog then).
 Distractors are random crops (25-90 % of the area, max side
 512, JPEG q80-92) of photos outside the benchmark: Caltech-101 and the first 700 ImageNet-sample
 photos. Those are the shipped model's training photos (the only other real photos in the dev
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"comma-separated, of: {'; '.join(VARIANTS)}")
     parser.add_argument("--hidden", action="store_true",
                         help="also the hidden-copies queries (screenshots, small pastes, turned; "
-                             "`hidden_copies`) against both catalogs")
+                             "`hidden_copies`) against both catalogs (their backgrounds are among "
+                             "the distractor sources: read only the originals' top-10 counts)")
     parser.add_argument("--no-warm", action="store_true",
                         help="time each variant with a cold keypoint cache")
     parser.add_argument("--limit", type=int, help="only the first N queries of each benchmark")
