@@ -115,9 +115,9 @@ class Variant:
 
 VARIANTS = {
     "default": Variant("banded", True),
-    "default, no second passes": Variant("banded", False),
-    "--no-verify": Variant("off", True),
-    "--no-verify, no second passes": Variant("off", False),
+    "default-no-second-passes": Variant("banded", False),
+    "no-verify": Variant("off", True),
+    "no-verify-no-second-passes": Variant("off", False),
 }
 
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="default")
     parser.add_argument("--no-ray", action="store_true", help="build in-process")
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated, of: {'; '.join(VARIANTS)}")
+                        help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--hidden", action="store_true",
                         help="also the hidden-copies queries (screenshots, small pastes, turned; "
                              "`hidden_copies`) against both catalogs (their backgrounds are among "
