@@ -475,9 +475,29 @@ def test_dedup_self_join_survives_losing_a_node(cluster, clean, caplog):
         f"queue'; {len(got)} candidate pairs, equal to the in-process self-join")
 
 
+def stopped_with_one_line(job: Job, rc: int, index: Path) -> str:
+    """A build that lost its cluster: exit 2, one `error:` line telling to rerun, no manifest,
+    and some but not all chunks committed. Returns the line."""
+    errors = [line for line in job.lines if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1, "\n".join(job.lines)
+    assert "rerun the same command to resume" in errors[0]
+    assert not (index / "manifest.json").exists()
+    assert 1 <= parts(index) < 12
+    return errors[0]
+
+
+def resume_in_process(images: Path, index: Path):  # noqa: ANN201 - a BuildReport
+    """The same build again without Ray: it resumes every committed chunk and finishes."""
+    from copytrace.pipelines.build import build_index
+
+    saved = parts(index)
+    report = build_index(images, index, chunk_size=CHUNK, use_ray=False, show_progress=False)
+    assert report.resumed_chunks == saved and report.indexed == 24
+    return report
+
+
 def test_losing_every_worker_node_stops_with_one_line_and_resumes(cluster, images, clean,
                                                                    tmp_path):
-    from copytrace.pipelines.build import build_index
 
     cluster.workers(2)
     index = tmp_path / "idx"
@@ -489,18 +509,12 @@ def test_losing_every_worker_node_stops_with_one_line_and_resumes(cluster, image
     say(f"all lost: killed both worker nodes ({killed} processes) after {parts(index)} of 12 "
         "chunks were committed")
     rc, _ = job.finish()
-    errors = [line for line in job.lines if line.startswith("error:")]
-    assert rc == 2 and len(errors) == 1, "\n".join(job.lines)
-    assert re.search(r"all \d Ray workers were lost", errors[0])
-    assert "rerun the same command to resume" in errors[0]
-    assert not (index / "manifest.json").exists()
-    saved = parts(index)
-    assert 1 <= saved < 12
-    say(f"all lost: exit {rc}, {errors[0]}")
+    error = stopped_with_one_line(job, rc, index)
+    assert re.search(r"all \d Ray workers were lost", error)
+    say(f"all lost: exit {rc}, {error}")
 
-    report = build_index(images, index, chunk_size=CHUNK, use_ray=False, show_progress=False)
-    assert report.resumed_chunks == saved and report.indexed == 24
-    say(f"all lost: {saved} committed chunks kept; the same build again (in-process) resumed "
+    report = resume_in_process(images, index)
+    say(f"all lost: the committed chunks kept; the same build again (in-process) resumed "
         f"{report.resumed_chunks} of {report.chunks} chunks; {compare(index, clean)}")
 
 
@@ -512,7 +526,6 @@ def test_losing_the_head_node_stops_the_build_with_one_line_and_it_resumes(clust
     the job stops with one error line instead, and the same build completes in-process."""
     import ray
 
-    from copytrace.pipelines.build import build_index
 
     ray.shutdown()  # this process leaves the cluster: only the CLI job is connected to it
     cluster.workers(2)
@@ -529,19 +542,13 @@ def test_losing_the_head_node_stops_the_build_with_one_line_and_it_resumes(clust
         f"processes) after {committed} of 12 chunks were committed")
     rc, _ = job.finish(timeout=120)
     stopped = time.monotonic() - lost_at
-    errors = [line for line in job.lines if line.startswith("error:")]
-    assert rc == 2 and len(errors) == 1, "\n".join(job.lines)
-    assert "lost the Ray cluster's head node" in errors[0], errors[0]
-    assert "rerun the same command to resume" in errors[0]
+    error = stopped_with_one_line(job, rc, index)
+    assert "lost the Ray cluster's head node" in error, error
     assert not any("Traceback" in line for line in job.lines), "\n".join(job.lines)
     assert stopped < 45  # Ray alone: 60 s, then its own line
-    assert not (index / "manifest.json").exists()
-    saved = parts(index)
-    assert 1 <= saved < 12
-    say(f"head lost: exit {rc} {stopped:.0f} s after the loss, {errors[0]}")
+    say(f"head lost: exit {rc} {stopped:.0f} s after the loss, {error}")
 
-    report = build_index(images, index, chunk_size=CHUNK, use_ray=False, show_progress=False)
-    assert report.resumed_chunks == saved and report.indexed == 24
+    report = resume_in_process(images, index)
     assert fingerprint(index).positions == fingerprint(clean).positions
     say(f"head lost: the same build again (in-process) resumed {report.resumed_chunks} of "
         f"{report.chunks} chunks; {compare(index, clean)}; FAISS positions in the same order")
