@@ -108,16 +108,8 @@ class RayShardedIndex:
     def _place(self) -> None:
         """Give every loaded actor its offsets; groups whose actor is lost by then (its node
         died) are loaded again on the surviving nodes, once, else `ShardsUnavailableError`."""
-        import ray
-
-        refs = {i: a.set_offsets.remote([self.offsets[p] for p in self.groups[i]])
-                for i, a in enumerate(self.actors)}
-        lost = {}
-        for i, ref in refs.items():
-            try:
-                ray.get(ref)
-            except lost_worker_errors() as exc:
-                lost[i] = error_line(exc)
+        _, lost = _gather({i: a.set_offsets.remote([self.offsets[p] for p in self.groups[i]])
+                           for i, a in enumerate(self.actors)})
         if lost:
             self._reload(lost)
             if failed := {i: why for i, why in lost.items() if why}:
@@ -163,17 +155,8 @@ class RayShardedIndex:
     def _search_all(self, q: np.ndarray, k: int, only: list[int] | None = None
                     ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, str]]:
         """Results by actor number, and the actors lost on the way (number -> why)."""
-        import ray
-
         which = range(len(self.actors)) if only is None else only
-        refs = {i: self.actors[i].search.remote(q, k) for i in which}
-        parts, lost = {}, {}
-        for i, ref in refs.items():
-            try:
-                parts[i] = ray.get(ref)
-            except lost_worker_errors() as exc:
-                lost[i] = error_line(exc)
-        return parts, lost
+        return _gather({i: self.actors[i].search.remote(q, k) for i in which})
 
     def _reload(self, lost: dict[int, str]) -> None:
         """New actors for the lost groups; a group that fails to load keeps its dead actor (the
@@ -200,6 +183,19 @@ class RayShardedIndex:
     def close(self) -> None:
         for a in self.actors:
             kill_actor(a)
+
+
+def _gather(refs: dict[int, object]) -> tuple[dict[int, object], dict[int, str]]:
+    """Each actor's result by actor number, and the actors lost on the way (number -> why)."""
+    import ray
+
+    results, lost = {}, {}
+    for i, ref in refs.items():
+        try:
+            results[i] = ray.get(ref)
+        except lost_worker_errors() as exc:
+            lost[i] = error_line(exc)
+    return results, lost
 
 
 def _first_load(handles: list, groups: list[list[str]], settings: dict) -> list[list[int]]:
