@@ -27,7 +27,7 @@ import os
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -37,7 +37,6 @@ from copytrace.benchmarks.disc_io import read_ground_truth
 from copytrace.benchmarks.edit_families import family_dicts, family_table, query_families
 from copytrace.benchmarks.make_disc import jpeg_bytes, load_photo
 from copytrace.benchmarks.metrics import PredictedMatch, evaluate
-from copytrace.matching import MatchConfig
 from copytrace.util import write_bytes_atomic, write_json_atomic
 
 SOURCE_IMAGENET = 700  # the first 700 ImageNet-sample photos: not used by the dev benchmark
@@ -121,13 +120,6 @@ VARIANTS = {
 }
 
 
-def without_second_passes(config: MatchConfig) -> MatchConfig:
-    """`config` without turned views (`rotate=None`) and small-region views (`small_regions=0`):
-    there is no CLI switch for this, only these two settings."""
-    expand = replace(config.expand, small_regions=0) if config.expand is not None else None
-    return replace(config, rotate=None, expand=expand)
-
-
 def query_variants(bench: Path, index: Path, *, variants: dict[str, Variant] = VARIANTS,
                    k: int = 10, chunk: int = 32, warm: bool = True,
                    limit: int | None = None) -> dict[str, dict]:
@@ -146,7 +138,7 @@ def query_variants(bench: Path, index: Path, *, variants: dict[str, Variant] = V
     seconds = dict.fromkeys(variants, 0.0)
     timings = {name: QueryTimings() for name in variants}
     with QueryEngine.open(index, device="cpu") as engine:
-        configs = {name: engine.config if v.second_passes else without_second_passes(engine.config)
+        configs = {name: engine.config if v.second_passes else engine.config.without_second_pass()
                    for name, v in variants.items()}
         if warm:
             for s in range(0, len(paths), chunk):

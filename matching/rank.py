@@ -10,7 +10,7 @@ local evidence into one calibrated score per match, best first.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,6 +42,14 @@ class MatchConfig:
         at least the verified ones. The pool does not shrink with `k`, so for any k <= k' <= pool
         the top k is the prefix of the top k' (verification re-ranks within the pool only)."""
         return max(self.k, self.verify.top_k) if self.verify is not None else self.k
+
+    def without_second_pass(self) -> MatchConfig:
+        """No turned views (`rotate`) and no small-region views (`expand.small_regions`) for
+        queries the first pass found nothing confident for (`copytrace query
+        --no-second-pass`): about half the cost per query on a large catalog, and the copies
+        only those views find are missed."""
+        expand = replace(self.expand, small_regions=0) if self.expand is not None else None
+        return replace(self, rotate=None, expand=expand)
 
 
 @dataclass(frozen=True)

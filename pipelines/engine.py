@@ -110,13 +110,15 @@ def verify_pool(k: int, verify_k: int | None) -> int:
 
 
 def match_config(*, k: int = 10, normalize: bool = True, expand: bool = True,
-                 verify: bool = True, verify_k: int | None = None) -> MatchConfig:
+                 verify: bool = True, verify_k: int | None = None,
+                 second_pass: bool = True) -> MatchConfig:
     """The `MatchConfig` behind the CLI switches."""
     config = MatchConfig(
         k=k, normalize=NormalizeConfig() if normalize else None,
         expand=ExpandConfig() if expand else None,
         verify=VerifyConfig(top_k=verify_pool(k, verify_k)) if verify else None,
     )
+    config = config if second_pass else config.without_second_pass()
     return replace(config, search_k=max(20, 2 * config.pool))
 
 

@@ -84,6 +84,7 @@ def query_index(
     verify: bool | VerifyMode | str = True,
     normalize: bool = True,
     expand: bool = True,
+    second_pass: bool = True,
     verify_k: int | None = None,
     background: str | Path | None = None,
     config: MatchConfig | None = None,
@@ -98,7 +99,8 @@ def query_index(
 ) -> QueryRun:
     """Rank the index's images for each query; optionally write the ISC2021 predictions CSV.
 
-    Default: whole query plus crops searched (`expand`), similarities normalized against the
+    Default: whole query plus crops searched (`expand`), turned and small-region views searched
+    again for the queries with nothing confident (`second_pass`), similarities normalized against the
     index's background (`normalize`), candidates decided by the calibrated global score where it
     is clear and verified by local features in between (`verify=True` = `VerifyMode.BANDED`;
     `"full"` verifies every top candidate; False = off), one calibrated score per match in [0, 1]
@@ -115,7 +117,8 @@ def query_index(
     mode = (VerifyMode(verify) if not isinstance(verify, bool)
             else VerifyMode.BANDED if verify else VerifyMode.OFF)
     config = config or match_config(k=k, normalize=normalize, expand=expand,
-                                    verify=mode is not VerifyMode.OFF, verify_k=verify_k)
+                                    verify=mode is not VerifyMode.OFF, verify_k=verify_k,
+                                    second_pass=second_pass)
     if config.verify is None:
         mode = VerifyMode.OFF
     timings = timings if timings is not None else QueryTimings()

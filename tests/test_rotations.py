@@ -49,3 +49,26 @@ def test_a_rotated_copy_is_found_through_its_turned_view(index):
     before = next(m for m in off if m.reference_id == "astronaut")
     assert before.evidence["global_score"] < top.evidence["global_score"] - 0.3
     assert timings.views >= 3 + 1  # the whole image, its crops, and three turned views
+
+
+def test_no_second_pass_switches_the_turned_views_off(index, tmp_path):
+    """`copytrace query --no-second-pass`: the same turned copy is no longer found through a
+    turned view (the CLI switch reaches the engine), while the default finds it as above."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from copytrace.app.cli import app
+
+    query = tmp_path / "turned.jpg"
+    query.write_bytes(jpeg_bytes(np.ascontiguousarray(np.rot90(photo("astronaut"), k=1))))
+
+    def top_views(*switches: str) -> dict[str, str]:
+        res = CliRunner().invoke(app, ["query", str(query), "--index", str(index), "-k", "3",
+                                       "--json", "--no-ray", "--quiet", *switches])
+        assert res.exit_code == 0, res.output
+        matches = json.loads(res.output)[0]["matches"]
+        return {m["reference_id"]: m["view"] for m in matches}
+
+    assert top_views()["astronaut"] == "rot270"
+    assert not top_views("--no-second-pass").get("astronaut", "").startswith("rot")

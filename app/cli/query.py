@@ -52,6 +52,12 @@ def query_cmd(
                                             "set.")] = True,
     expand: Annotated[bool, typer.Option("--expand/--no-expand", help="Also search crops of "
                                          "the query (finds images pasted into it).")] = True,
+    second_pass: Annotated[bool, typer.Option("--second-pass/--no-second-pass", help="For "
+                                              "queries with nothing confident, also search "
+                                              "the query turned 90/180/270 degrees and its "
+                                              "small framed regions (screenshots, small "
+                                              "pastes); about 2x the time per query on a "
+                                              "large catalog.")] = True,
     background: Annotated[Path | None, typer.Option(help="Images known NOT to be originals of "
                                                     "the queries: embedded once and stored with "
                                                     "the index for score normalization "
@@ -89,6 +95,7 @@ def query_cmd(
                       ray_address=ray_address, show_progress=not quiet and len(sys.argv) > 0,
                       verify=("full" if full_verify else True) if verify else False,
                       verify_k=verify_k, normalize=normalize, expand=expand,
+                      second_pass=second_pass,
                       background=background, root=root, cache_dir=cache_dir,
                       shard_actors=shard_actors if distributed else 0, localize=localize,
                       adapters=adapter)
