@@ -37,13 +37,14 @@ def _scores(query: np.ndarray, reference: np.ndarray) -> tuple[float, float, dic
 
 
 @pytest.mark.devdata
-@pytest.mark.parametrize("other, ref", [(454, 452), (127, 124)])
+@pytest.mark.parametrize("other, ref", [(454, 452), (127, 124), (124, 125)])
 def test_another_photo_of_the_same_box_is_not_called_a_copy(dev_data, other, ref):
-    """UKBench 454 vs 452 (group 113) and 127 vs 124 (group 31; odd groups: never seen by a fit):
-    two photos of one flat object from nearby viewpoints. One homography maps it. For 454/452
-    the fused score alone called it a copy until its inlier error was judged per keypoint size
-    (`sized_residual`: now 0.035); for 127/124 it still does (0.53), and the smooth field of the
-    inlier residuals says "second photograph"."""
+    """UKBench 454 vs 452 (group 113), 127 vs 124 and 124 vs 125 (group 31; odd groups: never
+    seen by a fit): two photos of one flat object from nearby viewpoints. One homography maps it.
+    For 454/452 the fused score alone called it a copy until its inlier error was judged per
+    keypoint size (`sized_residual`); for 127/124 it did until that error was capped
+    (`SIZED_RESIDUAL_CAP`: 0.53 before, 0.40 now); for 124/125 it still does (0.83), and the
+    smooth field of the inlier residuals says "second photograph"."""
     ref_img = np.asarray(Image.open(dev_data / "ukbench" / f"ukbench{ref:05d}.jpg").convert("RGB"))
     other_img = np.asarray(Image.open(dev_data / "ukbench" / f"ukbench{other:05d}.jpg"
                                       ).convert("RGB"))
@@ -51,7 +52,7 @@ def test_another_photo_of_the_same_box_is_not_called_a_copy(dev_data, other, ref
     assert on < 0.5, evidence
     if off >= 0.5:  # the fused score alone calls it a copy: the view check must catch it
         assert evidence.get("another_view"), evidence
-    if other == 127:
+    if other == 124:
         assert off >= 0.5  # the pair that exercises the check
 
 
