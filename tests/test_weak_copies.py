@@ -67,3 +67,22 @@ def test_another_photo_of_a_flat_box_stays_below_the_threshold(dev_data):
     other = np.asarray(Image.open(dev_data / "ukbench" / "ukbench00454.jpg").convert("RGB"))
     _, m = _score(other, ref)
     assert m.score < 0.5, m.evidence
+
+
+def test_a_mosaic_copy_ranks_above_the_candidates_rejected_unverified():
+    """rocket cut into 3x3 shuffled, tinted tiles (`new_patterns.mosaic`, seed 1): one tile aligns
+    (~56 inliers) with a per-size error beyond `SIZED_RESIDUAL_CAP`. With the per-size error
+    capped at 3 px its weight scored the pair 0.001, below the band's reject cut, so a verified
+    copy ranked under every candidate rejected on the global score alone."""
+    import random
+
+    from copytrace.benchmarks.new_patterns import mosaic
+    from copytrace.matching.calibrate import SIZED_RESIDUAL_CAP
+    from copytrace.matching.verify import TYPICAL_KEYPOINT_SIZE
+
+    ref = photo("rocket")
+    query = np.asarray(mosaic(Image.fromarray(ref), random.Random(1)))
+    v, m = _score(query, ref)
+    assert TYPICAL_KEYPOINT_SIZE * v.residual_per_size > SIZED_RESIDUAL_CAP, m.evidence
+    band = load_calibration(None, load_descriptor("default").card).decision_band()
+    assert m.score > band.reject, m.evidence
