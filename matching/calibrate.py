@@ -69,8 +69,9 @@ SIZED_RESIDUAL_CAP = 0.5
 sit below it (calibration copies: median 0.15, 90 % below 0.28), another photo's error is around
 it (median 0.69), and more error beyond it is no more evidence of another photo. Capped at
 `RESIDUAL_CAP` instead, the fitted weight (-10.8) could take 32 logits off a pair whose geometry
-covers one part of a rearranged copy (a mosaic of shuffled tiles: 100+ inliers, per-size error
-0.3-0.5 of a keypoint), scoring it below candidates the band rejected without verifying."""
+covers one part of a rearranged copy (a mosaic of shuffled tiles: mostly 80-240 inliers,
+per-size error 0.3-0.5 of a keypoint), scoring it below candidates the band rejected without
+verifying."""
 
 
 @dataclass(frozen=True)
