@@ -414,7 +414,11 @@ def fit(data: Path, work: Path, model: str, k: int, out: Path) -> Calibration:
     v = np.array([fused_score(s, ver, calibration=cal) for s, ver in zip(scores, vers, strict=True)])
     band = fit_band(g, v, labels, source=f"fit_band on {len(labels)} pairs of {bench.name}, "
                                          f"model {name}")
-    cal = replace(cal, band=band)
+    # The view check's cap and cut are not fitted here (`--fit-view-cut` fits the cut): keep the
+    # card's, or the refit would be evaluated, and saved, without the view check's cut.
+    card = load_calibration(None, load_descriptor(model).card)
+    cal = replace(cal, band=band, other_view_cap=card.other_view_cap,
+                  other_view_cut=card.other_view_cut)
     cal.save(out)
     return cal
 
