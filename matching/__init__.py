@@ -14,9 +14,11 @@ Modules:
                      redistribution noise
     edit_objects.py  Edit masks to edit objects
     expand.py        Global-local query expansion [tests: test_matching.py]
-    extra_views.py   The second pass: the turned and small-region views of the queries without a
-                     confident match, embedded in one model call and searched once
-                     [tests: test_small_copies.py, test_rotations.py]
+    extra_views.py   The second pass: the turned, small-region and grid-tile views of the queries
+                     without a confident match, embedded in one model call and searched once
+                     [tests: test_small_copies.py, test_rotations.py, test_grid_tiles.py]
+    grid_tiles.py    Fixed overlapping grid tiles of a query without a confident match, for a copy
+                     without straight borders (ISC2021's query crops) [tests: test_grid_tiles.py]
     isc_csv.py       The ISC2021 / DISC2021 CSV files, read and written here only (as isc2021's
                      `io.py` does)
     keep_rule.py     `--keep largest` by content, not raw pixels [tests: test_dedup.py]
@@ -105,6 +107,8 @@ _EXPORTS = {
     "small_copy_pass": "small_copies",
     "small_copy_views": "small_copies",
     "small_regions": "small_copies",
+    "tile_boxes": "grid_tiles",
+    "tile_views": "grid_tiles",
     "verify_prepared": "verify",
     "view_features": "view_check",
     "write_predictions": "isc_csv",

@@ -1,8 +1,9 @@
 """One second pass for the queries the first pass found nothing confident for.
 
 Extra views come in families, each named by a view prefix and with its own threshold: turned
-whole images (`rotations.rotation_views`, "rot") and small regions (`small_copies.
-small_copy_views`, "small"). All families' views of all unconfident queries go through the
+whole images (`rotations.rotation_views`, "rot"), small regions
+(`small_copies.small_copy_views`, "small") and grid tiles (`grid_tiles.tile_views`, "tile",
+off by default). All families' views of all unconfident queries go through the
 model in one call and are searched in one call; each family of a query is searched together
 with that query's first-pass views, as its own row. A query's candidates change only where a
 family's view finds the top match with a confident calibrated global score, the families taken

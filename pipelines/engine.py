@@ -38,6 +38,7 @@ from copytrace.indexing.store import CopyIndex
 from copytrace.matching.calibrate import Calibration, Decision, global_score_only, load_calibration
 from copytrace.matching.expand import ExpandConfig
 from copytrace.matching.extra_views import second_pass
+from copytrace.matching.grid_tiles import tile_views
 from copytrace.matching.normalize import Background, NormalizeConfig, load_background
 from copytrace.matching.query_image import QueryImage, QuerySource, decode_query
 from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
@@ -387,8 +388,8 @@ class QueryEngine:
     def _second_pass(self, ranked: list[list[Candidate]], vectors: Sequence[np.ndarray],
                      views: Sequence[QueryViews], queries: Sequence[QueryImage],
                      config: MatchConfig) -> tuple[list[list[Candidate]], int]:
-        """The turned and small-region views of the unconfident queries, embedded and searched
-        once (`matching.extra_views`); the candidates and how many views were embedded."""
+        """The turned, small-region and grid-tile views of the unconfident queries, embedded and
+        searched once (`matching.extra_views`); the candidates and how many views were embedded."""
         families = []
         if config.rotate is not None:
             families.append(rotation_views(ranked, views, calibration=self.calibration,
@@ -399,6 +400,9 @@ class QueryEngine:
                                              model_size=self.embedder.image_size,
                                              calibration=self.calibration, config=config.expand,
                                              rotate=config.rotate))
+            families.append(tile_views(ranked, views, pixels=lambda i: queries[i].pixels,
+                                       model_size=self.embedder.image_size,
+                                       calibration=self.calibration, config=config.expand))
         return second_pass(ranked, vectors, views, families=families,
                            embed=self.embedder.embed_pixels, calibration=self.calibration,
                            search=lambda v, qv: candidates(self.index, v, qv, config=config,
