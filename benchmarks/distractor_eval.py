@@ -5,7 +5,8 @@
 An end-to-end `index build` of the dev benchmark's 350 references plus N distractor files, then
 the dev benchmark's 675 queries through the query engine, scored beside the same queries against
 the references alone, in each variant (`VARIANTS`: the default pipeline and `--no-verify`, each
-with and without the second passes over turned and small-region views), with per-family rows
+with and without the second passes over turned and small-region views; `--variants
+default-tiles,...` adds the grid tiles, off by default), with per-family rows
 (`edit_families`) and ms per query, the variants interleaved chunk by chunk in one process;
 `--hidden` adds the hidden-copies queries (screenshots, small pastes, turned; `hidden_copies`);
 their backgrounds and not-indexed photos are ImageNet-sample photos 300-700, which the distractors
@@ -27,7 +28,7 @@ import os
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
@@ -37,6 +38,7 @@ from copytrace.benchmarks.disc_io import read_ground_truth
 from copytrace.benchmarks.edit_families import family_dicts, family_table, query_families
 from copytrace.benchmarks.make_disc import jpeg_bytes, load_photo
 from copytrace.benchmarks.metrics import PredictedMatch, evaluate
+from copytrace.matching import MatchConfig
 from copytrace.util import write_bytes_atomic, write_json_atomic
 
 SOURCE_IMAGENET = 700  # the first 700 ImageNet-sample photos: not used by the dev benchmark
@@ -110,6 +112,7 @@ class Variant:
 
     verify: str  # a `VerifyMode` value
     second_passes: bool
+    tiles: bool = False  # also the grid tiles (`matching.grid_tiles`, off by default): `TILES`
 
 
 VARIANTS = {
@@ -117,10 +120,24 @@ VARIANTS = {
     "default-no-second-passes": Variant("banded", False),
     "no-verify": Variant("off", True),
     "no-verify-no-second-passes": Variant("off", False),
+    "default-tiles": Variant("banded", True, tiles=True),
+    "no-verify-tiles": Variant("off", True, tiles=True),
 }
+DEFAULT_VARIANTS = ("default", "default-no-second-passes", "no-verify",
+                    "no-verify-no-second-passes")
+TILES = ((3, 0.4),)  # the grid the tile variants search: 3 x 3 tiles of 0.4 of the query's sides
 
 
-def query_variants(bench: Path, index: Path, *, variants: dict[str, Variant] = VARIANTS,
+def variant_config(config: MatchConfig, variant: Variant) -> MatchConfig:
+    """The engine's `config` as `variant` queries (tiles added where it has none)."""
+    if not variant.second_passes:
+        return config.without_second_pass()
+    if not variant.tiles or config.expand is None or config.expand.tile_grids:
+        return config
+    return replace(config, expand=replace(config.expand, tile_grids=TILES))
+
+
+def query_variants(bench: Path, index: Path, *, variants: dict[str, Variant] | None = None,
                    k: int = 10, chunk: int = 32, warm: bool = True,
                    limit: int | None = None) -> dict[str, dict]:
     """Every query of the DISC-style folder `bench` through one engine in each variant, chunk by
@@ -129,6 +146,7 @@ def query_variants(bench: Path, index: Path, *, variants: dict[str, Variant] = V
     once untimed, so every variant reads the reference keypoints it verifies from the cache."""
     from copytrace.pipelines import QueryEngine, QueryTimings
 
+    variants = variants or {n: VARIANTS[n] for n in DEFAULT_VARIANTS}
     gt, queries = read_ground_truth(bench / "gt.csv")
     ids = sorted(queries)[:limit]
     paths = [str(bench / "queries" / f"{q}.jpg") for q in ids]
@@ -138,8 +156,7 @@ def query_variants(bench: Path, index: Path, *, variants: dict[str, Variant] = V
     seconds = dict.fromkeys(variants, 0.0)
     timings = {name: QueryTimings() for name in variants}
     with QueryEngine.open(index, device="cpu") as engine:
-        configs = {name: engine.config if v.second_passes else engine.config.without_second_pass()
-                   for name, v in variants.items()}
+        configs = {name: variant_config(engine.config, v) for name, v in variants.items()}
         if warm:
             for s in range(0, len(paths), chunk):
                 engine.query(paths[s : s + chunk], k=k, query_ids=ids[s : s + chunk])
@@ -189,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--distractors", type=int, default=50_000)
     parser.add_argument("--model", default="default")
     parser.add_argument("--no-ray", action="store_true", help="build in-process")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--hidden", action="store_true",
                         help="also the hidden-copies queries (screenshots, small pastes, turned; "

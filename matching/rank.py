@@ -44,11 +44,12 @@ class MatchConfig:
         return max(self.k, self.verify.top_k) if self.verify is not None else self.k
 
     def without_second_pass(self) -> MatchConfig:
-        """No turned views (`rotate`) and no small-region views (`expand.small_regions`) for
-        queries the first pass found nothing confident for (`copytrace query
-        --no-second-pass`): about half the cost per query on a large catalog, and the copies
-        only those views find are missed."""
-        expand = replace(self.expand, small_regions=0) if self.expand is not None else None
+        """No turned views (`rotate`), no small-region views (`expand.small_regions`) and no grid
+        tiles (`expand.tile_grids`) for queries the first pass found nothing confident for
+        (`copytrace query --no-second-pass`): about half the cost per query on a large catalog,
+        and the copies only those views find are missed."""
+        expand = (replace(self.expand, small_regions=0, tile_grids=())
+                  if self.expand is not None else None)
         return replace(self, rotate=None, expand=expand)
 
 
