@@ -26,6 +26,17 @@ def photos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def photos_index(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
+    """An index of `photos_dir`, built once for the tests that only query it (the second-pass
+    families' tests); a test that adds to or rewrites an index builds its own."""
+    from copytrace.pipelines.build import build_index
+
+    root = tmp_path_factory.mktemp("photos-index") / "index"
+    build_index(photos_dir, root, use_ray=False, show_progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
 def photo_crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A made catalog big enough to train a small IVF (16 lists): in catalog/, two 96-pixel crops
     of each scikit-image photo (24 images, seeded); in new/, one more crop (an image to add); in

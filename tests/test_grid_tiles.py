@@ -14,7 +14,6 @@ from PIL import Image, ImageDraw, ImageFilter
 from copytrace.matching.expand import iou
 from copytrace.matching.grid_tiles import tile_boxes
 from copytrace.matching.small_copies import small_regions
-from copytrace.pipelines.build import build_index
 from copytrace.pipelines.engine import QueryEngine
 
 from photos import jpeg_bytes, photo
@@ -61,10 +60,8 @@ def _soft_paste(name: str, area: float, where: tuple[int, int]
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory, photos_dir) -> Path:
-    root = tmp_path_factory.mktemp("grid-tiles") / "index"
-    build_index(photos_dir, root, use_ray=False, show_progress=False)
-    return root
+def index(photos_index) -> Path:
+    return photos_index
 
 
 def test_a_paste_without_straight_borders_is_found_by_a_tile(index):

@@ -12,17 +12,14 @@ from PIL import Image
 from copytrace.descriptors.decode import to_model_square
 from copytrace.matching.expand import RotateConfig
 from copytrace.matching.rotations import rotated_squares
-from copytrace.pipelines.build import build_index
 from copytrace.pipelines.engine import QueryEngine, QueryTimings
 
 from photos import jpeg_bytes, photo
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory, photos_dir) -> Path:
-    root = tmp_path_factory.mktemp("rotations") / "index"
-    build_index(photos_dir, root, use_ray=False, show_progress=False)
-    return root
+def index(photos_index) -> Path:
+    return photos_index
 
 
 def test_turning_the_model_input_equals_turning_the_image():

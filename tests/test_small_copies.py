@@ -14,7 +14,6 @@ from PIL import Image
 from copytrace.benchmarks.dedup_planted import social_frame
 from copytrace.matching.expand import iou
 from copytrace.matching.small_copies import small_regions
-from copytrace.pipelines.build import build_index
 from copytrace.pipelines.engine import QueryEngine, QueryTimings
 
 from photos import jpeg_bytes, photo
@@ -61,10 +60,8 @@ def test_a_photo_pasted_small_into_another_photo_is_a_region():
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory, photos_dir) -> Path:
-    root = tmp_path_factory.mktemp("small-copies") / "index"
-    build_index(photos_dir, root, use_ray=False, show_progress=False)
-    return root
+def index(photos_index) -> Path:
+    return photos_index
 
 
 def test_a_screenshot_framed_copy_and_a_small_paste_are_found(index):
