@@ -6,9 +6,10 @@ whole images (`rotations.rotation_views`, "rot"), small regions
 off by default). All families' views of all unconfident queries go through the
 model in one call and are searched in one call; each family of a query is searched together
 with that query's first-pass views, as its own row. A query's candidates change only where a
-family's view finds the top match with a confident calibrated global score, the families taken
-in order, a later one only where the candidates are still not confident by its threshold: the
-same rows as separate passes run one after the other, for one model call and one search.
+family's view finds the top match with a confident calibrated global score (or, for a family that
+merges, the small regions, wherever they are still unconfident), the families taken in order, a
+later one only where the candidates are still not confident by its threshold: the same rows as
+separate passes run one after the other, for one model call and one search.
 """
 
 from __future__ import annotations
@@ -39,11 +40,16 @@ class ExtraViews:
 @dataclass(frozen=True)
 class ViewFamily:
     """Extra views that replace a query's candidates only when one of them finds the top match
-    with a calibrated global score of at least `confident` (second passes must not reshuffle)."""
+    with a calibrated global score of at least `confident` (second passes must not reshuffle);
+    or, with `merge`, that join the query's first-pass views like its crops do: the candidates
+    become the best over both, and verification re-ranks them. A region holding a small copy
+    often finds its original in a large catalog, but below `confident` (its view is mostly the
+    original, yet a small one): only verification can tell it from the background's matches."""
 
     prefix: str  # every view name of the family starts with it
     confident: float
     views: list[ExtraViews]
+    merge: bool = False
 
 
 def is_confident(row: Sequence[Candidate], calibration: Calibration, confident: float) -> bool:
@@ -88,6 +94,6 @@ def second_pass(ranked: list[list[Candidate]], vectors: Sequence[np.ndarray],
     for (family, ev), row in zip(extra, again, strict=True):
         # In family order: a row a family already made confident is not replaced by a later one.
         if (not is_confident(out[ev.query], calibration, family.confident)
-                and _found_by(row, family, calibration)):
+                and (family.merge or _found_by(row, family, calibration))):
             out[ev.query] = row
     return out, pos

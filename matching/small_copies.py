@@ -211,7 +211,7 @@ def small_copy_views(ranked: Sequence[Sequence[Candidate]], views: Sequence[Quer
 
     `pixels(i)`: query i's full-resolution RGB pixels. With `rotate`, the first rectangle is also
     turned by `rotate.angles` (`config.small_turns`)."""
-    family = ViewFamily("small", config.small_confident, [])
+    family = ViewFamily("small", config.small_confident, [], merge=config.small_merge)
     if config.small_regions <= 0:
         return family
     turns = tuple(rotate.angles) if rotate is not None and config.small_turns else ()

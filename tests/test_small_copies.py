@@ -121,3 +121,31 @@ def test_turned_and_small_views_are_one_model_call(index):
     assert on[0].reference_id == "chelsea" and on[0].evidence["view"].startswith("small"), on[0]
     assert on[1].reference_id == "astronaut" and on[1].evidence["view"] == "rot270", on[1]
     assert with_passes - (calls["n"] - with_passes) == 1
+
+
+def test_small_region_views_join_an_unsure_querys_candidates():
+    """`ViewFamily.merge` (the small regions): an unconfident query's candidates become the best
+    over its first-pass and small-region views, even where the region's match is not confident
+    by its global score (a small paste's view in a large catalog), so verification gets to see
+    it; a family without `merge` (the turned views) still replaces only a confident top match."""
+    from copytrace.matching.calibrate import load_calibration
+    from copytrace.matching.extra_views import ExtraViews, ViewFamily, second_pass
+    from copytrace.matching.rank import Candidate, QueryViews
+
+    calibration = load_calibration(None, None)
+    first = [[Candidate("background", 0.3, 0.1, "full", (0, 0, 100, 100))]]
+    views = [QueryViews(["full"], [(0, 0, 100, 100)])]
+    row = [Candidate("background", 0.3, 0.1, "full", (0, 0, 100, 100)),
+           Candidate("pasted", 0.3, 0.09, "small0", (10, 10, 30, 30))]
+    extra = ExtraViews(0, ["small0"], [(10, 10, 30, 30)], np.zeros((1, 8, 8, 3), np.uint8))
+
+    def run(merge: bool) -> list[str]:
+        family = ViewFamily("small", 0.5, [extra], merge=merge)
+        out, embedded = second_pass(first, [np.zeros((1, 4))], views, families=[family],
+                                    embed=lambda px: np.zeros((len(px), 4)),
+                                    search=lambda v, qv: [row], calibration=calibration)
+        assert embedded == 1
+        return [c.reference_id for c in out[0]]
+
+    assert run(merge=True) == ["background", "pasted"]
+    assert run(merge=False) == ["background"]
