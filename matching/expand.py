@@ -11,6 +11,7 @@ searched and a reference keeps its best normalized score over views.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -175,6 +176,14 @@ def iou(a: Box, b: Box) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def new_boxes(boxes: Sequence[Box], seen: Sequence[Sequence[int]], *, min_side: int
+              ) -> list[Box]:
+    """The `boxes` worth a second-pass view: at least `min_side` px on both sides and not nearly
+    (IoU >= 0.8) one of the `seen` first-pass views."""
+    return [b for b in boxes if b[2] - b[0] >= min_side and b[3] - b[1] >= min_side
+            and all(iou(b, tuple(v)) < 0.8 for v in seen)]
 
 
 def query_views(image: np.ndarray, *, config: ExpandConfig = ExpandConfig()) -> list[View]:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from copytrace.matching.calibrate import Calibration
-from copytrace.matching.expand import Box, ExpandConfig, iou
+from copytrace.matching.expand import Box, ExpandConfig, new_boxes
 from copytrace.matching.extra_views import ExtraViews, ViewFamily, unconfident
 from copytrace.matching.rank import Candidate, QueryViews
 from copytrace.matching.small_copies import region_squares
@@ -59,8 +59,7 @@ def tile_views(ranked: Sequence[Sequence[Candidate]], views: Sequence[QueryViews
         names, boxes = [], []
         for n, side in config.tile_grids:
             for j, box in enumerate(tile_boxes(w, h, grids=[(n, side)])):
-                if (box[2] - box[0] >= config.min_side_px and box[3] - box[1] >= config.min_side_px
-                        and all(iou(box, tuple(v)) < 0.8 for v in views[i].boxes)):
+                if new_boxes([box], views[i].boxes, min_side=config.min_side_px):
                     names.append(f"tile{n}-{j}")
                     boxes.append(box)
         if boxes:

@@ -14,8 +14,8 @@ photo that fills the width of its frame.
 `small_copy_views` is `rotations.rotation_views`'s twin (the engine searches both families in
 one `extra_views.second_pass`): a query whose best candidate already has a confident global score
 pays nothing; the others pay for finding the rectangles (a few ms) and one descriptor pass per
-rectangle (and per turned rectangle, with `ExpandConfig.small_turns`), and keep the new
-candidates only where a rectangle found a confident match.
+rectangle (and per turned rectangle, with `ExpandConfig.small_turns`), and the rectangles' views
+join their first-pass views (`ExpandConfig.small_merge`; verification re-ranks the candidates).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from PIL import Image
 
 from copytrace.descriptors.decode import to_model_square
 from copytrace.matching.calibrate import Calibration
-from copytrace.matching.expand import Box, ExpandConfig, RotateConfig, iou
+from copytrace.matching.expand import Box, ExpandConfig, RotateConfig, iou, new_boxes
 from copytrace.matching.extra_views import ExtraViews, Search, ViewFamily, second_pass, unconfident
 from copytrace.matching.rank import Candidate, QueryViews
 from copytrace.matching.rotations import rotated_squares
@@ -182,9 +182,7 @@ def _query_boxes(image: np.ndarray, first: QueryViews, config: ExpandConfig) -> 
     first-pass views again."""
     boxes = small_regions(image, limit=config.small_regions + 2, min_area=config.small_min_area,
                           max_area=config.small_max_area)
-    return [b for b in boxes
-            if b[2] - b[0] >= config.min_side_px and b[3] - b[1] >= config.min_side_px
-            and all(iou(b, tuple(v)) < 0.8 for v in first.boxes)][: config.small_regions]
+    return new_boxes(boxes, first.boxes, min_side=config.min_side_px)[: config.small_regions]
 
 
 def _region_views(i: int, image: np.ndarray, boxes: list[Box], *, model_size: int,
