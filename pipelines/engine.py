@@ -273,10 +273,10 @@ class QueryEngine:
     def query(self, images: Sequence[QuerySource | QueryImage], *, k: int | None = None,
               verify: VerifyMode | str = VerifyMode.BANDED, verify_k: int | None = None,
               query_ids: Sequence[str] | None = None, batch_size: int = 32,
-              timings: QueryTimings | None = None) -> list[QueryResult]:
+              timings: QueryTimings | None = None, second_pass: bool = True) -> list[QueryResult]:
         """One result per image (paths, encoded bytes, RGB arrays or decoded `QueryImage`s), in
         order; an image that cannot be decoded gets a result with `error` set."""
-        config = self.options(k=k, verify=verify, verify_k=verify_k)
+        config = self.options(k=k, verify=verify, verify_k=verify_k, second_pass=second_pass)
         timings = timings if timings is not None else QueryTimings()
         t = time.perf_counter()
         decoded: list[QueryImage | str] = []
@@ -302,9 +302,11 @@ class QueryEngine:
         return out
 
     def options(self, *, k: int | None = None, verify: VerifyMode | str = VerifyMode.BANDED,
-                verify_k: int | None = None) -> MatchConfig:
-        """The engine's `MatchConfig` with a per-call `k`, verification mode and `verify_k`."""
+                verify_k: int | None = None, second_pass: bool = True) -> MatchConfig:
+        """The engine's `MatchConfig` with a per-call `k`, verification mode, `verify_k` and
+        second pass (False: no turned, small-region or tile views; `--no-second-pass`)."""
         config = self.config if k is None else replace(self.config, k=k)
+        config = config if second_pass else config.without_second_pass()
         if VerifyMode(verify) is VerifyMode.OFF:
             config = replace(config, verify=None)
         else:

@@ -147,6 +147,23 @@ def test_non_images_and_bad_requests_are_4xx_never_500(server):
     assert 'status="500"' not in metrics
 
 
+def test_second_pass_switch_reaches_the_engine(server):
+    """`second_pass=false` (as `copytrace query --no-second-pass`): the turned astronaut is no
+    longer found through its turned view, which the default finds it by (test_rotations)."""
+    turned = jpeg_bytes(np.ascontiguousarray(np.rot90(photo("astronaut"), k=1)))
+
+    def views(**params: str) -> dict[str, str]:
+        r = httpx.post(f"{server}/v1/query", content=turned, params={"k": 3, **params},
+                       timeout=300)
+        assert r.status_code == 200, r.text
+        return {m["reference_id"]: m["view"] for m in r.json()["matches"]}
+
+    assert views()["astronaut"] == "rot270"
+    assert not views(second_pass="false").get("astronaut", "").startswith("rot")
+    assert httpx.post(f"{server}/v1/query", content=turned, params={"second_pass": "maybe"},
+                      timeout=60).status_code == 422
+
+
 def test_fifty_concurrent_clients_get_answers_and_no_errors(server):
     rng = random.Random(5)
     names = [PHOTO_NAMES[i % len(PHOTO_NAMES)] for i in range(50)]

@@ -112,11 +112,15 @@ def create_app(index: str | Path, *, model: str | None = None, device: str = "au
                   "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def query_image(request: Request, k: int = Query(10, ge=1, le=1000),
-                          verify: str = "banded", query_id: str = "query") -> dict:
+                          verify: str = "banded", query_id: str = "query",
+                          second_pass: bool = True) -> dict:
         """The image bytes as the body; its top `k` candidate originals, best first.
 
         `verify`: banded (default; keypoints only where the global score is undecided), full,
-        or off. For backward compatibility `verify=true` means banded and `false` off."""
+        or off. For backward compatibility `verify=true` means banded and `false` off.
+        `second_pass=false`: no turned, small-region or tile views for unsure queries (faster,
+        but a turned copy or a photo shown small in a screenshot can be missed), as
+        `copytrace query --no-second-pass`."""
         started = time.monotonic()
         try:
             mode = _verify_param(verify)
@@ -129,7 +133,8 @@ def create_app(index: str | Path, *, model: str | None = None, device: str = "au
         if not data:
             raise _reject(400, "empty request body: send the image bytes as the body")
         try:
-            future = batcher.submit(data, query_id=query_id, k=k, verify=mode)
+            future = batcher.submit(data, query_id=query_id, k=k, verify=mode,
+                                    second_pass=second_pass)
         except QueueFull as exc:
             raise HTTPException(503, f"busy ({exc}): retry later",
                                 headers={"Retry-After": "1"}) from None

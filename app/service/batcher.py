@@ -34,6 +34,7 @@ class _Request:
     query_id: str
     k: int
     verify: VerifyMode
+    second_pass: bool = True
     future: Future = field(default_factory=Future)
 
 
@@ -68,9 +69,9 @@ class Batcher:
         return self._queue.qsize() + self.busy
 
     def submit(self, data: bytes, *, query_id: str = "query", k: int = 10,
-               verify: VerifyMode = VerifyMode.BANDED) -> Future:
+               verify: VerifyMode = VerifyMode.BANDED, second_pass: bool = True) -> Future:
         """Queue one request; its future gets the `QueryResult` (or the engine's exception)."""
-        request = _Request(data, query_id, k, VerifyMode(verify))
+        request = _Request(data, query_id, k, VerifyMode(verify), second_pass)
         try:
             self._queue.put_nowait(request)
         except queue.Full:
@@ -114,12 +115,12 @@ class Batcher:
             batch, stop = self._take_batch()
             live = [r for r in batch if r.future.set_running_or_notify_cancel()]
             self.busy = len(live)
-            groups: dict[tuple[int, VerifyMode], list[_Request]] = {}
+            groups: dict[tuple[int, VerifyMode, bool], list[_Request]] = {}
             for r in live:
                 if isinstance(r, _Request):
-                    groups.setdefault((r.k, r.verify), []).append(r)
-            for (k, verify), requests in groups.items():
-                self._answer(requests, k, verify)
+                    groups.setdefault((r.k, r.verify, r.second_pass), []).append(r)
+            for (k, verify, second_pass), requests in groups.items():
+                self._answer(requests, k, verify, second_pass)
             for c in live:
                 if isinstance(c, _Call):
                     self._run_call(c)
@@ -134,10 +135,11 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - the handler turns it into a clear answer
             call.future.set_exception(exc)
 
-    def _answer(self, requests: list[_Request], k: int, verify: VerifyMode) -> None:
+    def _answer(self, requests: list[_Request], k: int, verify: VerifyMode,
+                second_pass: bool) -> None:
         try:
             results: list[QueryResult] = self.engine.query(
-                [r.data for r in requests], k=k, verify=verify,
+                [r.data for r in requests], k=k, verify=verify, second_pass=second_pass,
                 query_ids=[r.query_id for r in requests])
         except Exception as exc:  # noqa: BLE001 - the handler turns it into a clear answer
             log.exception("query batch failed")
