@@ -55,6 +55,7 @@ class ExpandConfig:
     # a calibrated global score of 0.5 (0 of 45 hidden pastes), so their own threshold is lower.
     tile_grids: tuple[tuple[int, float], ...] = ()
     tile_confident: float = 0.1
+    tile_merge: bool = False  # the tiles' views join an unsure query's views, as small_merge
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ separate passes run one after the other, for one model call and one search.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -93,7 +93,25 @@ def second_pass(ranked: list[list[Candidate]], vectors: Sequence[np.ndarray],
     out = list(ranked)
     for (family, ev), row in zip(extra, again, strict=True):
         # In family order: a row a family already made confident is not replaced by a later one.
-        if (not is_confident(out[ev.query], calibration, family.confident)
-                and (family.merge or _found_by(row, family, calibration))):
+        if is_confident(out[ev.query], calibration, family.confident):
+            continue
+        if family.merge:
+            out[ev.query] = union(out[ev.query], row)
+        elif _found_by(row, family, calibration):
             out[ev.query] = row
     return out, pos
+
+
+def union(a: Sequence[Candidate], b: Sequence[Candidate]) -> list[Candidate]:
+    """Both rows' candidates, each reference by its better view, best first, as long as the
+    longer row: what one search over both rows' views would give (`rank.candidates`), so two
+    merging families of one query keep each other's finds."""
+    best: dict[str, Candidate] = {}
+    for c in (*a, *b):
+        prev = best.get(c.reference_id)
+        if prev is not None:
+            keep = c if c.global_score > prev.global_score else prev
+            c = replace(keep, similarity=max(c.similarity, prev.similarity))
+        best[c.reference_id] = c
+    ranked = sorted(best.values(), key=lambda c: (-c.global_score, c.reference_id))
+    return ranked[: max(len(a), len(b))]

@@ -50,7 +50,7 @@ def tile_views(ranked: Sequence[Sequence[Candidate]], views: Sequence[QueryViews
     """The grid tiles ("tile2-0", ...: grid size, then position) of the unconfident queries (by
     `config.tile_confident`); tiles under `config.min_side_px` or nearly one of the query's
     first-pass views are left out. `pixels(i)`: query i's full-resolution RGB pixels."""
-    family = ViewFamily("tile", config.tile_confident, [])
+    family = ViewFamily("tile", config.tile_confident, [], merge=config.tile_merge)
     if not config.tile_grids:
         return family
     for i in unconfident(ranked, calibration, confident=config.tile_confident):

@@ -149,3 +149,31 @@ def test_small_region_views_join_an_unsure_querys_candidates():
 
     assert run(merge=True) == ["background", "pasted"]
     assert run(merge=False) == ["background"]
+
+
+def test_two_merging_families_keep_each_others_finds():
+    """Small regions and grid tiles both merging (`ExpandConfig.tile_merge`): the query's
+    candidates hold what each family's views found, as one search over all the views would (the
+    best 3 of the pool); a later family's row does not replace an earlier one's."""
+    from copytrace.matching.calibrate import load_calibration
+    from copytrace.matching.extra_views import ExtraViews, ViewFamily, second_pass
+    from copytrace.matching.rank import Candidate, QueryViews
+
+    full = (0, 0, 100, 100)
+    first = [[Candidate("background", 0.3, 0.1, "full", full)]]
+    found = {"small0": Candidate("pasted", 0.3, 0.09, "small0", (10, 10, 30, 30)),
+             "tile3-4": Candidate("oval", 0.35, 0.08, "tile3-4", (30, 30, 70, 70))}
+    families = [ViewFamily(prefix, 0.5, [ExtraViews(0, [c.view], [c.view_box],
+                                                    np.zeros((1, 8, 8, 3)))], merge=True)
+                for prefix, c in zip(("small", "tile"), found.values(), strict=True)]
+
+    def search(vectors: np.ndarray, views: list[QueryViews]) -> list[list[Candidate]]:
+        filler = Candidate("other", 0.2, 0.01, "full", full)  # rows are pool-long: 3 here
+        return [[*first[0], found[qv.names[-1]], filler] for qv in views]
+
+    out, embedded = second_pass(first, [np.zeros((1, 4))], [QueryViews(["full"], [full])],
+                                families=families, embed=lambda px: np.zeros((len(px), 4)),
+                                search=search, calibration=load_calibration(None, None))
+    assert embedded == 2
+    assert [c.reference_id for c in out[0]] == ["background", "pasted", "oval"]
+    assert out[0][2].similarity == 0.35
