@@ -35,13 +35,19 @@ class MatchConfig:
     verify: VerifyConfig | None = field(default_factory=VerifyConfig)
     view_check: bool = True  # a verified copy whose geometry says "another photo" is capped below 0.5
     rotate: RotateConfig | None = field(default_factory=RotateConfig)  # 90/180/270 views, if unsure
+    # Candidates verified for a query none of whose first `verify.top_k` the global score
+    # accepts (the query path only; 0: no deeper pool). In a large catalog a copy the descriptor
+    # barely sees ranks past 10: `match_config` sets `UNSURE_POOL`.
+    unsure_k: int = 0
 
     @property
     def pool(self) -> int:
         """Candidates searched, verified and re-ranked per query before the best `k` are kept:
         at least the verified ones. The pool does not shrink with `k`, so for any k <= k' <= pool
         the top k is the prefix of the top k' (verification re-ranks within the pool only)."""
-        return max(self.k, self.verify.top_k) if self.verify is not None else self.k
+        if self.verify is None:
+            return self.k
+        return max(self.k, self.verify.top_k, self.unsure_k)
 
     def without_second_pass(self) -> MatchConfig:
         """No turned views (`rotate`), no small-region views (`expand.small_regions`) and no grid
