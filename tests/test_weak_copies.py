@@ -1,6 +1,7 @@
 """Weak true copies: a heavily blurred copy keeps only large keypoints, located less precisely,
 so its inlier error in pixels looks like another photograph's. Judged per keypoint size
-(`Verification.residual_per_size`), it is a copy's again, while another view of the scene is not."""
+(`Verification.residual_per_size`), it is a copy's again, while another view of the scene is not.
+A pasted copy turned by an arbitrary angle is an exact similarity, unlike a handheld photo."""
 
 from __future__ import annotations
 
@@ -86,3 +87,30 @@ def test_a_mosaic_copy_ranks_above_the_candidates_rejected_unverified():
     assert TYPICAL_KEYPOINT_SIZE * v.residual_per_size > SIZED_RESIDUAL_CAP, m.evidence
     band = load_calibration(None, load_descriptor("default").card).decision_band()
     assert m.score > band.reject, m.evidence
+
+
+def _pasted_rotated_crop(reference: np.ndarray, background: np.ndarray, angle: float) -> np.ndarray:
+    """The centre 60 % of `reference`, turned by `angle` degrees and pasted, at 0.8x, into the
+    middle of `background` (the dev benchmark's crop + paste_into + rotate)."""
+    h, w = reference.shape[:2]
+    crop = Image.fromarray(reference[int(h * 0.2):int(h * 0.8), int(w * 0.2):int(w * 0.8)])
+    mask = Image.new("L", crop.size, 255).rotate(angle, expand=True)
+    crop = crop.rotate(angle, expand=True, resample=Image.BICUBIC)
+    size = (int(crop.width * 0.8), int(crop.height * 0.8))
+    crop, mask = crop.resize(size, Image.BICUBIC), mask.resize(size, Image.BILINEAR)
+    canvas = Image.fromarray(background).resize((w, h))
+    canvas.paste(crop, ((w - size[0]) // 2, (h - size[1]) // 2), mask)
+    return _jpeg(np.asarray(canvas))
+
+
+def test_a_pasted_copy_turned_off_axis_is_a_copy():
+    """chelsea's centre turned 10.7 degrees and pasted into coffee: ~100 inliers, an exact
+    similarity (distortion 0.0005), little of the overlap agrees (the pasted background). The
+    off-axis penalty, there for handheld photos in perspective, scored it 0.32 before it was gated
+    by the fit's distortion (`OFF_AXIS_EXACT_DISTORTION`); 0.93 after."""
+    from copytrace.matching.calibrate import OFF_AXIS_EXACT_DISTORTION
+
+    ref = photo("chelsea")
+    v, m = _score(_pasted_rotated_crop(ref, photo("coffee"), 10.7), ref)
+    assert v.off_axis_degrees > 10 and v.distortion < OFF_AXIS_EXACT_DISTORTION, m.evidence
+    assert m.score >= 0.5, m.evidence
