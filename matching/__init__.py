@@ -81,6 +81,7 @@ _EXPORTS = {
     "assign_roles": "roles",
     "split_roles": "roles",
     "best_per_query": "isc_csv",
+    "candidate_decisions": "rank",
     "candidates": "rank",
     "fill_holes": "localize",
     "finalize": "rank",

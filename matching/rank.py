@@ -126,7 +126,7 @@ def candidates(index: CopyIndex, vectors: np.ndarray, views: Sequence[QueryViews
 def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | None] | None,
              *, calibration: Calibration, verified_count: int | None = None,
              decisions: Sequence[Decision] | None = None,
-             view_check: ViewCheck | None = None) -> list[Match]:
+             view_check: ViewCheck | None = None, leading: int | None = None) -> list[Match]:
     """Matches with a calibrated score, best first.
 
     `verifications[i]` belongs to `cands[i]` for the first `verified_count` candidates (None:
@@ -141,6 +141,11 @@ def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | 
     evidence carries the check's probability.
 
     Copies verified in disjoint regions of the query get roles (`matching.roles`).
+
+    With `leading`, a candidate past the first `leading` (a deeper pool probed for an unsure
+    query, or the unverified tail) ranks after them unless it scores a copy: its score is not
+    comparable with theirs (a failed verification scores lower than an unverified global
+    similarity), and it must not push an original the first ones hold out of the top k.
     """
     n_verified = 0 if verifications is None else (verified_count if verified_count is not None
                                                   else len(verifications))
@@ -169,11 +174,26 @@ def finalize(cands: Sequence[Candidate], verifications: Sequence[Verification | 
         matches.append(Match(c.reference_id, score, c.similarity, evidence))
         found.append(v if verified and verifications is not None else None)
     assign_roles(matches, found)  # a composite query: which original was pasted into which
-    matches.sort(key=lambda m: (-m.score, -m.similarity, m.reference_id))
-    return matches
+    behind = [leading is not None and i >= leading and m.score < THRESHOLD
+              for i, m in enumerate(matches)]
+    order = sorted(range(len(matches)), key=lambda i: (
+        behind[i], -matches[i].score, -matches[i].similarity, matches[i].reference_id))
+    return [matches[i] for i in order]
 
 
 THRESHOLD = 0.5  # the calibrated score's decision threshold
+
+
+def candidate_decisions(row: Sequence[Candidate], *, calibration: Calibration, top_k: int,
+                        unsure_k: int = 0, verify_all: bool = False) -> list[Decision]:
+    """The decision band's verdict (`verify_all`: VERIFY) for each of the first `top_k`
+    candidates, or of the first `unsure_k` when the band accepts none of the first `top_k` (an
+    unsure query: in a large catalog its original may rank past them)."""
+    band = calibration.decision_band()
+    by_band = [band.decide(global_score_only(c.global_score, calibration=calibration))
+               for c in row[: max(top_k, unsure_k)]]
+    depth = top_k if Decision.ACCEPT in by_band[:top_k] else max(top_k, unsure_k)
+    return [Decision.VERIFY] * len(by_band[:depth]) if verify_all else by_band[:depth]
 
 
 def _other_view_capped(v: Verification, score: float, view_check: ViewCheck,

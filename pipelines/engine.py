@@ -35,13 +35,20 @@ from copytrace.descriptors.model import LoadedDescriptor, load_descriptor
 from copytrace.indexing.adapters import ALL, LoadedAdapter, load_adapters
 from copytrace.indexing.sources import ImageSource
 from copytrace.indexing.store import CopyIndex
-from copytrace.matching.calibrate import Calibration, Decision, global_score_only, load_calibration
+from copytrace.matching.calibrate import Calibration, Decision, load_calibration
 from copytrace.matching.expand import ExpandConfig
 from copytrace.matching.extra_views import second_pass
 from copytrace.matching.grid_tiles import tile_views
 from copytrace.matching.normalize import Background, NormalizeConfig, load_background
 from copytrace.matching.query_image import QueryImage, QuerySource, decode_query
-from copytrace.matching.rank import Candidate, MatchConfig, QueryViews, candidates, finalize
+from copytrace.matching.rank import (
+    Candidate,
+    MatchConfig,
+    QueryViews,
+    candidate_decisions,
+    candidates,
+    finalize,
+)
 from copytrace.matching.results import Match, QueryResult
 from copytrace.matching.roles import accepted_to_verify
 from copytrace.matching.rotations import rotation_views
@@ -396,6 +403,7 @@ class QueryEngine:
                               calibration=self.calibration,
                               decisions=decisions[i] if decisions is not None else None,
                               view_check=shipped_view_check() if config.view_check else None,
+                              leading=config.verify.top_k if config.verify is not None else None,
                               )[: config.k]  # the best k of the re-ranked pool
                 for i, (key, cands) in enumerate(zip(keys, ranked, strict=True))}
 
@@ -512,15 +520,9 @@ class QueryEngine:
                    unsure_k: int = 0) -> list[list[Decision]]:
         """Per query, the decision for each of its top `top_k` candidates; up to `unsure_k`
         for a query the global score accepts none of the first `top_k` for."""
-        band = self.calibration.decision_band()
         every = mode is VerifyMode.FULL or len(self.index) < self.band_min_catalog
-        out = []
-        for row in ranked:
-            by_band = [band.decide(global_score_only(c.global_score, calibration=self.calibration))
-                       for c in row[: max(top_k, unsure_k)]]
-            depth = top_k if Decision.ACCEPT in by_band[:top_k] else max(top_k, unsure_k)
-            out.append([Decision.VERIFY] * len(by_band[:depth]) if every else by_band[:depth])
-        return out
+        return [candidate_decisions(row, calibration=self.calibration, top_k=top_k,
+                                    unsure_k=unsure_k, verify_all=every) for row in ranked]
 
     def _verify(self, queries: Sequence[QueryImage | _LazyQuery], ranked: list[list[Candidate]],
                 decisions: list[list[Decision]], config: MatchConfig, *, use_ray: bool,

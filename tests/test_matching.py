@@ -138,3 +138,42 @@ def test_calibration_precedence_index_then_model_card_then_defaults(tmp_path):
     assert load_calibration(tmp_path, card) == card_cal
     replace(DEFAULT_CALIBRATION, global_weight=5.0, source="index").save(tmp_path / "calibration.json")
     assert load_calibration(tmp_path, card).source == "index"
+
+
+def test_an_unsure_query_gets_a_deeper_verified_pool():
+    """`MatchConfig.unsure_k`: a query whose first `top_k` candidates the global score accepts
+    none of has its first `unsure_k` decided (verified where undecided); a query with an accepted
+    candidate keeps `top_k`. In a 50k catalog some copies' originals rank 11-22."""
+    from copytrace.matching.calibrate import Decision, load_calibration
+    from copytrace.matching.rank import Candidate, candidate_decisions
+
+    calibration = load_calibration(None, load_descriptor("default").card)
+    band = calibration.decision_band()
+    unsure = [Candidate(f"r{i}", 0.4, 0.02 - i * 1e-4, "full", (0, 0, 1, 1)) for i in range(25)]
+    sure = [Candidate("copy", 0.95, 0.9, "full", (0, 0, 1, 1)), *unsure[:24]]
+
+    def depth(row: list[Candidate], **kw) -> list[Decision]:  # noqa: ANN003
+        return candidate_decisions(row, calibration=calibration, top_k=10, **kw)
+
+    assert Decision.ACCEPT not in depth(unsure) and band.accept > 0.5
+    assert len(depth(unsure, unsure_k=20)) == 20 and len(depth(unsure)) == 10
+    assert depth(sure, unsure_k=20)[0] is Decision.ACCEPT and len(depth(sure, unsure_k=20)) == 10
+    assert depth(unsure, unsure_k=20, verify_all=True) == [Decision.VERIFY] * 20
+
+
+def test_candidates_past_the_verified_ones_rank_after_them_unless_copies():
+    """`finalize(leading=)`: a failed verification scores lower than an unverified global
+    similarity, so without the rule the unverified tail (or a deeper pool's failures) pushed an
+    original the first candidates hold, verified but weak, out of the top k."""
+    from copytrace.matching.calibrate import load_calibration
+    from copytrace.matching.rank import Candidate, finalize
+
+    calibration = load_calibration(None, load_descriptor("default").card)
+    cands = [Candidate("weak-original", 0.6, 0.1, "full", (0, 0, 1, 1)),
+             Candidate("tail", 0.5, 0.08, "full", (0, 0, 1, 1)),
+             Candidate("tail-copy", 0.9, 0.6, "full", (0, 0, 1, 1))]
+    # weak-original verified, no geometry found (scored from the global score); the tail not
+    ids = [m.reference_id for m in finalize(cands, [None], calibration=calibration, leading=1)]
+    assert ids == ["tail-copy", "weak-original", "tail"], ids
+    mixed = [m.reference_id for m in finalize(cands, [None], calibration=calibration)]
+    assert mixed.index("tail") < mixed.index("weak-original"), mixed  # what `leading` prevents
