@@ -43,7 +43,9 @@ def query_cmd(
                                          "with local features and geometry (inliers, "
                                          "homography, matched boxes).")] = True,
     verify_k: Annotated[int | None, typer.Option(help="Candidates verified and re-ranked per "
-                                                 "query (default: -k, at least 10).")] = None,
+                                                 "query (default: -k, at least 10, and 20 for "
+                                                 "a query none of whose first 10 the global "
+                                                 "score accepts).")] = None,
     full_verify: Annotated[bool, typer.Option("--full-verify", help="Verify every top "
                                               "candidate (default: only those the calibrated "
                                               "global score leaves undecided).")] = False,
