@@ -143,7 +143,7 @@ def test_calibration_precedence_index_then_model_card_then_defaults(tmp_path):
 def test_an_unsure_query_gets_a_deeper_verified_pool():
     """`MatchConfig.unsure_k`: a query whose first `top_k` candidates the global score accepts
     none of has its first `unsure_k` decided (verified where undecided); a query with an accepted
-    candidate keeps `top_k`. In a 50k catalog some copies' originals rank 11-22."""
+    candidate keeps `top_k`. In a 50k catalog some copies' originals rank 12-23."""
     from copytrace.matching.calibrate import Decision, load_calibration
     from copytrace.matching.rank import Candidate, candidate_decisions
 
