@@ -376,7 +376,7 @@ class QueryEngine:
         ranked = candidates(self.index, np.concatenate(list(vectors)), views,
                             background=self.background(config), config=config,
                             query_ids=[s.image_id for s in sources] if exclude_self else None)
-        if queries is not None and not exclude_self:
+        if queries is not None and not exclude_self:  # the second pass needs decoded queries
             ranked, extra = self._second_pass(ranked, vectors, views, queries, config)
             timings.views += extra
         timings.search += time.perf_counter() - t
@@ -384,9 +384,9 @@ class QueryEngine:
         verified: list[list[Verification | None]] | None = None
         decisions: list[list[Decision]] | None = None
         if config.verify is not None:
+            # The deeper pool is for queries: a dedup self-join (`exclude_self`) keeps its cost.
             decisions = self._decisions(ranked, config.verify.top_k, VerifyMode(verify_mode),
-                                        unsure_k=config.unsure_k if queries is not None
-                                        and not exclude_self else 0)
+                                        unsure_k=0 if exclude_self else config.unsure_k)
             inputs = (list(queries) if queries is not None else
                       [QueryImage(s.image_id, s.uri, p, p, [], v) for s, p, v in
                        zip(sources, pixels, views, strict=True)] if pixels is not None else
